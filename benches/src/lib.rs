@@ -1,0 +1,1 @@
+//! Benchmarks arrive with the benchmark issue; `benches/contenders` will hold the harness scripts.

@@ -1,0 +1,1 @@
+//! The control plane (`meshd`, `meshctl`) arrives with the control-plane issue.
