@@ -1,1 +1,19 @@
+//! `mesh-proxy`: the sidecar.
+//!
+//! A connection enters through a [`listener`] (outbound or inbound), its real destination is read
+//! back with [`orig_dst`], [`forward`] decides where it goes (or refuses a loop) and [`relay`] moves
+//! the bytes, counted in [`metrics`]. [`admin`] serves readiness, metrics and shutdown; [`drain`]
+//! coordinates a graceful stop. [`app`] wires these together from a [`config::ProxyConfig`].
 
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod drain;
+pub mod forward;
+pub mod listener;
+pub mod metrics;
+pub mod orig_dst;
+pub mod relay;
+
+pub use app::{ProxyError, run};
+pub use config::ProxyConfig;

@@ -1,0 +1,133 @@
+//! The admin endpoint (`127.0.0.1:15000` by default): `/live`, `/ready`, `/metrics`, `/shutdown`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::drain::Drain;
+use crate::forward::Context;
+
+/// Serves admin requests until the process exits (admin stays up during a drain).
+pub async fn serve(listener: TcpListener, ctx: Arc<Context>, drain: Drain) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                continue;
+            }
+        };
+        let (ctx, drain) = (ctx.clone(), drain.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let response = respond(req.method(), req.uri().path(), &ctx, &drain);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+/// The response to one admin request.
+pub fn respond(method: &Method, path: &str, ctx: &Context, drain: &Drain) -> Response<Full<Bytes>> {
+    match (method, path) {
+        (&Method::GET, "/live") => text(StatusCode::OK, "live\n".into()),
+        (&Method::GET, "/ready") if drain.is_draining() => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
+        }
+        (&Method::GET, "/ready") => text(StatusCode::OK, "ready\n".into()),
+        (&Method::GET, "/metrics") => {
+            let mut r = text(StatusCode::OK, ctx.metrics.render());
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        (&Method::POST, "/shutdown") => {
+            drain.start();
+            text(StatusCode::OK, "draining\n".into())
+        }
+        (_, "/live" | "/ready" | "/metrics") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into())
+        }
+        (_, "/shutdown") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n".into()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try GET /live, /ready, /metrics or POST /shutdown\n".into(),
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProxyConfig;
+    use crate::metrics::Metrics;
+
+    fn ctx() -> Context {
+        Context {
+            config: ProxyConfig::default(),
+            metrics: Metrics::default(),
+        }
+    }
+
+    #[test]
+    fn ready_until_shutdown_is_posted() {
+        let (ctx, drain) = (ctx(), Drain::new());
+        assert_eq!(
+            respond(&Method::GET, "/ready", &ctx, &drain).status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            respond(&Method::GET, "/shutdown", &ctx, &drain).status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert!(!drain.is_draining());
+        assert_eq!(
+            respond(&Method::POST, "/shutdown", &ctx, &drain).status(),
+            StatusCode::OK
+        );
+        assert!(drain.is_draining());
+        assert_eq!(
+            respond(&Method::GET, "/ready", &ctx, &drain).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            respond(&Method::GET, "/live", &ctx, &drain).status(),
+            StatusCode::OK
+        );
+    }
+
+    #[test]
+    fn metrics_and_unknown_paths() {
+        let (ctx, drain) = (ctx(), Drain::new());
+        let r = respond(&Method::GET, "/metrics", &ctx, &drain);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            respond(&Method::GET, "/nope", &ctx, &drain).status(),
+            StatusCode::NOT_FOUND
+        );
+    }
+}

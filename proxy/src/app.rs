@@ -1,0 +1,88 @@
+//! The proxy process: bind, serve, and drain on SIGTERM, SIGINT or `POST /shutdown`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::admin;
+use crate::config::ProxyConfig;
+use crate::drain::Drain;
+use crate::forward::Context;
+use crate::listener::{accept_loop, bind, bind_all};
+use crate::metrics::{Direction, Metrics};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(
+        "cannot listen on {addr} for {what}: {source} (is another proxy running, or the port taken?)"
+    )]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot install the signal handler: {0}")]
+    Signal(#[source] io::Error),
+}
+
+fn bind_error(what: &'static str, addr: SocketAddr) -> impl FnOnce(io::Error) -> ProxyError {
+    move |source| ProxyError::Bind { what, addr, source }
+}
+
+/// Runs the proxy until it has drained after a shutdown signal.
+pub async fn run(config: ProxyConfig) -> Result<(), ProxyError> {
+    let outbound =
+        bind_all(config.outbound_addr).map_err(bind_error("outbound", config.outbound_addr))?;
+    let inbound =
+        bind_all(config.inbound_addr).map_err(bind_error("inbound", config.inbound_addr))?;
+    let admin_listener =
+        bind(config.admin_addr, false).map_err(bind_error("admin", config.admin_addr))?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(ProxyError::Signal)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(ProxyError::Signal)?;
+
+    let drain = Drain::new();
+    let drain_timeout = config.drain_timeout;
+    let ctx = Arc::new(Context {
+        config,
+        metrics: Metrics::default(),
+    });
+    for (listeners, direction) in [
+        (outbound, Direction::Outbound),
+        (inbound, Direction::Inbound),
+    ] {
+        for listener in listeners {
+            tokio::spawn(accept_loop(listener, direction, ctx.clone(), drain.clone()));
+        }
+    }
+    tokio::spawn(admin::serve(admin_listener, ctx.clone(), drain.clone()));
+    tracing::info!(
+        outbound = %ctx.config.outbound_addr,
+        inbound = %ctx.config.inbound_addr,
+        admin = %ctx.config.admin_addr,
+        "mesh-proxy ready"
+    );
+
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM received"),
+        _ = sigint.recv() => tracing::info!("SIGINT received"),
+        _ = drain.started() => tracing::info!("shutdown requested on the admin endpoint"),
+    }
+    drain.start();
+    tracing::info!(
+        open_connections = drain.open_connections(),
+        timeout_ms = drain_timeout.as_millis() as u64,
+        "draining: no new connections, waiting for open ones"
+    );
+    if drain.wait_connections(drain_timeout).await {
+        tracing::info!("drained; exiting");
+    } else {
+        tracing::warn!(
+            open_connections = drain.open_connections(),
+            "drain timeout reached; closing the remaining connections"
+        );
+    }
+    Ok(())
+}

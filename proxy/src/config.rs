@@ -1,0 +1,83 @@
+//! The proxy's settings, as given by flags.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How plain L4 bytes are moved between two sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RelayMode {
+    /// splice(2) through a pipe: the payload never enters user space.
+    Splice,
+    /// read/write through a user-space buffer.
+    Copy,
+}
+
+/// Everything the proxy needs to start.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    pub outbound_addr: SocketAddr,
+    pub inbound_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// How long open connections may take to finish once a drain starts.
+    pub drain_timeout: Duration,
+    /// Timeout of a connection attempt to the destination.
+    pub connect_timeout: Duration,
+    pub relay_mode: RelayMode,
+}
+
+impl ProxyConfig {
+    /// Ports this proxy listens on; a connection whose original destination is one of these on
+    /// this pod would loop back into the proxy.
+    pub fn own_ports(&self) -> [u16; 3] {
+        [
+            self.outbound_addr.port(),
+            self.inbound_addr.port(),
+            self.admin_addr.port(),
+        ]
+    }
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            outbound_addr: SocketAddr::from(([0, 0, 0, 0], 15001)),
+            inbound_addr: SocketAddr::from(([0, 0, 0, 0], 15006)),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 15000)),
+            drain_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            relay_mode: RelayMode::Splice,
+        }
+    }
+}
+
+/// Parses a duration such as `500ms`, `30s`, `2m` or `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (expected e.g. 500ms, 30s, 2m)"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("`{s}`: unknown unit `{unit}` (use ms, s, m or h)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("2 weeks").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+}

@@ -1,0 +1,216 @@
+//! One accepted connection: where it goes (or why it is refused), then the relay.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+use crate::config::ProxyConfig;
+use crate::metrics::{Direction, Metrics, RefuseReason, inc};
+use crate::orig_dst::original_dst;
+use crate::relay::{Counters, relay};
+
+/// What the proxy does with a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Forward(SocketAddr),
+    Refuse(RefuseReason),
+}
+
+/// Decides where a connection goes from its original destination (pure).
+///
+/// - Not redirected (no original destination, or it equals the listener's own address): refused,
+///   since the proxy cannot know where the client meant to go, and a client dialing the proxy port
+///   directly must not make the proxy dial itself.
+/// - Inbound to one of the proxy's own ports: refused (loop).
+/// - Inbound otherwise: to the app on the loopback address of the same family, same port.
+/// - Outbound: to the original destination (passthrough; no control plane yet).
+pub fn decide(
+    direction: Direction,
+    orig: io::Result<SocketAddr>,
+    local: SocketAddr,
+    own_ports: &[u16],
+) -> Decision {
+    let Ok(orig) = orig else {
+        return Decision::Refuse(RefuseReason::NoOriginalDst);
+    };
+    if orig == local {
+        return Decision::Refuse(RefuseReason::Loop);
+    }
+    let own_port = own_ports.contains(&orig.port());
+    match direction {
+        Direction::Inbound if own_port => Decision::Refuse(RefuseReason::Loop),
+        Direction::Inbound => {
+            let lo: IpAddr = match orig {
+                SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+            };
+            Decision::Forward(SocketAddr::new(lo, orig.port()))
+        }
+        Direction::Outbound if own_port && orig.ip().is_loopback() => {
+            Decision::Refuse(RefuseReason::Loop)
+        }
+        Direction::Outbound => Decision::Forward(orig),
+    }
+}
+
+/// What every connection handler shares.
+#[derive(Debug)]
+pub struct Context {
+    pub config: ProxyConfig,
+    pub metrics: Metrics,
+}
+
+/// Handles one accepted connection to its end.
+pub async fn handle(
+    downstream: TcpStream,
+    peer: SocketAddr,
+    direction: Direction,
+    ctx: Arc<Context>,
+) {
+    let metrics = ctx.metrics.tcp(direction);
+    let local = match downstream.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "connection gone before it could be handled");
+            return;
+        }
+    };
+    let target = match decide(
+        direction,
+        original_dst(&downstream),
+        local,
+        &ctx.config.own_ports(),
+    ) {
+        Decision::Forward(target) => target,
+        Decision::Refuse(reason) => {
+            inc(metrics.refused(reason));
+            tracing::info!(
+                dir = direction.as_str(),
+                %peer,
+                %local,
+                reason = reason.as_str(),
+                "mesh-proxy refused connection: its destination is the proxy itself or unknown"
+            );
+            return;
+        }
+    };
+    let span = tracing::info_span!("conn", dir = direction.as_str(), %peer, dst = %target);
+    async {
+        inc(&metrics.opened);
+        let start = Instant::now();
+        let upstream = match tokio::time::timeout(
+            ctx.config.connect_timeout,
+            TcpStream::connect(target),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return connect_failed(&downstream, metrics, &e.to_string()),
+            Err(_) => return connect_failed(&downstream, metrics, "timed out"),
+        };
+        let _ = downstream.set_nodelay(true);
+        let _ = upstream.set_nodelay(true);
+        let counters = Counters {
+            from_downstream: &metrics.received_bytes,
+            to_downstream: &metrics.sent_bytes,
+        };
+        let result = relay(downstream, upstream, ctx.config.relay_mode, counters).await;
+        inc(&metrics.closed);
+        let duration_ms = start.elapsed().as_millis() as u64;
+        match result {
+            Ok(t) => tracing::debug!(
+                bytes_in = t.from_downstream,
+                bytes_out = t.to_downstream,
+                duration_ms,
+                "closed"
+            ),
+            Err(e) => tracing::debug!(error = %e, duration_ms, "closed with error"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Resets the downstream connection so the client sees the failure, and logs who failed and why.
+fn connect_failed(downstream: &TcpStream, metrics: &crate::metrics::TcpMetrics, why: &str) {
+    inc(&metrics.connect_errors);
+    inc(&metrics.closed);
+    let _ = socket2::SockRef::from(downstream).set_linger(Some(std::time::Duration::ZERO));
+    tracing::warn!(
+        error = why,
+        "mesh-proxy could not connect to the destination; resetting the client connection"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OWN: [u16; 3] = [15001, 15006, 15000];
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn outbound_passes_through_to_the_original_destination() {
+        let d = decide(
+            Direction::Outbound,
+            Ok(addr("10.0.0.3:8080")),
+            addr("10.0.0.2:15001"),
+            &OWN,
+        );
+        assert_eq!(d, Decision::Forward(addr("10.0.0.3:8080")));
+    }
+
+    #[test]
+    fn inbound_goes_to_the_app_on_loopback_of_the_same_family() {
+        let d = decide(
+            Direction::Inbound,
+            Ok(addr("10.0.0.3:8080")),
+            addr("10.0.0.3:15006"),
+            &OWN,
+        );
+        assert_eq!(d, Decision::Forward(addr("127.0.0.1:8080")));
+        let d = decide(
+            Direction::Inbound,
+            Ok(addr("[fd00::3]:8080")),
+            addr("[fd00::3]:15006"),
+            &OWN,
+        );
+        assert_eq!(d, Decision::Forward(addr("[::1]:8080")));
+    }
+
+    #[test]
+    fn direct_connections_to_the_proxy_are_refused() {
+        let local = addr("127.0.0.1:15001");
+        assert_eq!(
+            decide(Direction::Outbound, Ok(local), local, &OWN),
+            Decision::Refuse(RefuseReason::Loop)
+        );
+        let not_found = Err(io::ErrorKind::NotFound.into());
+        assert_eq!(
+            decide(Direction::Outbound, not_found, local, &OWN),
+            Decision::Refuse(RefuseReason::NoOriginalDst)
+        );
+        // A remote client that dialled the inbound port itself was redirected onto it.
+        let d = decide(
+            Direction::Inbound,
+            Ok(addr("10.0.0.3:15006")),
+            addr("10.0.0.3:15006"),
+            &OWN,
+        );
+        assert_eq!(d, Decision::Refuse(RefuseReason::Loop));
+        let d = decide(
+            Direction::Inbound,
+            Ok(addr("10.0.0.3:15001")),
+            addr("10.0.0.3:15006"),
+            &OWN,
+        );
+        assert_eq!(d, Decision::Refuse(RefuseReason::Loop));
+    }
+}

@@ -1,0 +1,169 @@
+//! Counters of the proxy, rendered in the Prometheus text format.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Which listener a connection came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// From the app in this pod to somewhere else.
+    Outbound,
+    /// From somewhere else to the app in this pod.
+    Inbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
+/// Why the proxy closed a connection without forwarding it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefuseReason {
+    /// The destination is the proxy itself: forwarding would loop.
+    Loop,
+    /// The connection was not redirected by iptables, so its destination is unknown.
+    NoOriginalDst,
+}
+
+impl RefuseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefuseReason::Loop => "loop",
+            RefuseReason::NoOriginalDst => "no_original_dst",
+        }
+    }
+}
+
+/// TCP counters of one direction.
+#[derive(Debug, Default)]
+pub struct TcpMetrics {
+    pub opened: AtomicU64,
+    pub closed: AtomicU64,
+    /// Bytes received from the downstream peer.
+    pub received_bytes: AtomicU64,
+    /// Bytes sent to the downstream peer.
+    pub sent_bytes: AtomicU64,
+    pub connect_errors: AtomicU64,
+    refused_loop: AtomicU64,
+    refused_no_orig_dst: AtomicU64,
+}
+
+impl TcpMetrics {
+    pub fn refused(&self, reason: RefuseReason) -> &AtomicU64 {
+        match reason {
+            RefuseReason::Loop => &self.refused_loop,
+            RefuseReason::NoOriginalDst => &self.refused_no_orig_dst,
+        }
+    }
+}
+
+/// All of the proxy's metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub outbound: TcpMetrics,
+    pub inbound: TcpMetrics,
+}
+
+/// Adds one to a counter.
+pub fn inc(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+const DIRECTIONS: [Direction; 2] = [Direction::Inbound, Direction::Outbound];
+
+impl Metrics {
+    pub fn tcp(&self, direction: Direction) -> &TcpMetrics {
+        match direction {
+            Direction::Outbound => &self.outbound,
+            Direction::Inbound => &self.inbound,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(2048);
+        let counters: [(&str, &str, fn(&TcpMetrics) -> &AtomicU64); 5] = [
+            (
+                "mesh_tcp_connections_opened_total",
+                "TCP connections forwarded by the proxy.",
+                |m| &m.opened,
+            ),
+            (
+                "mesh_tcp_connections_closed_total",
+                "TCP connections the proxy finished forwarding.",
+                |m| &m.closed,
+            ),
+            (
+                "mesh_tcp_received_bytes_total",
+                "Bytes received from the downstream peer.",
+                |m| &m.received_bytes,
+            ),
+            (
+                "mesh_tcp_sent_bytes_total",
+                "Bytes sent to the downstream peer.",
+                |m| &m.sent_bytes,
+            ),
+            (
+                "mesh_tcp_connect_errors_total",
+                "Failed connection attempts to the destination.",
+                |m| &m.connect_errors,
+            ),
+        ];
+        for (name, help, get) in counters {
+            header(&mut out, name, help);
+            for d in DIRECTIONS {
+                let v = get(self.tcp(d)).load(Ordering::Relaxed);
+                let _ = writeln!(out, "{name}{{direction=\"{}\"}} {v}", d.as_str());
+            }
+        }
+        let name = "mesh_tcp_connections_refused_total";
+        header(
+            &mut out,
+            name,
+            "Connections closed without forwarding, by reason.",
+        );
+        for d in DIRECTIONS {
+            for r in [RefuseReason::Loop, RefuseReason::NoOriginalDst] {
+                let v = self.tcp(d).refused(r).load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "{name}{{direction=\"{}\",reason=\"{}\"}} {v}",
+                    d.as_str(),
+                    r.as_str()
+                );
+            }
+        }
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_counter_with_direction_labels() {
+        let m = Metrics::default();
+        inc(&m.outbound.opened);
+        m.inbound.received_bytes.fetch_add(42, Ordering::Relaxed);
+        inc(m.inbound.refused(RefuseReason::Loop));
+        let text = m.render();
+        assert!(text.contains("mesh_tcp_connections_opened_total{direction=\"outbound\"} 1\n"));
+        assert!(text.contains("mesh_tcp_connections_opened_total{direction=\"inbound\"} 0\n"));
+        assert!(text.contains("mesh_tcp_received_bytes_total{direction=\"inbound\"} 42\n"));
+        assert!(text.contains(
+            "mesh_tcp_connections_refused_total{direction=\"inbound\",reason=\"loop\"} 1\n"
+        ));
+        assert!(text.contains("# TYPE mesh_tcp_sent_bytes_total counter\n"));
+        assert!(text.contains("mesh_tcp_connections_closed_total{direction=\"inbound\"} 0\n"));
+    }
+}

@@ -1,0 +1,213 @@
+//! Moving bytes both ways between two TCP sockets until both sides are done.
+//!
+//! Each direction ends on EOF by shutting down the write side of the other socket (half-close),
+//! so a peer that finishes sending can still receive. The splice path moves data socket → pipe →
+//! socket inside the kernel; the copy path is the fallback when no pipe can be made.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::fcntl::{OFlag, SpliceFFlags, splice};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use crate::config::RelayMode;
+
+/// Largest chunk moved per splice call (the default pipe capacity).
+const CHUNK: usize = 64 * 1024;
+
+/// Counters that the relay adds to as bytes move (they may be shared, e.g. per direction).
+#[derive(Debug, Clone, Copy)]
+pub struct Counters<'a> {
+    /// Bytes read from the downstream peer (the one that connected to the proxy).
+    pub from_downstream: &'a AtomicU64,
+    /// Bytes written to the downstream peer.
+    pub to_downstream: &'a AtomicU64,
+}
+
+/// Bytes moved in each direction by one relay.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Transferred {
+    pub from_downstream: u64,
+    pub to_downstream: u64,
+}
+
+/// Relays between `downstream` (the accepted connection) and `upstream` until both directions
+/// have seen EOF, or one fails.
+pub async fn relay(
+    downstream: TcpStream,
+    upstream: TcpStream,
+    mode: RelayMode,
+    counters: Counters<'_>,
+) -> io::Result<Transferred> {
+    if mode == RelayMode::Splice {
+        match (Pipe::new(), Pipe::new()) {
+            (Ok(up_pipe), Ok(down_pipe)) => {
+                let (from, to) = tokio::try_join!(
+                    splice_one_way(&downstream, &upstream, &up_pipe, counters.from_downstream),
+                    splice_one_way(&upstream, &downstream, &down_pipe, counters.to_downstream),
+                )?;
+                return Ok(Transferred {
+                    from_downstream: from,
+                    to_downstream: to,
+                });
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::debug!(error = %e, "no pipe for splice; copying through a buffer");
+            }
+        }
+    }
+    copy(downstream, upstream, counters).await
+}
+
+async fn copy(
+    mut downstream: TcpStream,
+    mut upstream: TcpStream,
+    counters: Counters<'_>,
+) -> io::Result<Transferred> {
+    let (from, to) =
+        tokio::io::copy_bidirectional_with_sizes(&mut downstream, &mut upstream, CHUNK, CHUNK)
+            .await?;
+    counters.from_downstream.fetch_add(from, Ordering::Relaxed);
+    counters.to_downstream.fetch_add(to, Ordering::Relaxed);
+    Ok(Transferred {
+        from_downstream: from,
+        to_downstream: to,
+    })
+}
+
+/// A non-blocking pipe used as the in-kernel buffer of one direction.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+        Ok(Pipe { read, write })
+    }
+}
+
+/// Moves `src` → `dst` until EOF on `src`, then half-closes `dst`. Returns the bytes moved.
+async fn splice_one_way(
+    src: &TcpStream,
+    dst: &TcpStream,
+    pipe: &Pipe,
+    counter: &AtomicU64,
+) -> io::Result<u64> {
+    let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
+    let mut total = 0u64;
+    loop {
+        // The pipe is empty here, so WouldBlock can only mean that `src` has nothing to read.
+        let n = src
+            .async_io(Interest::READABLE, || {
+                splice(src, None, &pipe.write, None, CHUNK, flags).map_err(io::Error::from)
+            })
+            .await?;
+        if n == 0 {
+            shutdown_write(dst);
+            return Ok(total);
+        }
+        let mut pending = n;
+        while pending > 0 {
+            // The pipe holds `pending` bytes, so WouldBlock can only mean that `dst` is full.
+            let written = dst
+                .async_io(Interest::WRITABLE, || {
+                    splice(&pipe.read, None, dst, None, pending, flags).map_err(io::Error::from)
+                })
+                .await?;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            pending -= written;
+        }
+        total += n as u64;
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+fn shutdown_write(stream: &TcpStream) {
+    // The peer may already be gone; the other direction then reports the error.
+    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A client writes `payload` and half-closes; an echo server behind the relay sends everything
+    /// back and closes. Both halves must arrive intact in both relay modes.
+    async fn echo_through_relay(mode: RelayMode, payload: Vec<u8>) -> (Vec<u8>, Transferred) {
+        let echo = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+        let echo_addr = echo.local_addr().expect("echo addr");
+        tokio::spawn(async move {
+            let (mut s, _) = echo.accept().await.expect("accept echo");
+            let (mut r, mut w) = s.split();
+            tokio::io::copy(&mut r, &mut w).await.expect("echo copy");
+            w.shutdown().await.expect("echo shutdown");
+        });
+        let front = TcpListener::bind("127.0.0.1:0").await.expect("bind front");
+        let front_addr = front.local_addr().expect("front addr");
+        let relay_task = tokio::spawn(async move {
+            let (down, _) = front.accept().await.expect("accept front");
+            let up = TcpStream::connect(echo_addr).await.expect("connect echo");
+            let (a, b) = (AtomicU64::new(0), AtomicU64::new(0));
+            let counters = Counters {
+                from_downstream: &a,
+                to_downstream: &b,
+            };
+            let t = relay(down, up, mode, counters).await.expect("relay");
+            assert_eq!(a.load(Ordering::Relaxed), t.from_downstream);
+            assert_eq!(b.load(Ordering::Relaxed), t.to_downstream);
+            t
+        });
+        let client = TcpStream::connect(front_addr).await.expect("connect front");
+        let (mut r, mut w) = client.into_split();
+        let writer = tokio::spawn(async move {
+            w.write_all(&payload).await.expect("write");
+            w.shutdown().await.expect("half-close");
+        });
+        let mut back = Vec::new();
+        r.read_to_end(&mut back).await.expect("read back");
+        writer.await.expect("writer");
+        (back, relay_task.await.expect("relay task"))
+    }
+
+    fn payload(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn splice_moves_both_directions_with_half_close() {
+        let data = payload(3 * 1024 * 1024 + 17);
+        let (back, t) = echo_through_relay(RelayMode::Splice, data.clone()).await;
+        assert!(back == data, "echoed bytes differ");
+        assert_eq!(t.from_downstream, data.len() as u64);
+        assert_eq!(t.to_downstream, data.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn copy_moves_both_directions_with_half_close() {
+        let data = payload(1024 * 1024 + 5);
+        let (back, t) = echo_through_relay(RelayMode::Copy, data.clone()).await;
+        assert!(back == data, "echoed bytes differ");
+        assert_eq!(
+            t,
+            Transferred {
+                from_downstream: data.len() as u64,
+                to_downstream: data.len() as u64
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn empty_stream_just_closes() {
+        let (back, t) = echo_through_relay(RelayMode::Splice, Vec::new()).await;
+        assert!(back.is_empty());
+        assert_eq!(t, Transferred::default());
+    }
+}
