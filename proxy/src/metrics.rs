@@ -74,6 +74,9 @@ pub fn inc(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Selects one counter of a [`TcpMetrics`].
+type CounterField = fn(&TcpMetrics) -> &AtomicU64;
+
 const DIRECTIONS: [Direction; 2] = [Direction::Inbound, Direction::Outbound];
 
 impl Metrics {
@@ -87,7 +90,7 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
-        let counters: [(&str, &str, fn(&TcpMetrics) -> &AtomicU64); 5] = [
+        let counters: [(&str, &str, CounterField); 5] = [
             (
                 "mesh_tcp_connections_opened_total",
                 "TCP connections forwarded by the proxy.",

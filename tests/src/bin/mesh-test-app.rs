@@ -1,0 +1,207 @@
+//! `mesh-test-app`: the apps that run inside test pods and the demo.
+//!
+//! - `http`: answers every HTTP/1.x request with `hello from NAME`.
+//! - `echo`: sends back every byte it receives; half-closes after the client does.
+//! - `send`: sends N pattern bytes, half-closes, and checks that the echo is the same N bytes.
+//!
+//! Servers print `ready ADDR` on stdout once they listen, which is the harness's readiness signal.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use mesh_tests::pattern::Pattern;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Debug, Parser)]
+#[command(name = "mesh-test-app", about)]
+struct Args {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// HTTP/1.x server answering `hello from NAME`.
+    Http {
+        #[arg(long)]
+        listen: Vec<SocketAddr>,
+        #[arg(long)]
+        name: String,
+    },
+    /// TCP echo server.
+    Echo {
+        #[arg(long)]
+        listen: Vec<SocketAddr>,
+    },
+    /// Sends pattern bytes to an echo server and verifies what comes back.
+    Send {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long)]
+        bytes: u64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Connects to an echo server, prints `ready connected`, waits for a line on stdin, then
+    /// sends `ping` and checks that it comes back (keeps a connection open on demand).
+    Hold {
+        #[arg(long)]
+        connect: SocketAddr,
+    },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    match Args::parse().mode {
+        Mode::Http { listen, name } => serve(listen, move |s| http(s, name.clone())).await,
+        Mode::Echo { listen } => serve(listen, echo).await,
+        Mode::Send {
+            connect,
+            bytes,
+            seed,
+        } => send(connect, bytes, seed).await,
+        Mode::Hold { connect } => hold(connect).await,
+    }
+}
+
+async fn serve<F, Fut>(addrs: Vec<SocketAddr>, handler: F) -> anyhow::Result<()>
+where
+    F: Fn(TcpStream) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    if addrs.is_empty() {
+        bail!("give at least one --listen address");
+    }
+    let mut listeners = Vec::new();
+    for addr in &addrs {
+        listeners.push(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?,
+        );
+    }
+    for addr in &addrs {
+        println!("ready {addr}");
+    }
+    let mut tasks = Vec::new();
+    for listener in listeners {
+        let handler = handler.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let (stream, peer) = listener.accept().await.context("accept failed")?;
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handler(stream).await {
+                        eprintln!("connection from {peer}: {e:#}");
+                    }
+                });
+            }
+            #[allow(unreachable_code)]
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+async fn http(mut stream: TcpStream, name: String) -> anyhow::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(end) = find(&buf, b"\r\n\r\n") {
+            let body = format!("hello from {name}\n");
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-served-by: {name}\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(response.as_bytes()).await?;
+            buf.drain(..end + 4);
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+async fn echo(mut stream: TcpStream) -> anyhow::Result<()> {
+    let (mut r, mut w) = stream.split();
+    tokio::io::copy(&mut r, &mut w).await?;
+    w.shutdown().await?;
+    Ok(())
+}
+
+async fn send(addr: SocketAddr, bytes: u64, seed: u64) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    let (mut r, mut w) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let mut pattern = Pattern::new(seed);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            pattern.fill(&mut buf[..n]);
+            w.write_all(&buf[..n]).await?;
+            left -= n as u64;
+        }
+        w.shutdown().await?;
+        anyhow::Ok(())
+    });
+    let mut expected = Pattern::new(seed);
+    let (mut buf, mut want) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    let mut received = 0u64;
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        expected.fill(&mut want[..n]);
+        if buf[..n] != want[..n] {
+            bail!(
+                "echo differs from what was sent within bytes {received}..{}",
+                received + n as u64
+            );
+        }
+        received += n as u64;
+    }
+    writer.await??;
+    let secs = start.elapsed().as_secs_f64();
+    println!("sent={bytes} received={received} seconds={secs:.2}");
+    if received != bytes {
+        bail!("sent {bytes} bytes but {received} came back");
+    }
+    Ok(())
+}
+
+async fn hold(addr: SocketAddr) -> anyhow::Result<()> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    println!("ready connected");
+    let mut line = String::new();
+    tokio::io::BufReader::new(tokio::io::stdin())
+        .read_line(&mut line)
+        .await?;
+    stream.write_all(b"ping\n").await?;
+    stream.shutdown().await?;
+    let mut back = String::new();
+    stream.read_to_string(&mut back).await?;
+    if back != "ping\n" {
+        bail!("expected the echo `ping`, got {back:?}");
+    }
+    println!("echoed ping");
+    Ok(())
+}

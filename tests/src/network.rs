@@ -1,0 +1,214 @@
+//! A test network: a bridge in its own namespace, and pods attached to it.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::Context;
+
+use crate::cmd::run;
+use crate::pod::Pod;
+
+/// Prefix of every namespace the harness makes: `mt<pid>n<counter>-<role>`.
+const PREFIX: &str = "mt";
+
+/// Which address families the pods get.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IpFamilies {
+    V4,
+    /// IPv4 and IPv6 (dual stack).
+    Dual,
+}
+
+/// The bridge namespace; pods are made through it. Dropping it removes the bridge namespace
+/// (pods remove their own namespaces when dropped).
+#[derive(Debug)]
+pub struct Network {
+    pub name: String,
+    bridge_ns: String,
+    families: IpFamilies,
+    next_host: AtomicU32,
+    pub log_dir: PathBuf,
+}
+
+impl Network {
+    /// Makes a new, empty network. `label` shows up in log paths only.
+    pub fn new(label: &str, families: IpFamilies) -> anyhow::Result<Network> {
+        require_root_tools()?;
+        sweep_stale();
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "{PREFIX}{}n{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let log_dir = std::env::temp_dir()
+            .join("mesh-tests")
+            .join(format!("{name}-{label}"));
+        std::fs::create_dir_all(&log_dir)
+            .with_context(|| format!("cannot create {}", log_dir.display()))?;
+        let bridge_ns = format!("{name}-br");
+        let network = Network {
+            name,
+            bridge_ns,
+            families,
+            next_host: AtomicU32::new(2),
+            log_dir,
+        };
+        run("ip", &["netns", "add", &network.bridge_ns])?;
+        run("ip", &["-n", &network.bridge_ns, "link", "set", "lo", "up"])?;
+        run(
+            "ip",
+            &[
+                "-n",
+                &network.bridge_ns,
+                "link",
+                "add",
+                "br0",
+                "type",
+                "bridge",
+            ],
+        )?;
+        run(
+            "ip",
+            &["-n", &network.bridge_ns, "link", "set", "br0", "up"],
+        )?;
+        Ok(network)
+    }
+
+    /// Adds a pod: a namespace with `eth0` on the bridge, the next free address(es), and lo up.
+    pub fn pod(&self, role: &str) -> anyhow::Result<Pod> {
+        let host = self.next_host.fetch_add(1, Ordering::Relaxed);
+        let host8 = u8::try_from(host).context("too many pods in one network")?;
+        let ipv4 = Ipv4Addr::new(10, 77, 0, host8);
+        let ipv6 = (self.families == IpFamilies::Dual)
+            .then(|| Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, host as u16));
+        let ns = format!("{}-{role}", self.name);
+        let pod = Pod::create(ns, role.to_string(), ipv4, ipv6, self.log_dir.clone())?;
+        let port = format!("v{host}");
+        run(
+            "ip",
+            &[
+                "-n",
+                &self.bridge_ns,
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &pod.ns,
+            ],
+        )?;
+        run(
+            "ip",
+            &[
+                "-n",
+                &self.bridge_ns,
+                "link",
+                "set",
+                &port,
+                "master",
+                "br0",
+                "up",
+            ],
+        )?;
+        run(
+            "ip",
+            &[
+                "-n",
+                &pod.ns,
+                "addr",
+                "add",
+                &format!("{ipv4}/24"),
+                "dev",
+                "eth0",
+            ],
+        )?;
+        if let Some(v6) = ipv6 {
+            run(
+                "ip",
+                &[
+                    "-n",
+                    &pod.ns,
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{v6}/64"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ],
+            )?;
+        }
+        run("ip", &["-n", &pod.ns, "link", "set", "eth0", "up"])?;
+        Ok(pod)
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = run("ip", &["netns", "del", &self.bridge_ns]);
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.log_dir);
+        }
+    }
+}
+
+fn require_root_tools() -> anyhow::Result<()> {
+    for tool in ["ip", "nsenter", "iptables-save", "curl"] {
+        if !crate::cmd::output(
+            std::process::Command::new("sh").args(["-c", &format!("command -v {tool}")]),
+        )?
+        .status
+        .success()
+        {
+            anyhow::bail!(
+                "`{tool}` is missing: run scripts/test.sh, which installs iptables, iproute2 and curl"
+            );
+        }
+    }
+    if !nix_is_root() {
+        anyhow::bail!("end-to-end tests make network namespaces and must run as root");
+    }
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Deletes namespaces left by test processes that are gone (e.g. killed by a timeout).
+fn sweep_stale() {
+    crate::binaries::sweep_stale_copies();
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        if pid.is_empty() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        // Kill whatever still runs inside before removing the namespace.
+        if let Ok(out) = run("ip", &["netns", "pids", &name]) {
+            for p in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = run("kill", &["-KILL", p]);
+            }
+        }
+        let _ = run("ip", &["netns", "del", &name]);
+    }
+}

@@ -1,0 +1,283 @@
+//! A pod: a network namespace on the test bridge, where the init step, the sidecar and an app run.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::binaries::binary;
+use crate::cmd::{output, run, stdout};
+use crate::process::{Process, wait_ready_line};
+
+/// uid and gid the sidecar runs as (the init step exempts them).
+pub const PROXY_UID: u32 = 1337;
+/// How long a process may take to become ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A pod. Dropping it kills what still runs in it and deletes its namespace.
+#[derive(Debug)]
+pub struct Pod {
+    pub ns: String,
+    pub role: String,
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Option<Ipv6Addr>,
+    log_dir: PathBuf,
+}
+
+impl Pod {
+    pub(crate) fn create(
+        ns: String,
+        role: String,
+        ipv4: Ipv4Addr,
+        ipv6: Option<Ipv6Addr>,
+        log_dir: PathBuf,
+    ) -> anyhow::Result<Pod> {
+        run("ip", &["netns", "add", &ns])?;
+        let pod = Pod {
+            ns,
+            role,
+            ipv4,
+            ipv6,
+            log_dir,
+        };
+        run("ip", &["-n", &pod.ns, "link", "set", "lo", "up"])?;
+        Ok(pod)
+    }
+
+    /// The pod's IPv6 address, or an error if the network is IPv4-only.
+    pub fn ipv6(&self) -> anyhow::Result<Ipv6Addr> {
+        self.ipv6
+            .context("this pod has no IPv6 address (use IpFamilies::Dual)")
+    }
+
+    pub fn ip(&self) -> IpAddr {
+        self.ipv4.into()
+    }
+
+    /// A command that runs `program` inside the pod as root.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.ns))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+
+    /// A command that runs `program` inside the pod as `uid`/`gid`.
+    pub fn command_as(&self, uid: u32, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.ns))
+            .arg(format!("--setuid={uid}"))
+            .arg(format!("--setgid={uid}"))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+
+    /// Runs a command in the pod and returns its output whatever its exit status.
+    pub fn output(&self, program: &str, args: &[&str]) -> anyhow::Result<Output> {
+        output(self.command(program).args(args))
+    }
+
+    /// Runs a command in the pod; fails unless it exits 0.
+    pub fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.output(program, args)?;
+        if !out.status.success() {
+            bail!(
+                "in pod {}: `{program} {}` failed ({}): {}{}",
+                self.role,
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim(),
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
+        }
+        Ok(stdout(&out))
+    }
+
+    /// Runs `mesh-iptables-init ARGS` in the pod as root.
+    pub fn init(&self, args: &[&str]) -> anyhow::Result<Output> {
+        output(self.command(binary("mesh-iptables-init")?).args(args))
+    }
+
+    /// Runs `mesh-iptables-init ARGS` and fails unless it succeeds.
+    pub fn init_ok(&self, args: &[&str]) -> anyhow::Result<()> {
+        let out = self.init(args)?;
+        if !out.status.success() {
+            bail!(
+                "mesh-iptables-init {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts the sidecar as uid 1337 and waits until its admin `/ready` answers 200.
+    pub fn start_sidecar(&self, args: &[&str]) -> anyhow::Result<Process> {
+        let (log, path) = self.log_file("proxy")?;
+        let child = self
+            .command_as(PROXY_UID, binary("mesh-proxy")?)
+            .args(["--threads", "1", "--drain-timeout", "10s"])
+            .args(args)
+            .env("MESH_LOG", "info,mesh_proxy=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .context("cannot start mesh-proxy")?;
+        let mut process = Process::new(format!("{}/mesh-proxy", self.role), child, path);
+        self.wait_http_ok("http://127.0.0.1:15000/ready", &mut process)?;
+        Ok(process)
+    }
+
+    /// Starts `mesh-test-app ARGS` as root and waits for it to print `ready`.
+    pub fn start_app(&self, args: &[&str]) -> anyhow::Result<Process> {
+        let (log, path) = self.log_file("app")?;
+        let mut child = self
+            .command(binary("mesh-test-app")?)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log.try_clone()?))
+            .spawn()
+            .context("cannot start mesh-test-app")?;
+        let ready = wait_ready_line(&mut child, &log, READY_TIMEOUT);
+        let process = Process::new(
+            format!("{}/mesh-test-app {}", self.role, args.join(" ")),
+            child,
+            path,
+        );
+        ready.with_context(|| format!("app in pod {}: {}", self.role, process.log_text()))?;
+        Ok(process)
+    }
+
+    /// Runs `mesh-test-app ARGS` to completion (e.g. `send`).
+    pub fn run_app(&self, args: &[&str]) -> anyhow::Result<Output> {
+        output(self.command(binary("mesh-test-app")?).args(args))
+    }
+
+    /// `curl -sS --max-time 10 ARGS` in the pod.
+    pub fn curl(&self, args: &[&str]) -> anyhow::Result<Output> {
+        output(
+            self.command("curl")
+                .args(["-sS", "--max-time", "10"])
+                .args(args),
+        )
+    }
+
+    /// GET on the sidecar's admin endpoint.
+    pub fn admin(&self, path: &str) -> anyhow::Result<String> {
+        self.run(
+            "curl",
+            &[
+                "-sSf",
+                "--max-time",
+                "5",
+                &format!("http://127.0.0.1:15000{path}"),
+            ],
+        )
+    }
+
+    /// The value of one metric series, e.g. `mesh_tcp_connections_opened_total{direction="outbound"}`.
+    pub fn metric(&self, series: &str) -> anyhow::Result<u64> {
+        let text = self.admin("/metrics")?;
+        parse_metric(&text, series).with_context(|| format!("no series `{series}` in:\n{text}"))
+    }
+
+    /// `iptables-save -t nat` (or ip6tables) without comments and counters, for comparisons.
+    pub fn nat_rules(&self, v6: bool) -> anyhow::Result<String> {
+        let text = self.run(
+            if v6 {
+                "ip6tables-save"
+            } else {
+                "iptables-save"
+            },
+            &["-t", "nat"],
+        )?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| match l.find(" [") {
+                Some(i) if l.starts_with(':') => &l[..i],
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+
+    /// Polls `url` from inside the pod until it answers 2xx; fails early if `process` exits.
+    fn wait_http_ok(&self, url: &str, process: &mut Process) -> anyhow::Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let out = self.output("curl", &["-sf", "--max-time", "1", url])?;
+            if out.status.success() {
+                return Ok(());
+            }
+            if !process.is_running() {
+                bail!(
+                    "{} exited before it was ready; log:\n{}",
+                    process.name,
+                    process.log_text()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} not ready at {url} within {READY_TIMEOUT:?}; log:\n{}",
+                    process.name,
+                    process.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_file(&self, what: &str) -> anyhow::Result<(std::fs::File, PathBuf)> {
+        let path = self
+            .log_dir
+            .join(format!("{}-{what}-{}.log", self.role, unique()));
+        let file = std::fs::File::create(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        Ok((file, path))
+    }
+}
+
+fn unique() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Finds `series value` in a Prometheus text exposition.
+pub fn parse_metric(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse().ok())
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        if let Ok(out) = run("ip", &["netns", "pids", &self.ns]) {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = run("kill", &["-KILL", pid]);
+            }
+        }
+        let _ = run("ip", &["netns", "del", &self.ns]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_lookup_is_exact() {
+        let text = "a{d=\"x\"} 3\na{d=\"xy\"} 4\n";
+        assert_eq!(parse_metric(text, "a{d=\"x\"}"), Some(3));
+        assert_eq!(parse_metric(text, "a{d=\"xy\"}"), Some(4));
+        assert_eq!(parse_metric(text, "a{d=\"z\"}"), None);
+    }
+}
