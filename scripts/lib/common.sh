@@ -1,0 +1,24 @@
+# Shared by scripts/demo.sh and scripts/test.sh. Source it; do not run it.
+
+step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+require_root() {
+  [ "$(id -u)" = 0 ] || die "this needs root (it makes network namespaces and iptables rules); run it with sudo"
+}
+
+# Installs the system tools the mesh's pods need when they are missing (Debian/Ubuntu).
+ensure_tools() {
+  local missing=()
+  command -v iptables >/dev/null || missing+=(iptables)
+  command -v ip >/dev/null || missing+=(iproute2)
+  command -v curl >/dev/null || missing+=(curl)
+  command -v nsenter >/dev/null || missing+=(util-linux)
+  if [ ${#missing[@]} -gt 0 ]; then
+    step "installing ${missing[*]}"
+    command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get: install them with your package manager"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) first"
+}
