@@ -147,3 +147,42 @@ fn missing_iptables_and_bad_flags_are_reported() -> anyhow::Result<()> {
     assert!(stderr(&out).contains("10.0.0.0/33"), "{}", stderr(&out));
     Ok(())
 }
+
+#[test]
+fn auto_detection_follows_the_backend_that_already_holds_rules() -> anyhow::Result<()> {
+    let net = Network::new("ipt-legacy", IpFamilies::V4)?;
+    let pod = net.pod("p")?;
+    if pod
+        .output(
+            "iptables-legacy",
+            &["-t", "nat", "-A", "OUTPUT", "-p", "udp", "-j", "RETURN"],
+        )?
+        .status
+        .code()
+        != Some(0)
+    {
+        // Kernels without x_tables cannot hold legacy rules; nothing to follow there.
+        eprintln!("skipping: this kernel has no legacy x_tables");
+        return Ok(());
+    }
+    let out = pod.init(&[])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("backend Legacy"));
+    let legacy = pod.run("iptables-legacy-save", &["-t", "nat"])?;
+    assert!(
+        legacy.contains("-A OUTPUT -p tcp -j MESH_OUTPUT"),
+        "{legacy}"
+    );
+    assert!(
+        !pod.run("iptables-nft-save", &["-t", "nat"])?
+            .contains("MESH_"),
+        "nothing in nft"
+    );
+
+    pod.init_ok(&["--cleanup"])?;
+    assert!(
+        !pod.run("iptables-legacy-save", &["-t", "nat"])?
+            .contains("MESH_")
+    );
+    Ok(())
+}
