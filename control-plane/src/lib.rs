@@ -1,1 +1,8 @@
-//! The control plane (`meshd`, `meshctl`) arrives with the control-plane issue.
+//! The mesh's control plane: `meshd` keeps the desired state, translates it to xDS and streams it
+//! to the proxies; `meshctl` is its command-line client.
+
+pub mod parse;
+pub mod resource;
+pub mod state;
+pub mod validate;
+pub mod vip;

@@ -1,1 +1,45 @@
-//! Wire types of the mesh. xDS v3 (envoy-types) and the mesh's own protos arrive with the control-plane issue.
+//! Wire types of the mesh.
+//!
+//! xDS v3 uses Envoy's own message types and services from the `envoy-types` crate, so `meshd`
+//! can serve unmodified xDS clients and `mesh-proxy` can follow any xDS server. This crate
+//! re-exports them under short paths and names the type URLs the mesh uses.
+
+pub use envoy_types::pb::envoy;
+pub use envoy_types::pb::google;
+pub use prost;
+pub use tonic;
+
+pub use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+    aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
+    aggregated_discovery_service_server::{
+        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+    },
+};
+
+/// Type URLs of the xDS resources the mesh serves and consumes.
+pub mod type_url {
+    pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+    pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+    pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+    pub const HTTP_CONNECTION_MANAGER: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+    pub const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+
+    /// The order in which updates are pushed: clusters before their endpoints, listeners before
+    /// their routes (the xDS "make before break" order).
+    pub const PUSH_ORDER: [&str; 4] = [CLUSTER, ENDPOINT, LISTENER, ROUTE];
+
+    /// Types whose empty subscription means "everything" (wildcard) in state-of-the-world.
+    pub fn is_wildcard_type(type_url: &str) -> bool {
+        type_url == LISTENER || type_url == CLUSTER
+    }
+}
+
+/// Packs a message into a `google.protobuf.Any` with the given type URL.
+pub fn to_any<M: prost::Message>(type_url: &str, message: &M) -> google::protobuf::Any {
+    google::protobuf::Any {
+        type_url: type_url.to_string(),
+        value: message.encode_to_vec(),
+    }
+}
