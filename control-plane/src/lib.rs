@@ -4,5 +4,6 @@
 pub mod parse;
 pub mod resource;
 pub mod state;
+pub mod store;
 pub mod validate;
 pub mod vip;
