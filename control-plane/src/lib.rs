@@ -3,7 +3,9 @@
 
 pub mod parse;
 pub mod resource;
+pub mod snapshot;
 pub mod state;
 pub mod store;
+pub mod translate;
 pub mod validate;
 pub mod vip;

@@ -59,7 +59,10 @@ impl Store {
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|source| StoreError::Dir { path: dir.to_path_buf(), source })?;
+            .map_err(|source| StoreError::Dir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
         let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
         let path = dir.join("meshd.redb");
         let db = Database::create(&path).map_err(|source| StoreError::Open { path, source })?;
@@ -84,12 +87,21 @@ impl Store {
             resources.push(resource);
         }
         let revisions = txn.open_table(REVISIONS).map_err(db_err)?;
-        let last = revisions.last().map_err(db_err)?.map(|(k, _)| k.value()).unwrap_or(0);
+        let last = revisions
+            .last()
+            .map_err(db_err)?
+            .map(|(k, _)| k.value())
+            .unwrap_or(0);
         Ok((State::from_resources(resources), last))
     }
 
     /// Writes the new versions of `upserts`, removes `deletes` and records `revision`, atomically.
-    pub fn commit(&self, revision: &Revision, upserts: &[&Resource], deletes: &[Key]) -> Result<(), StoreError> {
+    pub fn commit(
+        &self,
+        revision: &Revision,
+        upserts: &[&Resource],
+        deletes: &[Key],
+    ) -> Result<(), StoreError> {
         let record = serde_json::to_vec(revision).map_err(|e| StoreError::Corrupt {
             what: "revision".into(),
             message: e.to_string(),
@@ -102,13 +114,17 @@ impl Store {
                     what: r.key().to_string(),
                     message: e.to_string(),
                 })?;
-                table.insert(r.key().storage_key().as_str(), bytes.as_slice()).map_err(db_err)?;
+                table
+                    .insert(r.key().storage_key().as_str(), bytes.as_slice())
+                    .map_err(db_err)?;
             }
             for key in deletes {
                 table.remove(key.storage_key().as_str()).map_err(db_err)?;
             }
             let mut revisions = txn.open_table(REVISIONS).map_err(db_err)?;
-            revisions.insert(revision.revision, record.as_slice()).map_err(db_err)?;
+            revisions
+                .insert(revision.revision, record.as_slice())
+                .map_err(db_err)?;
         }
         txn.commit().map_err(db_err)
     }
@@ -120,10 +136,12 @@ impl Store {
         let mut out = Vec::new();
         for entry in table.iter().map_err(db_err)?.rev().take(limit) {
             let (k, v) = entry.map_err(db_err)?;
-            out.push(serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
-                what: format!("revision {}", k.value()),
-                message: e.to_string(),
-            })?);
+            out.push(
+                serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                    what: format!("revision {}", k.value()),
+                    message: e.to_string(),
+                })?,
+            );
         }
         Ok(out)
     }
@@ -141,12 +159,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let yaml = "apiVersion: mesh.dev/v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80}], selector: {app: web}}\n";
         let docs = parse_documents(yaml).unwrap_or_else(|e| panic!("{e}"));
-        let (state, changes) = State::default().apply(docs, &VipRange::default()).unwrap_or_else(|e| panic!("{e}"));
+        let (state, changes) = State::default()
+            .apply(docs, &VipRange::default())
+            .unwrap_or_else(|e| panic!("{e}"));
         {
             let store = Store::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
             let upserts: Vec<&Resource> = state.list(Kind::Service).collect();
-            let rev = Revision { revision: 1, time_unix_ms: 5, changes };
-            store.commit(&rev, &upserts, &[]).unwrap_or_else(|e| panic!("{e}"));
+            let rev = Revision {
+                revision: 1,
+                time_unix_ms: 5,
+                changes,
+            };
+            store
+                .commit(&rev, &upserts, &[])
+                .unwrap_or_else(|e| panic!("{e}"));
         }
         let store = Store::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
         let (loaded, last) = store.load().unwrap_or_else(|e| panic!("{e}"));
@@ -155,8 +181,14 @@ mod tests {
         assert_eq!(store.history(10).map(|h| h.len()).unwrap_or(0), 1);
 
         let key = Key::new(Kind::Service, "default", "web");
-        let rev = Revision { revision: 2, time_unix_ms: 6, changes: vec![] };
-        store.commit(&rev, &[], std::slice::from_ref(&key)).unwrap_or_else(|e| panic!("{e}"));
+        let rev = Revision {
+            revision: 2,
+            time_unix_ms: 6,
+            changes: vec![],
+        };
+        store
+            .commit(&rev, &[], std::slice::from_ref(&key))
+            .unwrap_or_else(|e| panic!("{e}"));
         let (loaded, last) = store.load().unwrap_or_else(|e| panic!("{e}"));
         assert!(loaded.is_empty());
         assert_eq!(last, 2);

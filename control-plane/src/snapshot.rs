@@ -1,0 +1,116 @@
+//! A complete, immutable set of xDS resources, as served to every proxy at one moment.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use mesh_proto::google::protobuf::Any;
+use mesh_proto::type_url;
+
+/// The four resource types meshd serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum XdsType {
+    Cluster,
+    Endpoint,
+    Listener,
+    Route,
+}
+
+impl XdsType {
+    /// In push order: clusters before endpoints, listeners before routes.
+    pub const ALL: [XdsType; 4] = [
+        XdsType::Cluster,
+        XdsType::Endpoint,
+        XdsType::Listener,
+        XdsType::Route,
+    ];
+
+    pub fn url(self) -> &'static str {
+        match self {
+            XdsType::Cluster => type_url::CLUSTER,
+            XdsType::Endpoint => type_url::ENDPOINT,
+            XdsType::Listener => type_url::LISTENER,
+            XdsType::Route => type_url::ROUTE,
+        }
+    }
+
+    pub fn from_url(url: &str) -> Option<XdsType> {
+        XdsType::ALL.into_iter().find(|t| t.url() == url)
+    }
+
+    /// Whether an empty state-of-the-world subscription means "all" (LDS and CDS).
+    pub fn wildcard_by_default(self) -> bool {
+        matches!(self, XdsType::Cluster | XdsType::Listener)
+    }
+
+    pub fn short(self) -> &'static str {
+        match self {
+            XdsType::Cluster => "CDS",
+            XdsType::Endpoint => "EDS",
+            XdsType::Listener => "LDS",
+            XdsType::Route => "RDS",
+        }
+    }
+}
+
+/// One resource, encoded once, with a content hash for change detection.
+#[derive(Debug, PartialEq)]
+pub struct Entry {
+    pub any: Any,
+    pub hash: u64,
+}
+
+impl Entry {
+    pub fn new(any: Any) -> Entry {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        any.value.hash(&mut h);
+        Entry {
+            any,
+            hash: h.finish(),
+        }
+    }
+}
+
+/// Every resource by type and name, plus the generation it was built at.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub generation: u64,
+    resources: BTreeMap<XdsType, BTreeMap<String, Arc<Entry>>>,
+}
+
+impl Snapshot {
+    pub fn new(generation: u64) -> Snapshot {
+        Snapshot {
+            generation,
+            resources: BTreeMap::new(),
+        }
+    }
+
+    pub fn insert(&mut self, ty: XdsType, name: String, any: Any) {
+        self.resources
+            .entry(ty)
+            .or_default()
+            .insert(name, Arc::new(Entry::new(any)));
+    }
+
+    pub fn of_type(&self, ty: XdsType) -> impl Iterator<Item = (&String, &Arc<Entry>)> {
+        self.resources.get(&ty).into_iter().flatten()
+    }
+
+    pub fn get(&self, ty: XdsType, name: &str) -> Option<&Arc<Entry>> {
+        self.resources.get(&ty).and_then(|m| m.get(name))
+    }
+
+    pub fn names(&self, ty: XdsType) -> Vec<String> {
+        self.of_type(ty).map(|(n, _)| n.clone()).collect()
+    }
+
+    /// Same resources (by name and content) as `other`, whatever the generations.
+    pub fn same_content(&self, other: &Snapshot) -> bool {
+        XdsType::ALL.iter().all(|t| {
+            let a: Vec<_> = self.of_type(*t).map(|(n, e)| (n, e.hash)).collect();
+            let b: Vec<_> = other.of_type(*t).map(|(n, e)| (n, e.hash)).collect();
+            a == b
+        })
+    }
+}
