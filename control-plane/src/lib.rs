@@ -9,3 +9,6 @@ pub mod store;
 pub mod translate;
 pub mod validate;
 pub mod vip;
+pub mod controller;
+pub mod node;
+pub mod registry;
