@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::metrics::Metrics;
 use crate::parse::{ResourceError, parse_documents};
 use crate::registry::{Registry, now_unix_ms};
 use crate::resource::{Key, Kind, Resource, Workload};
@@ -58,11 +59,16 @@ pub struct Controller {
     inner: Mutex<Inner>,
     snapshot: watch::Sender<Arc<Snapshot>>,
     pub registry: Registry,
+    pub metrics: Metrics,
 }
 
 impl Controller {
     /// Loads the stored state and builds the first snapshot (generation 1).
-    pub fn open(store: Store, vips: VipRange, grace: Duration) -> Result<Arc<Controller>, StoreError> {
+    pub fn open(
+        store: Store,
+        vips: VipRange,
+        grace: Duration,
+    ) -> Result<Arc<Controller>, StoreError> {
         let (state, revision) = store.load()?;
         let first = translate(&state, &[], 1);
         Ok(Arc::new(Controller {
@@ -76,6 +82,7 @@ impl Controller {
             }),
             snapshot: watch::channel(Arc::new(first)).0,
             registry: Registry::default(),
+            metrics: Metrics::default(),
         }))
     }
 
@@ -178,7 +185,12 @@ impl Controller {
         let inner = self.lock();
         let mut out: Vec<Resource> = inner.state.list(kind).cloned().collect();
         if kind == Kind::Workload {
-            out.extend(inner.registered.values().map(|(w, _)| Resource::Workload(w.clone())));
+            out.extend(
+                inner
+                    .registered
+                    .values()
+                    .map(|(w, _)| Resource::Workload(w.clone())),
+            );
         }
         out.retain(|r| namespace.is_none_or(|ns| r.metadata().namespace == ns));
         out.sort_by_key(Resource::key);
@@ -191,7 +203,11 @@ impl Controller {
 
     /// A sidecar connected with this workload; it replaces an earlier registration of the same name.
     pub fn register_workload(&self, connection: u64, workload: Workload) {
-        let key = Key::new(Kind::Workload, &workload.metadata.namespace, &workload.metadata.name);
+        let key = Key::new(
+            Kind::Workload,
+            &workload.metadata.namespace,
+            &workload.metadata.name,
+        );
         let mut inner = self.lock();
         inner.registered.insert(key, (workload, connection));
         self.rebuild(&inner);
@@ -204,7 +220,11 @@ impl Controller {
         tokio::spawn(async move {
             tokio::time::sleep(this.grace).await;
             let mut inner = this.lock();
-            if inner.registered.get(&key).is_some_and(|(_, c)| *c == connection) {
+            if inner
+                .registered
+                .get(&key)
+                .is_some_and(|(_, c)| *c == connection)
+            {
                 inner.registered.remove(&key);
                 this.rebuild(&inner);
                 tracing::info!(workload = %key, "removed the workload of a disconnected sidecar");

@@ -10,7 +10,10 @@ use std::net::IpAddr;
 use mesh_proto::envoy::config::core::v3::Node;
 use mesh_proto::google::protobuf::{Struct, Value, value::Kind as ValueKind};
 
-use crate::resource::{Kind, Metadata, Object, Workload, WorkloadPort, WorkloadSpec, default_namespace, default_service_account};
+use crate::resource::{
+    Kind, Metadata, Object, Workload, WorkloadPort, WorkloadSpec, default_namespace,
+    default_service_account,
+};
 
 /// The parts of a `Node` meshd uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,14 +49,16 @@ impl NodeInfo {
                 .collect(),
             _ => BTreeMap::new(),
         };
-        let address = string(meta, "INSTANCE_IPS").and_then(|ips| ips.split(',').find_map(|ip| ip.trim().parse().ok()));
+        let address = string(meta, "INSTANCE_IPS")
+            .and_then(|ips| ips.split(',').find_map(|ip| ip.trim().parse().ok()));
         let ports = string(meta, "PORTS")
             .map(|p| p.split(',').filter_map(|x| x.trim().parse().ok()).collect())
             .unwrap_or_default();
         NodeInfo {
             id: node.map(|n| n.id.clone()).unwrap_or_default(),
             namespace: string(meta, "NAMESPACE").unwrap_or_else(default_namespace),
-            service_account: string(meta, "SERVICE_ACCOUNT").unwrap_or_else(default_service_account),
+            service_account: string(meta, "SERVICE_ACCOUNT")
+                .unwrap_or_else(default_service_account),
             labels,
             address,
             workload_name: string(meta, "WORKLOAD_NAME"),
@@ -64,7 +69,10 @@ impl NodeInfo {
     /// The Workload this sidecar stands for, when it gave an address.
     pub fn workload(&self) -> Option<Workload> {
         let address = self.address?;
-        let name = self.workload_name.clone().unwrap_or_else(|| sanitize(&self.id));
+        let name = self
+            .workload_name
+            .clone()
+            .unwrap_or_else(|| sanitize(&self.id));
         Some(Object {
             api_version: Kind::Workload.api_version().to_string(),
             kind: Kind::Workload,
@@ -76,7 +84,14 @@ impl NodeInfo {
             spec: WorkloadSpec {
                 address,
                 service_account: self.service_account.clone(),
-                ports: self.ports.iter().map(|p| WorkloadPort { port: *p, name: None }).collect(),
+                ports: self
+                    .ports
+                    .iter()
+                    .map(|p| WorkloadPort {
+                        port: *p,
+                        name: None,
+                    })
+                    .collect(),
             },
         })
     }
@@ -86,25 +101,52 @@ impl NodeInfo {
 fn sanitize(id: &str) -> String {
     let s: String = id
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect();
     let s = s.trim_matches('-');
-    if s.is_empty() { "unnamed".into() } else { s.chars().take(63).collect() }
+    if s.is_empty() {
+        "unnamed".into()
+    } else {
+        s.chars().take(63).collect()
+    }
 }
 
 /// Builds node metadata the way `mesh-proxy` sends it (shared with tests and the proxy).
 pub fn metadata(fields: &[(&str, &str)], labels: &BTreeMap<String, String>) -> Struct {
     let mut s = Struct::default();
     for (k, v) in fields {
-        s.fields.insert((*k).to_string(), Value { kind: Some(ValueKind::StringValue((*v).to_string())) });
+        s.fields.insert(
+            (*k).to_string(),
+            Value {
+                kind: Some(ValueKind::StringValue((*v).to_string())),
+            },
+        );
     }
     let label_struct = Struct {
         fields: labels
             .iter()
-            .map(|(k, v)| (k.clone(), Value { kind: Some(ValueKind::StringValue(v.clone())) }))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    Value {
+                        kind: Some(ValueKind::StringValue(v.clone())),
+                    },
+                )
+            })
             .collect(),
     };
-    s.fields.insert("LABELS".into(), Value { kind: Some(ValueKind::StructValue(label_struct)) });
+    s.fields.insert(
+        "LABELS".into(),
+        Value {
+            kind: Some(ValueKind::StructValue(label_struct)),
+        },
+    );
     s
 }
 
@@ -117,7 +159,14 @@ mod tests {
         let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
         let node = Node {
             id: "sidecar~10.0.0.3~Web_B".into(),
-            metadata: Some(metadata(&[("NAMESPACE", "shop"), ("INSTANCE_IPS", "10.0.0.3,fd00::3"), ("PORTS", "8080, 9090")], &labels)),
+            metadata: Some(metadata(
+                &[
+                    ("NAMESPACE", "shop"),
+                    ("INSTANCE_IPS", "10.0.0.3,fd00::3"),
+                    ("PORTS", "8080, 9090"),
+                ],
+                &labels,
+            )),
             ..Default::default()
         };
         let info = NodeInfo::from_node(Some(&node));
@@ -127,7 +176,10 @@ mod tests {
         assert_eq!(w.metadata.labels, labels);
         assert_eq!(w.spec.address.to_string(), "10.0.0.3");
         assert_eq!(w.spec.service_account, "default");
-        assert_eq!(w.spec.ports.iter().map(|p| p.port).collect::<Vec<_>>(), vec![8080, 9090]);
+        assert_eq!(
+            w.spec.ports.iter().map(|p| p.port).collect::<Vec<_>>(),
+            vec![8080, 9090]
+        );
         assert!(crate::validate::check_resource(&crate::resource::Resource::Workload(w)).is_ok());
     }
 

@@ -56,7 +56,11 @@ pub struct ProxyStatus {
 impl ProxyStatus {
     /// The generation every subscribed type is synced at (0 before any subscription).
     pub fn synced_generation(&self) -> u64 {
-        self.types.values().map(|t| t.synced_generation).min().unwrap_or(0)
+        self.types
+            .values()
+            .map(|t| t.synced_generation)
+            .min()
+            .unwrap_or(0)
     }
 
     /// The NACK of a version at or after `generation`, if any.
@@ -87,7 +91,9 @@ impl Default for Registry {
 }
 
 pub fn now_unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Registry {
@@ -124,7 +130,11 @@ impl Registry {
 
     pub fn list(&self) -> Vec<ProxyStatus> {
         let mut all: Vec<_> = self.lock().values().cloned().collect();
-        all.sort_by(|a, b| a.node_id.cmp(&b.node_id).then(a.connection.cmp(&b.connection)));
+        all.sort_by(|a, b| {
+            a.node_id
+                .cmp(&b.node_id)
+                .then(a.connection.cmp(&b.connection))
+        });
         all
     }
 
@@ -195,7 +205,10 @@ mod tests {
                         t.short(),
                         TypeStatus {
                             synced_generation: *g,
-                            nack: nack.map(|v| Nack { version: v.into(), message: "bad".into() }),
+                            nack: nack.map(|v| Nack {
+                                version: v.into(),
+                                message: "bad".into(),
+                            }),
                             ..Default::default()
                         },
                     )
@@ -206,7 +219,10 @@ mod tests {
 
     #[test]
     fn a_proxy_is_synced_when_its_slowest_type_is() {
-        let p = proxy("a", &[(XdsType::Cluster, 7, None), (XdsType::Route, 5, None)]);
+        let p = proxy(
+            "a",
+            &[(XdsType::Cluster, 7, None), (XdsType::Route, 5, None)],
+        );
         assert_eq!(p.synced_generation(), 5);
         let out = wait_outcome(&[p.clone()], 5);
         assert_eq!(out.synced, vec!["a"]);
@@ -221,6 +237,10 @@ mod tests {
         assert_eq!(out.nacked.len(), 1);
         assert!(out.done());
         let out = wait_outcome(&[p], 5);
-        assert_eq!(out.pending, vec!["b"], "an old NACK does not answer for a newer generation");
+        assert_eq!(
+            out.pending,
+            vec!["b"],
+            "an old NACK does not answer for a newer generation"
+        );
     }
 }

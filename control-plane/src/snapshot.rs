@@ -72,9 +72,11 @@ impl Entry {
 }
 
 /// Every resource by type and name, plus the generation it was built at.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Snapshot {
     pub generation: u64,
+    /// When it was built, to measure how long pushes take.
+    pub created: std::time::Instant,
     resources: BTreeMap<XdsType, BTreeMap<String, Arc<Entry>>>,
 }
 
@@ -82,6 +84,7 @@ impl Snapshot {
     pub fn new(generation: u64) -> Snapshot {
         Snapshot {
             generation,
+            created: std::time::Instant::now(),
             resources: BTreeMap::new(),
         }
     }
@@ -99,6 +102,24 @@ impl Snapshot {
 
     pub fn get(&self, ty: XdsType, name: &str) -> Option<&Arc<Entry>> {
         self.resources.get(&ty).and_then(|m| m.get(name))
+    }
+
+    /// The resources of `ty` selected by `names` (`None`: all), with a fingerprint of the set.
+    pub fn view(
+        &self,
+        ty: XdsType,
+        names: Option<&std::collections::BTreeSet<String>>,
+    ) -> (Vec<(&String, &Arc<Entry>)>, u64) {
+        let selected: Vec<_> = self
+            .of_type(ty)
+            .filter(|(n, _)| names.is_none_or(|set| set.contains(*n)))
+            .collect();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for (name, entry) in &selected {
+            name.hash(&mut h);
+            entry.hash.hash(&mut h);
+        }
+        (selected, h.finish())
     }
 
     pub fn names(&self, ty: XdsType) -> Vec<String> {

@@ -132,7 +132,18 @@ impl State {
                 "not found",
             ));
         }
-        next.check_references(&HashMap::new())?;
+        next.check_references(&HashMap::new()).map_err(|e| {
+            let referrer = e.resource.clone().unwrap_or_default();
+            ResourceError::new(
+                0,
+                Some(key.to_string()),
+                "metadata.name",
+                format!(
+                    "cannot delete it: {referrer} refers to it ({}); delete or change that first",
+                    e.field
+                ),
+            )
+        })?;
         Ok((
             next,
             Change {

@@ -1,0 +1,256 @@
+//! Incremental (delta) ADS: each response carries only the resources that changed for the proxy
+//! and the names it should remove.
+//!
+//! Per type: wildcard or not, the explicitly subscribed names, and what the proxy has (name →
+//! content hash, seeded from `initial_resource_versions` on reconnect). Versions of resources are
+//! their content hashes; `system_version_info` is the snapshot generation.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use mesh_proto::envoy::config::core::v3::ControlPlane;
+use mesh_proto::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use super::session::Session;
+use crate::controller::Controller;
+use crate::snapshot::{Snapshot, XdsType};
+
+#[derive(Debug)]
+struct Pending {
+    nonce: String,
+    version: String,
+    /// Names whose content the response carried, to forget if it is refused.
+    updated: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct Subscription {
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// What the proxy holds: name → content hash.
+    known: BTreeMap<String, u64>,
+    pending: Option<Pending>,
+    acked: bool,
+    view_generation: u64,
+}
+
+impl Subscription {
+    fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+}
+
+type Tx = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
+
+struct Stream {
+    session: Option<Session>,
+    subs: BTreeMap<XdsType, Subscription>,
+    nonce: u64,
+    tx: Tx,
+}
+
+/// Serves one delta stream until the proxy goes away.
+pub async fn serve(
+    controller: Arc<Controller>,
+    mut requests: Streaming<DeltaDiscoveryRequest>,
+    tx: Tx,
+    peer: Option<SocketAddr>,
+) {
+    let mut snapshots = controller.subscribe();
+    let mut stream = Stream {
+        session: None,
+        subs: BTreeMap::new(),
+        nonce: 0,
+        tx,
+    };
+    loop {
+        let ok = tokio::select! {
+            request = requests.message() => match request {
+                Ok(Some(request)) => {
+                    if stream.session.is_none() {
+                        stream.session = Some(Session::start(&controller, request.node.as_ref(), "delta", peer));
+                    }
+                    let snapshot = snapshots.borrow().clone();
+                    stream.on_request(request, &snapshot).await
+                }
+                Ok(None) => false,
+                Err(status) => {
+                    tracing::debug!(%status, "delta xDS stream ended with an error");
+                    false
+                }
+            },
+            changed = snapshots.changed() => {
+                let snapshot = snapshots.borrow_and_update().clone();
+                changed.is_ok() && stream.on_snapshot(&snapshot).await
+            }
+        };
+        if !ok {
+            break;
+        }
+    }
+}
+
+fn version_of(hash: u64) -> String {
+    format!("{hash:016x}")
+}
+
+impl Stream {
+    async fn on_request(&mut self, request: DeltaDiscoveryRequest, snapshot: &Snapshot) -> bool {
+        let Some(ty) = XdsType::from_url(&request.type_url) else {
+            tracing::debug!(type_url = %request.type_url, "delta request for a type meshd does not serve; ignored");
+            return true;
+        };
+        let first = !self.subs.contains_key(&ty);
+        let sub = self.subs.entry(ty).or_default();
+        if first {
+            sub.wildcard = request.resource_names_subscribe.is_empty()
+                || request.resource_names_subscribe.iter().any(|n| n == "*");
+            sub.known = request
+                .initial_resource_versions
+                .iter()
+                .filter_map(|(name, v)| u64::from_str_radix(v, 16).ok().map(|h| (name.clone(), h)))
+                .collect();
+        }
+        if !request.response_nonce.is_empty() {
+            match sub.pending.take() {
+                Some(p) if p.nonce == request.response_nonce => {
+                    if let Some(session) = self.session.as_ref() {
+                        match &request.error_detail {
+                            Some(error) => {
+                                // The proxy kept its old versions: resend these next time.
+                                for name in &p.updated {
+                                    sub.known.remove(name);
+                                }
+                                session.nacked(ty, &p.version, &error.message);
+                            }
+                            None => {
+                                sub.acked = true;
+                                session.acked(ty, &p.version, sub.view_generation);
+                            }
+                        }
+                    }
+                }
+                other => {
+                    sub.pending = other;
+                    tracing::debug!(ty = ty.short(), nonce = %request.response_nonce, "stale delta nonce");
+                }
+            }
+        }
+        let mut changed = false;
+        for name in &request.resource_names_subscribe {
+            if name == "*" {
+                changed |= !sub.wildcard;
+                sub.wildcard = true;
+            } else {
+                changed |= sub.names.insert(name.clone());
+            }
+        }
+        for name in &request.resource_names_unsubscribe {
+            if name == "*" {
+                changed |= sub.wildcard;
+                sub.wildcard = false;
+            } else {
+                changed |= sub.names.remove(name);
+                sub.known.remove(name);
+            }
+        }
+        if first || changed {
+            return self.push(ty, snapshot, first).await;
+        }
+        true
+    }
+
+    async fn on_snapshot(&mut self, snapshot: &Snapshot) -> bool {
+        for ty in XdsType::ALL {
+            if self.subs.contains_key(&ty) && !self.push(ty, snapshot, false).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Sends what changed for `ty`; with `force`, sends a response even when nothing did.
+    async fn push(&mut self, ty: XdsType, snapshot: &Snapshot, force: bool) -> bool {
+        let Some(sub) = self.subs.get_mut(&ty) else {
+            return true;
+        };
+        let wanted: BTreeMap<&String, _> =
+            snapshot.of_type(ty).filter(|(n, _)| sub.wants(n)).collect();
+        let updated: Vec<Resource> = wanted
+            .iter()
+            .filter(|(name, entry)| sub.known.get(name.as_str()) != Some(&entry.hash))
+            .map(|(name, entry)| Resource {
+                name: (*name).clone(),
+                version: version_of(entry.hash),
+                resource: Some(entry.any.clone()),
+                ..Default::default()
+            })
+            .collect();
+        // Gone from the snapshot, or explicitly subscribed but absent: tell the proxy.
+        let mut removed: Vec<String> = sub
+            .known
+            .keys()
+            .filter(|n| !wanted.contains_key(n))
+            .cloned()
+            .collect();
+        if force {
+            let absent: Vec<String> = sub
+                .names
+                .iter()
+                .filter(|n| !wanted.contains_key(n) && !removed.contains(n))
+                .cloned()
+                .collect();
+            removed.extend(absent);
+        }
+        if updated.is_empty() && removed.is_empty() && !force {
+            sub.view_generation = snapshot.generation;
+            if sub.acked {
+                if let Some(session) = self.session.as_ref() {
+                    session.still_synced(ty, snapshot.generation);
+                }
+            }
+            return true;
+        }
+        for r in &updated {
+            if let Some(entry) = wanted.get(&r.name) {
+                sub.known.insert(r.name.clone(), entry.hash);
+            }
+        }
+        for name in &removed {
+            sub.known.remove(name);
+        }
+        self.nonce += 1;
+        let version = snapshot.generation.to_string();
+        let nonce = self.nonce.to_string();
+        sub.pending = Some(Pending {
+            nonce: nonce.clone(),
+            version: version.clone(),
+            updated: updated.iter().map(|r| r.name.clone()).collect(),
+        });
+        sub.acked = false;
+        sub.view_generation = snapshot.generation;
+        let (wildcard, subscribed) = (sub.wildcard, sub.known.len());
+        let response = DeltaDiscoveryResponse {
+            system_version_info: version.clone(),
+            resources: updated,
+            type_url: ty.url().to_string(),
+            removed_resources: removed,
+            nonce,
+            control_plane: Some(ControlPlane {
+                identifier: "meshd".into(),
+            }),
+            ..Default::default()
+        };
+        if let Some(session) = self.session.as_ref() {
+            session.sent(ty, &version, wildcard, subscribed);
+            session
+                .controller
+                .metrics
+                .pushed(ty, snapshot.created.elapsed());
+        }
+        self.tx.send(Ok(response)).await.is_ok()
+    }
+}

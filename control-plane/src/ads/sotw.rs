@@ -1,0 +1,219 @@
+//! State-of-the-world ADS: every response of a type carries the complete set the proxy asked for.
+//!
+//! Per type: the subscription (names, or wildcard for LDS/CDS when none are given, or `*`), the
+//! last response sent (nonce, version, content fingerprint) and whether it was ACKed. A request
+//! whose nonce is not the latest of its type is stale and ignored. A new snapshot is pushed only
+//! to types whose view changed, in the order CDS, EDS, LDS, RDS.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use mesh_proto::envoy::config::core::v3::ControlPlane;
+use mesh_proto::{DiscoveryRequest, DiscoveryResponse};
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use super::session::Session;
+use crate::controller::Controller;
+use crate::snapshot::{Snapshot, XdsType};
+
+#[derive(Debug)]
+struct Sent {
+    nonce: String,
+    version: String,
+    fingerprint: u64,
+}
+
+#[derive(Debug, Default)]
+struct Subscription {
+    /// `None`: everything of the type.
+    names: Option<BTreeSet<String>>,
+    sent: Option<Sent>,
+    acked: bool,
+    /// Latest generation whose view equals the content last sent.
+    view_generation: u64,
+}
+
+type Tx = mpsc::Sender<Result<DiscoveryResponse, Status>>;
+
+struct Stream {
+    session: Option<Session>,
+    subs: BTreeMap<XdsType, Subscription>,
+    nonce: u64,
+    tx: Tx,
+}
+
+/// Serves one state-of-the-world stream until the proxy goes away.
+pub async fn serve(
+    controller: Arc<Controller>,
+    mut requests: Streaming<DiscoveryRequest>,
+    tx: Tx,
+    peer: Option<SocketAddr>,
+) {
+    let mut snapshots = controller.subscribe();
+    let mut stream = Stream {
+        session: None,
+        subs: BTreeMap::new(),
+        nonce: 0,
+        tx,
+    };
+    loop {
+        let ok = tokio::select! {
+            request = requests.message() => match request {
+                Ok(Some(request)) => {
+                    if stream.session.is_none() {
+                        stream.session = Some(Session::start(&controller, request.node.as_ref(), "sotw", peer));
+                    }
+                    let snapshot = snapshots.borrow().clone();
+                    stream.on_request(request, &snapshot).await
+                }
+                Ok(None) => false,
+                Err(status) => {
+                    tracing::debug!(%status, "xDS stream ended with an error");
+                    false
+                }
+            },
+            changed = snapshots.changed() => {
+                let snapshot = snapshots.borrow_and_update().clone();
+                changed.is_ok() && stream.on_snapshot(&snapshot).await
+            }
+        };
+        if !ok {
+            break;
+        }
+    }
+}
+
+impl Stream {
+    fn session(&self) -> Option<&Session> {
+        self.session.as_ref()
+    }
+
+    /// Handles one request; returns false when the stream is over.
+    async fn on_request(&mut self, request: DiscoveryRequest, snapshot: &Snapshot) -> bool {
+        let Some(ty) = XdsType::from_url(&request.type_url) else {
+            tracing::debug!(type_url = %request.type_url, "request for a type meshd does not serve; ignored");
+            return true;
+        };
+        let sub = self.subs.entry(ty).or_default();
+        if !request.response_nonce.is_empty() {
+            let Some(sent) = sub
+                .sent
+                .as_ref()
+                .filter(|s| s.nonce == request.response_nonce)
+            else {
+                tracing::debug!(ty = ty.short(), nonce = %request.response_nonce, "stale nonce; ignored");
+                return true;
+            };
+            if let Some(session) = self.session.as_ref() {
+                match &request.error_detail {
+                    Some(error) => session.nacked(ty, &sent.version, &error.message),
+                    None => {
+                        sub.acked = true;
+                        session.acked(ty, &sent.version, sub.view_generation);
+                    }
+                }
+            }
+        }
+        let names = requested_names(ty, &request.resource_names);
+        let changed_subscription = names != sub.names;
+        sub.names = names;
+        if request.response_nonce.is_empty() || changed_subscription {
+            return self.push(ty, snapshot, true).await;
+        }
+        true
+    }
+
+    /// A new snapshot: pushes the types whose view changed, in push order.
+    async fn on_snapshot(&mut self, snapshot: &Snapshot) -> bool {
+        for ty in XdsType::ALL {
+            if self.subs.contains_key(&ty) && !self.push(ty, snapshot, false).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Sends the view of `ty` if it changed (or always, with `force`).
+    async fn push(&mut self, ty: XdsType, snapshot: &Snapshot, force: bool) -> bool {
+        let Some(sub) = self.subs.get_mut(&ty) else {
+            return true;
+        };
+        let (view, fingerprint) = snapshot.view(ty, sub.names.as_ref());
+        if !force
+            && sub
+                .sent
+                .as_ref()
+                .is_some_and(|s| s.fingerprint == fingerprint)
+        {
+            sub.view_generation = snapshot.generation;
+            if sub.acked {
+                if let Some(session) = self.session.as_ref() {
+                    session.still_synced(ty, snapshot.generation);
+                }
+            }
+            return true;
+        }
+        self.nonce += 1;
+        let version = snapshot.generation.to_string();
+        let nonce = self.nonce.to_string();
+        let response = DiscoveryResponse {
+            version_info: version.clone(),
+            resources: view.iter().map(|(_, e)| e.any.clone()).collect(),
+            type_url: ty.url().to_string(),
+            nonce: nonce.clone(),
+            control_plane: Some(ControlPlane {
+                identifier: "meshd".into(),
+            }),
+            ..Default::default()
+        };
+        let count = view.len();
+        sub.sent = Some(Sent {
+            nonce,
+            version: version.clone(),
+            fingerprint,
+        });
+        sub.acked = false;
+        sub.view_generation = snapshot.generation;
+        let wildcard = sub.names.is_none();
+        let subscribed = sub.names.as_ref().map_or(count, BTreeSet::len);
+        if let Some(session) = self.session() {
+            session.sent(ty, &version, wildcard, subscribed);
+            session
+                .controller
+                .metrics
+                .pushed(ty, snapshot.created.elapsed());
+        }
+        self.tx.send(Ok(response)).await.is_ok()
+    }
+}
+
+/// The names a request subscribes to; `None` means all of the type.
+fn requested_names(ty: XdsType, names: &[String]) -> Option<BTreeSet<String>> {
+    if (names.is_empty() && ty.wildcard_by_default()) || names.iter().any(|n| n == "*") {
+        None
+    } else {
+        Some(names.iter().cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_rules() {
+        assert_eq!(requested_names(XdsType::Listener, &[]), None);
+        assert_eq!(
+            requested_names(XdsType::Route, &[]),
+            Some(BTreeSet::new()),
+            "RDS needs names"
+        );
+        assert_eq!(requested_names(XdsType::Route, &["*".into()]), None);
+        assert_eq!(
+            requested_names(XdsType::Endpoint, &["a".into()]).map(|s| s.len()),
+            Some(1)
+        );
+    }
+}
