@@ -356,9 +356,9 @@ spec:
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(
-            err.contains("Service `default/web-v2` does not exist"),
-            "{err}"
+        assert_eq!(
+            err,
+            "Service default/web-v2: metadata.name: cannot delete it: HTTPRoute default/split refers to it (spec.rules[0].backendRefs[1].name); delete or change that first"
         );
         let (after, change) = state
             .delete(&Key::new(Kind::HttpRoute, "default", "split"))
