@@ -1,0 +1,341 @@
+//! The ADS server over a real gRPC connection, driven by a tonic client the way a proxy would.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_control_plane::ads::AdsService;
+use mesh_control_plane::controller::Controller;
+use mesh_control_plane::node::metadata;
+use mesh_control_plane::registry::wait_outcome;
+use mesh_control_plane::store::Store;
+use mesh_control_plane::vip::VipRange;
+use mesh_proto::envoy::config::core::v3::Node;
+use mesh_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use mesh_proto::google::rpc::Status as RpcStatus;
+use mesh_proto::prost::Message;
+use mesh_proto::{
+    AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
+    type_url,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::Streaming;
+
+const SERVICES: &str = "
+apiVersion: mesh.dev/v1
+kind: Service
+metadata: {name: web}
+spec: {ports: [{port: 80, targetPort: 8080}], selector: {app: web}}
+";
+const STEP: Duration = Duration::from_secs(5);
+
+struct Fixture {
+    controller: Arc<Controller>,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(grace: Duration) -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("store");
+    let controller = Controller::open(store, VipRange::default(), grace).expect("controller");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let service = AdsService::new(controller.clone()).into_server();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    Fixture {
+        controller,
+        addr,
+        _dir: dir,
+    }
+}
+
+fn node(id: &str, ip: &str) -> Node {
+    let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
+    Node {
+        id: id.into(),
+        metadata: Some(metadata(
+            &[("NAMESPACE", "default"), ("INSTANCE_IPS", ip)],
+            &labels,
+        )),
+        ..Default::default()
+    }
+}
+
+async fn next(stream: &mut Streaming<DiscoveryResponse>) -> DiscoveryResponse {
+    tokio::time::timeout(STEP, stream.message())
+        .await
+        .expect("a response within the step timeout")
+        .expect("stream ok")
+        .expect("stream open")
+}
+
+fn request(
+    ty: &str,
+    names: &[&str],
+    version: &str,
+    nonce: &str,
+    node: Option<Node>,
+) -> DiscoveryRequest {
+    DiscoveryRequest {
+        node,
+        type_url: ty.into(),
+        resource_names: names.iter().map(|n| n.to_string()).collect(),
+        version_info: version.into(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    }
+}
+
+fn endpoint_count(resp: &DiscoveryResponse) -> usize {
+    resp.resources
+        .iter()
+        .map(|a| {
+            ClusterLoadAssignment::decode(a.value.as_slice())
+                .expect("CLA")
+                .endpoints
+                .iter()
+                .map(|l| l.lb_endpoints.len())
+                .sum::<usize>()
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn state_of_the_world_ack_push_and_nack() {
+    let f = start(Duration::from_secs(60)).await;
+    f.controller.apply(SERVICES).expect("apply");
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", f.addr))
+        .await
+        .expect("connect");
+    let (tx, rx) = mpsc::channel(8);
+    let mut responses = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+
+    // CDS wildcard, with the node that registers workload 10.0.0.3.
+    tx.send(request(
+        type_url::CLUSTER,
+        &[],
+        "",
+        "",
+        Some(node("sidecar-b", "10.0.0.3")),
+    ))
+    .await
+    .expect("send");
+    let cds = next(&mut responses).await;
+    assert_eq!(cds.type_url, type_url::CLUSTER);
+    assert_eq!(cds.resources.len(), 1);
+    tx.send(request(
+        type_url::CLUSTER,
+        &[],
+        &cds.version_info,
+        &cds.nonce,
+        None,
+    ))
+    .await
+    .expect("ack");
+
+    // EDS by name: the sidecar's own registration is an endpoint of `web`.
+    tx.send(request(
+        type_url::ENDPOINT,
+        &["web.default.svc:80"],
+        "",
+        "",
+        None,
+    ))
+    .await
+    .expect("send");
+    let eds = next(&mut responses).await;
+    assert_eq!(eds.type_url, type_url::ENDPOINT);
+    assert_eq!(endpoint_count(&eds), 1);
+    tx.send(request(
+        type_url::ENDPOINT,
+        &["web.default.svc:80"],
+        &eds.version_info,
+        &eds.nonce,
+        None,
+    ))
+    .await
+    .expect("ack");
+
+    // A new Service changes CDS only; EDS of the subscribed cluster is unchanged and not resent.
+    let outcome = f
+        .controller
+        .apply("apiVersion: mesh.dev/v1\nkind: Service\nmetadata: {name: db}\nspec: {ports: [{port: 5432, appProtocol: tcp}], selector: {app: db}}\n")
+        .expect("apply db");
+    let push = next(&mut responses).await;
+    assert_eq!(push.type_url, type_url::CLUSTER);
+    assert_eq!(push.resources.len(), 2);
+    assert_eq!(push.version_info, outcome.generation.to_string());
+
+    // A stale nonce is ignored; then the proxy NACKs the push.
+    tx.send(request(
+        type_url::CLUSTER,
+        &[],
+        &cds.version_info,
+        &cds.nonce,
+        None,
+    ))
+    .await
+    .expect("stale");
+    let mut nack = request(type_url::CLUSTER, &[], &cds.version_info, &push.nonce, None);
+    nack.error_detail = Some(RpcStatus {
+        code: 3,
+        message: "cluster db: unsupported".into(),
+        details: vec![],
+    });
+    tx.send(nack).await.expect("nack");
+
+    let mut changes = f.controller.registry.subscribe();
+    loop {
+        let result = wait_outcome(&f.controller.registry.list(), outcome.generation);
+        if let Some((node, n)) = result.nacked.first() {
+            assert_eq!(node, "sidecar-b");
+            assert_eq!(n.message, "cluster db: unsupported");
+            assert_eq!(n.version, outcome.generation.to_string());
+            break;
+        }
+        tokio::time::timeout(STEP, changes.changed())
+            .await
+            .expect("registry changes")
+            .expect("registry alive");
+    }
+    let proxies = f.controller.registry.list();
+    assert_eq!(
+        proxies[0].types["CDS"].acked_version.as_deref(),
+        Some(cds.version_info.as_str()),
+        "still on the last good CDS"
+    );
+}
+
+#[tokio::test]
+async fn wait_sees_unaffected_proxies_as_synced_at_once() {
+    let f = start(Duration::from_secs(60)).await;
+    f.controller.apply(SERVICES).expect("apply");
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", f.addr))
+        .await
+        .expect("connect");
+    let (tx, rx) = mpsc::channel(8);
+    let mut responses = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    tx.send(request(
+        type_url::ENDPOINT,
+        &["web.default.svc:80"],
+        "",
+        "",
+        Some(node("only-eds", "10.0.0.7")),
+    ))
+    .await
+    .expect("send");
+    let eds = next(&mut responses).await;
+    tx.send(request(
+        type_url::ENDPOINT,
+        &["web.default.svc:80"],
+        &eds.version_info,
+        &eds.nonce,
+        None,
+    ))
+    .await
+    .expect("ack");
+
+    // A change elsewhere (a new Service) does not touch this proxy's view: synced without a push.
+    let outcome = f
+        .controller
+        .apply("apiVersion: mesh.dev/v1\nkind: Service\nmetadata: {name: other}\nspec: {ports: [{port: 80}], selector: {app: other}}\n")
+        .expect("apply");
+    let mut changes = f.controller.registry.subscribe();
+    while !wait_outcome(&f.controller.registry.list(), outcome.generation).done() {
+        tokio::time::timeout(STEP, changes.changed())
+            .await
+            .expect("synced in time")
+            .expect("registry alive");
+    }
+    assert_eq!(
+        wait_outcome(&f.controller.registry.list(), outcome.generation).synced,
+        vec!["only-eds"]
+    );
+}
+
+#[tokio::test]
+async fn delta_sends_changes_and_removals_and_workloads_leave_after_grace() {
+    let f = start(Duration::from_millis(200)).await;
+    f.controller
+        .apply(&format!("{SERVICES}---\napiVersion: mesh.dev/v1\nkind: Service\nmetadata: {{name: db}}\nspec: {{ports: [{{port: 5432}}], selector: {{app: db}}}}\n"))
+        .expect("apply");
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", f.addr))
+        .await
+        .expect("connect");
+    let (tx, rx) = mpsc::channel(8);
+    let mut responses = client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    tx.send(DeltaDiscoveryRequest {
+        node: Some(node("delta-1", "10.0.0.9")),
+        type_url: type_url::CLUSTER.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    let first = tokio::time::timeout(STEP, responses.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("open");
+    let mut names: Vec<_> = first.resources.iter().map(|r| r.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, vec!["db.default.svc:5432", "web.default.svc:80"]);
+    tx.send(DeltaDiscoveryRequest {
+        type_url: type_url::CLUSTER.into(),
+        response_nonce: first.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("ack");
+
+    f.controller
+        .delete(&mesh_control_plane::resource::Key::new(
+            mesh_control_plane::resource::Kind::Service,
+            "default",
+            "db",
+        ))
+        .expect("delete");
+    let removal = tokio::time::timeout(STEP, responses.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("open");
+    assert!(removal.resources.is_empty(), "nothing else changed");
+    assert_eq!(removal.removed_resources, vec!["db.default.svc:5432"]);
+
+    // The stream ends: the registered workload goes away once the grace period has passed.
+    let mut snapshots = f.controller.subscribe();
+    let registered = |c: &Controller| {
+        c.list(mesh_control_plane::resource::Kind::Workload, None)
+            .len()
+    };
+    assert_eq!(registered(&f.controller), 1);
+    drop(tx);
+    drop(responses);
+    while registered(&f.controller) > 0 {
+        tokio::time::timeout(STEP, snapshots.changed())
+            .await
+            .expect("removed after grace")
+            .expect("alive");
+    }
+}
