@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use mesh_proto::envoy::config::core::v3::Node;
-use mesh_proto::google::protobuf::{Struct, Value, value::Kind as ValueKind};
+use mesh_proto::google::protobuf::{Struct, value::Kind as ValueKind};
+use mesh_proto::node_meta;
 
 use crate::resource::{
     Kind, Metadata, Object, Workload, WorkloadPort, WorkloadSpec, default_namespace,
@@ -38,7 +39,11 @@ impl NodeInfo {
     pub fn from_node(node: Option<&Node>) -> NodeInfo {
         let empty = Struct::default();
         let meta = node.and_then(|n| n.metadata.as_ref()).unwrap_or(&empty);
-        let labels = match meta.fields.get("LABELS").and_then(|v| v.kind.as_ref()) {
+        let labels = match meta
+            .fields
+            .get(node_meta::LABELS)
+            .and_then(|v| v.kind.as_ref())
+        {
             Some(ValueKind::StructValue(s)) => s
                 .fields
                 .iter()
@@ -49,19 +54,19 @@ impl NodeInfo {
                 .collect(),
             _ => BTreeMap::new(),
         };
-        let address = string(meta, "INSTANCE_IPS")
+        let address = string(meta, node_meta::INSTANCE_IPS)
             .and_then(|ips| ips.split(',').find_map(|ip| ip.trim().parse().ok()));
-        let ports = string(meta, "PORTS")
+        let ports = string(meta, node_meta::PORTS)
             .map(|p| p.split(',').filter_map(|x| x.trim().parse().ok()).collect())
             .unwrap_or_default();
         NodeInfo {
             id: node.map(|n| n.id.clone()).unwrap_or_default(),
-            namespace: string(meta, "NAMESPACE").unwrap_or_else(default_namespace),
-            service_account: string(meta, "SERVICE_ACCOUNT")
+            namespace: string(meta, node_meta::NAMESPACE).unwrap_or_else(default_namespace),
+            service_account: string(meta, node_meta::SERVICE_ACCOUNT)
                 .unwrap_or_else(default_service_account),
             labels,
             address,
-            workload_name: string(meta, "WORKLOAD_NAME"),
+            workload_name: string(meta, node_meta::WORKLOAD_NAME),
             ports,
         }
     }
@@ -117,38 +122,7 @@ fn sanitize(id: &str) -> String {
     }
 }
 
-/// Builds node metadata the way `mesh-proxy` sends it (shared with tests and the proxy).
-pub fn metadata(fields: &[(&str, &str)], labels: &BTreeMap<String, String>) -> Struct {
-    let mut s = Struct::default();
-    for (k, v) in fields {
-        s.fields.insert(
-            (*k).to_string(),
-            Value {
-                kind: Some(ValueKind::StringValue((*v).to_string())),
-            },
-        );
-    }
-    let label_struct = Struct {
-        fields: labels
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    Value {
-                        kind: Some(ValueKind::StringValue(v.clone())),
-                    },
-                )
-            })
-            .collect(),
-    };
-    s.fields.insert(
-        "LABELS".into(),
-        Value {
-            kind: Some(ValueKind::StructValue(label_struct)),
-        },
-    );
-    s
-}
+pub use mesh_proto::node_meta::build as metadata;
 
 #[cfg(test)]
 mod tests {

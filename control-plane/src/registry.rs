@@ -224,7 +224,7 @@ mod tests {
             &[(XdsType::Cluster, 7, None), (XdsType::Route, 5, None)],
         );
         assert_eq!(p.synced_generation(), 5);
-        let out = wait_outcome(&[p.clone()], 5);
+        let out = wait_outcome(std::slice::from_ref(&p), 5);
         assert_eq!(out.synced, vec!["a"]);
         let out = wait_outcome(&[p], 6);
         assert_eq!(out.pending, vec!["a"]);
@@ -233,7 +233,7 @@ mod tests {
     #[test]
     fn nacks_of_the_awaited_generation_or_later_are_reported() {
         let p = proxy("b", &[(XdsType::Route, 3, Some("4"))]);
-        let out = wait_outcome(&[p.clone()], 4);
+        let out = wait_outcome(std::slice::from_ref(&p), 4);
         assert_eq!(out.nacked.len(), 1);
         assert!(out.done());
         let out = wait_outcome(&[p], 5);

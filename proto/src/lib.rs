@@ -43,3 +43,43 @@ pub fn to_any<M: prost::Message>(type_url: &str, message: &M) -> google::protobu
         value: message.encode_to_vec(),
     }
 }
+
+/// Node metadata the mesh's sidecars send and meshd reads (Istio's key names where they exist).
+pub mod node_meta {
+    use std::collections::BTreeMap;
+
+    use crate::google::protobuf::{Struct, Value, value::Kind};
+
+    pub const NAMESPACE: &str = "NAMESPACE";
+    pub const SERVICE_ACCOUNT: &str = "SERVICE_ACCOUNT";
+    pub const LABELS: &str = "LABELS";
+    /// Comma-separated pod addresses.
+    pub const INSTANCE_IPS: &str = "INSTANCE_IPS";
+    pub const WORKLOAD_NAME: &str = "WORKLOAD_NAME";
+    /// Comma-separated ports the app listens on.
+    pub const PORTS: &str = "PORTS";
+
+    fn string(s: &str) -> Value {
+        Value {
+            kind: Some(Kind::StringValue(s.to_string())),
+        }
+    }
+
+    /// String fields plus a `LABELS` struct.
+    pub fn build(fields: &[(&str, &str)], labels: &BTreeMap<String, String>) -> Struct {
+        let mut s = Struct::default();
+        for (k, v) in fields {
+            s.fields.insert((*k).to_string(), string(v));
+        }
+        let labels = Struct {
+            fields: labels.iter().map(|(k, v)| (k.clone(), string(v))).collect(),
+        };
+        s.fields.insert(
+            LABELS.to_string(),
+            Value {
+                kind: Some(Kind::StructValue(labels)),
+            },
+        );
+        s
+    }
+}

@@ -46,7 +46,18 @@ pub fn respond(method: &Method, path: &str, ctx: &Context, drain: &Drain) -> Res
         (&Method::GET, "/ready") if drain.is_draining() => {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
         }
+        (&Method::GET, "/ready") if !ctx.xds.is_ready() => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the first configuration from the control plane\n".into(),
+        ),
         (&Method::GET, "/ready") => text(StatusCode::OK, "ready\n".into()),
+        (&Method::GET, "/config_dump") => {
+            let body = serde_json::to_string_pretty(&ctx.xds.dump()).unwrap_or_default();
+            let mut r = text(StatusCode::OK, body);
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        }
         (&Method::GET, "/metrics") => {
             let mut r = text(StatusCode::OK, ctx.metrics.render());
             r.headers_mut().insert(
@@ -59,13 +70,13 @@ pub fn respond(method: &Method, path: &str, ctx: &Context, drain: &Drain) -> Res
             drain.start();
             text(StatusCode::OK, "draining\n".into())
         }
-        (_, "/live" | "/ready" | "/metrics") => {
+        (_, "/live" | "/ready" | "/metrics" | "/config_dump") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into())
         }
         (_, "/shutdown") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n".into()),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try GET /live, /ready, /metrics or POST /shutdown\n".into(),
+            "not found; try GET /live, /ready, /metrics, /config_dump or POST /shutdown\n".into(),
         ),
     }
 }
@@ -90,6 +101,7 @@ mod tests {
         Context {
             config: ProxyConfig::default(),
             metrics: Metrics::default(),
+            xds: std::sync::Arc::new(crate::xds::Xds::standalone()),
         }
     }
 

@@ -12,6 +12,7 @@ use crate::drain::Drain;
 use crate::forward::Context;
 use crate::listener::{accept_loop, bind, bind_all};
 use crate::metrics::{Direction, Metrics};
+use crate::xds::Xds;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -45,9 +46,18 @@ pub async fn run(config: ProxyConfig) -> Result<(), ProxyError> {
 
     let drain = Drain::new();
     let drain_timeout = config.drain_timeout;
+    let xds = match &config.xds {
+        Some(x) => {
+            let xds = Arc::new(Xds::following(x.server.clone()));
+            tokio::spawn(crate::xds::client::run(x.clone(), xds.clone()));
+            xds
+        }
+        None => Arc::new(Xds::standalone()),
+    };
     let ctx = Arc::new(Context {
         config,
         metrics: Metrics::default(),
+        xds,
     });
     for (listeners, direction) in [
         (outbound, Direction::Outbound),

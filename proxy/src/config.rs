@@ -23,6 +23,8 @@ pub struct ProxyConfig {
     /// Timeout of a connection attempt to the destination.
     pub connect_timeout: Duration,
     pub relay_mode: RelayMode,
+    /// The control plane to follow; none means passthrough only.
+    pub xds: Option<crate::xds::client::XdsConfig>,
 }
 
 impl ProxyConfig {
@@ -46,6 +48,7 @@ impl Default for ProxyConfig {
             drain_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             relay_mode: RelayMode::Splice,
+            xds: None,
         }
     }
 }

@@ -12,6 +12,8 @@ use crate::config::ProxyConfig;
 use crate::metrics::{Direction, Metrics, RefuseReason, inc};
 use crate::orig_dst::original_dst;
 use crate::relay::{Counters, relay};
+use crate::routing::{NoEndpoint, random_u32};
+use crate::xds::Xds;
 
 /// What the proxy does with a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +64,24 @@ pub fn decide(
 pub struct Context {
     pub config: ProxyConfig,
     pub metrics: Metrics,
+    pub xds: Arc<Xds>,
+}
+
+/// Where an outbound connection to `orig` goes: an endpoint of the Service at that virtual
+/// address, or `orig` itself when it is no Service (passthrough).
+fn resolve_outbound(xds: &Xds, orig: SocketAddr) -> Result<SocketAddr, String> {
+    let routing = xds.routing.load();
+    let Some(service) = routing.service(&orig) else {
+        return Ok(orig);
+    };
+    match service.pick(random_u32()) {
+        Ok((endpoint, _cluster)) => Ok(endpoint),
+        Err(NoEndpoint::Empty { cluster }) => Err(format!(
+            "service {} has no endpoints (cluster {cluster})",
+            service.name
+        )),
+        Err(NoEndpoint::Rejected(reason)) => Err(format!("service {}: {reason}", service.name)),
+    }
 }
 
 /// Handles one accepted connection to its end.
@@ -79,12 +99,23 @@ pub async fn handle(
             return;
         }
     };
-    let target = match decide(
+    let decision = decide(
         direction,
         original_dst(&downstream),
         local,
         &ctx.config.own_ports(),
-    ) {
+    );
+    let target = match decision {
+        Decision::Forward(orig) if direction == Direction::Outbound => {
+            match resolve_outbound(&ctx.xds, orig) {
+                Ok(endpoint) => endpoint,
+                Err(why) => {
+                    inc(metrics.refused(RefuseReason::NoEndpoint));
+                    tracing::warn!(%peer, dst = %orig, "mesh-proxy refused connection: {why}");
+                    return;
+                }
+            }
+        }
         Decision::Forward(target) => target,
         Decision::Refuse(reason) => {
             inc(metrics.refused(reason));

@@ -3,7 +3,8 @@
 //! A connection enters through a [`listener`] (outbound or inbound), its real destination is read
 //! back with [`orig_dst`], [`forward`] decides where it goes (or refuses a loop) and [`relay`] moves
 //! the bytes, counted in [`metrics`]. [`admin`] serves readiness, metrics and shutdown; [`drain`]
-//! coordinates a graceful stop. [`app`] wires these together from a [`config::ProxyConfig`].
+//! coordinates a graceful stop. [`xds`] follows the control plane and keeps the [`routing`]
+//! table that outbound connections to a Service's virtual IP are balanced by. [`app`] wires these together from a [`config::ProxyConfig`].
 
 pub mod admin;
 pub mod app;
@@ -14,6 +15,8 @@ pub mod listener;
 pub mod metrics;
 pub mod orig_dst;
 pub mod relay;
+pub mod routing;
+pub mod xds;
 
 pub use app::{ProxyError, run};
 pub use config::ProxyConfig;

@@ -1,11 +1,15 @@
 //! `mesh-proxy`: the sidecar binary. Parses flags, sets up logging and the runtime, runs the library.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use mesh_proto::envoy::config::core::v3::Node;
+use mesh_proto::node_meta;
 use mesh_proxy::config::{ProxyConfig, RelayMode, parse_duration};
+use mesh_proxy::xds::client::XdsConfig;
 
 #[derive(Debug, Parser)]
 #[command(name = "mesh-proxy", version, about)]
@@ -31,6 +35,31 @@ struct Args {
     /// How plain TCP is relayed: splice (zero copy) or copy.
     #[arg(long, value_enum, default_value_t = RelayMode::Splice)]
     relay: RelayMode,
+    /// The control plane to follow (xDS ADS), e.g. `http://10.0.0.1:15010`. Without it the
+    /// proxy passes every connection through to its original destination.
+    #[arg(long, env = "MESH_XDS_ADDRESS")]
+    xds_address: Option<String>,
+    /// Node id sent to the control plane (default: `sidecar~<pod ip>~<workload name>`).
+    #[arg(long, env = "MESH_NODE_ID")]
+    node_id: Option<String>,
+    /// The pod's namespace.
+    #[arg(long, env = "MESH_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// The pod's service account.
+    #[arg(long, env = "MESH_SERVICE_ACCOUNT", default_value = "default")]
+    service_account: String,
+    /// The pod's name, under which it registers as a Workload.
+    #[arg(long, env = "MESH_WORKLOAD_NAME")]
+    workload_name: Option<String>,
+    /// The pod's labels, `key=value,key=value` (what Service selectors match).
+    #[arg(long, env = "MESH_LABELS", default_value = "")]
+    labels: String,
+    /// The pod's IP address(es), comma-separated; registers the pod as a Workload.
+    #[arg(long, env = "MESH_POD_IP")]
+    pod_ip: Option<String>,
+    /// Ports the app listens on, comma-separated.
+    #[arg(long, env = "MESH_APP_PORTS", default_value = "")]
+    app_ports: String,
     /// Log filter, e.g. `info` or `mesh_proxy=debug`.
     #[arg(long, env = "MESH_LOG", default_value = "info")]
     log: String,
@@ -69,9 +98,61 @@ fn main() -> anyhow::Result<()> {
         drain_timeout: args.drain_timeout,
         connect_timeout: args.connect_timeout,
         relay_mode: args.relay,
+        xds: xds_config(&args)?,
     };
     tracing::info!(threads, relay = ?config.relay_mode, "mesh-proxy starting");
     runtime
         .block_on(mesh_proxy::run(config))
         .context("mesh-proxy failed")
+}
+
+/// The control plane settings and the node this proxy presents to it.
+fn xds_config(args: &Args) -> anyhow::Result<Option<XdsConfig>> {
+    let Some(server) = &args.xds_address else {
+        return Ok(None);
+    };
+    if !server.starts_with("http://") {
+        anyhow::bail!("--xds-address `{server}` must look like http://host:port");
+    }
+    let mut labels = BTreeMap::new();
+    for pair in args
+        .labels
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair
+            .split_once('=')
+            .with_context(|| format!("--labels: `{pair}` is not key=value"))?;
+        labels.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    let pod_ip = args.pod_ip.clone().unwrap_or_default();
+    let workload = args.workload_name.clone().unwrap_or_default();
+    let mut fields = vec![
+        (node_meta::NAMESPACE, args.namespace.as_str()),
+        (node_meta::SERVICE_ACCOUNT, args.service_account.as_str()),
+    ];
+    for (key, value) in [
+        (node_meta::INSTANCE_IPS, &pod_ip),
+        (node_meta::WORKLOAD_NAME, &workload),
+        (node_meta::PORTS, &args.app_ports),
+    ] {
+        if !value.is_empty() {
+            fields.push((key, value.as_str()));
+        }
+    }
+    let id = args
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("sidecar~{pod_ip}~{workload}"));
+    Ok(Some(XdsConfig {
+        server: server.clone(),
+        node: Node {
+            id,
+            cluster: args.namespace.clone(),
+            metadata: Some(node_meta::build(&fields, &labels)),
+            user_agent_name: "mesh-proxy".into(),
+            ..Default::default()
+        },
+    }))
 }

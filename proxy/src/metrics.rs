@@ -28,6 +28,8 @@ pub enum RefuseReason {
     Loop,
     /// The connection was not redirected by iptables, so its destination is unknown.
     NoOriginalDst,
+    /// The destination is a Service with no endpoint to send the connection to.
+    NoEndpoint,
 }
 
 impl RefuseReason {
@@ -35,6 +37,7 @@ impl RefuseReason {
         match self {
             RefuseReason::Loop => "loop",
             RefuseReason::NoOriginalDst => "no_original_dst",
+            RefuseReason::NoEndpoint => "no_endpoint",
         }
     }
 }
@@ -51,6 +54,7 @@ pub struct TcpMetrics {
     pub connect_errors: AtomicU64,
     refused_loop: AtomicU64,
     refused_no_orig_dst: AtomicU64,
+    refused_no_endpoint: AtomicU64,
 }
 
 impl TcpMetrics {
@@ -58,6 +62,7 @@ impl TcpMetrics {
         match reason {
             RefuseReason::Loop => &self.refused_loop,
             RefuseReason::NoOriginalDst => &self.refused_no_orig_dst,
+            RefuseReason::NoEndpoint => &self.refused_no_endpoint,
         }
     }
 }
@@ -131,7 +136,11 @@ impl Metrics {
             "Connections closed without forwarding, by reason.",
         );
         for d in DIRECTIONS {
-            for r in [RefuseReason::Loop, RefuseReason::NoOriginalDst] {
+            for r in [
+                RefuseReason::Loop,
+                RefuseReason::NoOriginalDst,
+                RefuseReason::NoEndpoint,
+            ] {
                 let v = self.tcp(d).refused(r).load(Ordering::Relaxed);
                 let _ = writeln!(
                     out,

@@ -1,0 +1,227 @@
+//! The compiled routing table: which Service a virtual IP:port is, how its traffic splits over
+//! clusters, and each cluster's endpoints. Built once per config update, read per connection
+//! without locks (it sits behind an `ArcSwap`).
+//!
+//! The proxy is L4 here: a connection is routed by the Service's catch-all route (the rule that
+//! matches every request), since per-request matches need the HTTP layer.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::{Value, json};
+
+/// One upstream cluster: its endpoints, picked round robin.
+#[derive(Debug, Default)]
+pub struct Cluster {
+    pub name: String,
+    pub endpoints: Vec<SocketAddr>,
+    next: AtomicUsize,
+}
+
+impl Cluster {
+    pub fn new(name: String, endpoints: Vec<SocketAddr>) -> Cluster {
+        Cluster {
+            name,
+            endpoints,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The next endpoint, round robin; `None` when the cluster has none.
+    pub fn pick(&self) -> Option<SocketAddr> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
+        Some(self.endpoints[i])
+    }
+}
+
+/// How a Service's connections are handled.
+#[derive(Debug)]
+pub enum Action {
+    /// Split over clusters by weight (weights > 0, total > 0).
+    Forward {
+        backends: Vec<(Arc<Cluster>, u32)>,
+        total: u32,
+    },
+    /// The route answers without a backend (e.g. a rule with no backends): refuse.
+    Reject { reason: String },
+}
+
+/// A Service port, as seen by a connecting client.
+#[derive(Debug)]
+pub struct Service {
+    pub name: String,
+    pub action: Action,
+}
+
+/// Why a connection to a known Service could not be given an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoEndpoint {
+    Rejected(String),
+    Empty { cluster: String },
+}
+
+impl Service {
+    /// Chooses a cluster by weight (with `random` in `0..u32::MAX`) and an endpoint in it.
+    pub fn pick(&self, random: u32) -> Result<(SocketAddr, &str), NoEndpoint> {
+        match &self.action {
+            Action::Reject { reason } => Err(NoEndpoint::Rejected(reason.clone())),
+            Action::Forward { backends, total } => {
+                let mut point = random % total;
+                let cluster = backends
+                    .iter()
+                    .find(|(_, w)| {
+                        if point < *w {
+                            true
+                        } else {
+                            point -= w;
+                            false
+                        }
+                    })
+                    .map(|(c, _)| c)
+                    .or_else(|| backends.last().map(|(c, _)| c))
+                    .ok_or_else(|| NoEndpoint::Empty {
+                        cluster: String::new(),
+                    })?;
+                cluster
+                    .pick()
+                    .map(|ep| (ep, cluster.name.as_str()))
+                    .ok_or_else(|| NoEndpoint::Empty {
+                        cluster: cluster.name.clone(),
+                    })
+            }
+        }
+    }
+}
+
+/// Every Service this proxy knows, by virtual address.
+#[derive(Debug, Default)]
+pub struct Routing {
+    pub services: HashMap<SocketAddr, Service>,
+}
+
+impl Routing {
+    pub fn service(&self, addr: &SocketAddr) -> Option<&Service> {
+        self.services.get(addr)
+    }
+
+    /// A JSON view for `/config_dump`.
+    pub fn dump(&self) -> Value {
+        let mut services: Vec<(&SocketAddr, &Service)> = self.services.iter().collect();
+        services.sort_by_key(|(a, _)| **a);
+        Value::Array(
+            services
+                .into_iter()
+                .map(|(addr, s)| {
+                    let action = match &s.action {
+                        Action::Reject { reason } => json!({ "reject": reason }),
+                        Action::Forward { backends, .. } => json!(backends
+                            .iter()
+                            .map(|(c, w)| json!({
+                                "cluster": c.name,
+                                "weight": w,
+                                "endpoints": c.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                            }))
+                            .collect::<Vec<_>>()),
+                    };
+                    json!({ "address": addr.to_string(), "service": s.name, "backends": action })
+                })
+                .collect(),
+        )
+    }
+}
+
+/// A fast, non-cryptographic random number per call (SplitMix64 over a thread-local state).
+pub fn random_u32() -> u32 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0x9E37_79B9, |d| d.as_nanos() as u64)
+        );
+    }
+    STATE.with(|s| {
+        let mut z = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        s.set(z);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 32) as u32
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn round_robin_within_a_cluster() {
+        let c = Cluster::new("c".into(), vec![addr("10.0.0.1:80"), addr("10.0.0.2:80")]);
+        let picks: Vec<_> = (0..4)
+            .filter_map(|_| c.pick())
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(
+            picks,
+            vec!["10.0.0.1:80", "10.0.0.2:80", "10.0.0.1:80", "10.0.0.2:80"]
+        );
+        assert_eq!(Cluster::new("e".into(), vec![]).pick(), None);
+    }
+
+    #[test]
+    fn weighted_split_follows_the_weights() {
+        let v1 = Arc::new(Cluster::new("v1".into(), vec![addr("10.0.0.1:80")]));
+        let v2 = Arc::new(Cluster::new("v2".into(), vec![addr("10.0.0.2:80")]));
+        let s = Service {
+            name: "web".into(),
+            action: Action::Forward {
+                backends: vec![(v1, 90), (v2, 10)],
+                total: 100,
+            },
+        };
+        assert_eq!(s.pick(0).map(|(_, c)| c), Ok("v1"));
+        assert_eq!(s.pick(89).map(|(_, c)| c), Ok("v1"));
+        assert_eq!(s.pick(90).map(|(_, c)| c), Ok("v2"));
+        let n = 20_000;
+        let to_v2 = (0..n)
+            .filter(|_| {
+                s.pick(random_u32())
+                    .map(|(_, c)| c == "v2")
+                    .unwrap_or(false)
+            })
+            .count();
+        let share = to_v2 as f64 / n as f64;
+        assert!((0.08..0.12).contains(&share), "v2 share {share}");
+    }
+
+    #[test]
+    fn empty_clusters_and_rejections_are_reported() {
+        let empty = Arc::new(Cluster::new("empty".into(), vec![]));
+        let s = Service {
+            name: "s".into(),
+            action: Action::Forward {
+                backends: vec![(empty, 1)],
+                total: 1,
+            },
+        };
+        assert_eq!(
+            s.pick(0),
+            Err(NoEndpoint::Empty {
+                cluster: "empty".into()
+            })
+        );
+        let r = Service {
+            name: "r".into(),
+            action: Action::Reject {
+                reason: "no backends".into(),
+            },
+        };
+        assert_eq!(r.pick(0), Err(NoEndpoint::Rejected("no backends".into())));
+    }
+}

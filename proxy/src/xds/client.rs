@@ -1,0 +1,240 @@
+//! The ADS client: one state-of-the-world stream carrying CDS and LDS (wildcard), and EDS and
+//! RDS for the names those need. Each response is decoded whole; a bad one is NACKed with the
+//! reason and the proxy stays on its last good configuration. A good one is ACKed and the
+//! routing table is rebuilt and swapped in atomically. When the stream breaks, the client
+//! reconnects with jittered exponential backoff and resubscribes; the last good configuration
+//! stays in force meanwhile.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_proto::envoy::config::core::v3::Node;
+use mesh_proto::google::rpc::Status as RpcStatus;
+use mesh_proto::{AggregatedDiscoveryServiceClient, DiscoveryRequest, DiscoveryResponse, type_url};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use super::Xds;
+use super::resources::{self, Resources};
+use crate::routing::random_u32;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct XdsConfig {
+    /// `http://host:port` of the control plane.
+    pub server: String,
+    pub node: Node,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("cannot connect: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("stream failed: {0}")]
+    Stream(#[from] tonic::Status),
+    #[error("the stream closed")]
+    Closed,
+}
+
+/// Per-type client state within and across streams.
+#[derive(Debug, Default)]
+struct TypeTrack {
+    /// Version of the last ACKed response (sent again on reconnect).
+    version: String,
+    /// Nonce of the last response of the stream.
+    nonce: String,
+    /// Names subscribed (EDS/RDS only).
+    names: BTreeSet<String>,
+    received: bool,
+}
+
+#[derive(Debug, Default)]
+struct Tracks {
+    cds: TypeTrack,
+    eds: TypeTrack,
+    lds: TypeTrack,
+    rds: TypeTrack,
+}
+
+impl Tracks {
+    fn get(&mut self, url: &str) -> Option<(&mut TypeTrack, &'static str)> {
+        match url {
+            type_url::CLUSTER => Some((&mut self.cds, "CDS")),
+            type_url::ENDPOINT => Some((&mut self.eds, "EDS")),
+            type_url::LISTENER => Some((&mut self.lds, "LDS")),
+            type_url::ROUTE => Some((&mut self.rds, "RDS")),
+            _ => None,
+        }
+    }
+}
+
+/// Follows the control plane forever.
+pub async fn run(config: XdsConfig, xds: Arc<Xds>) {
+    let mut resources = Resources::default();
+    let mut tracks = Tracks::default();
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let mut got_response = false;
+        let result = session(
+            &config,
+            &xds,
+            &mut resources,
+            &mut tracks,
+            &mut got_response,
+        )
+        .await;
+        xds.set_connected(false);
+        if got_response {
+            backoff = MIN_BACKOFF;
+        }
+        let err = result
+            .err()
+            .map_or_else(|| "closed".to_string(), |e| e.to_string());
+        // Full jitter: anywhere between half and all of the backoff.
+        let delay = backoff / 2 + backoff.mul_f64(f64::from(random_u32() % 1000) / 2000.0);
+        tracing::warn!(server = %config.server, error = %err, retry_in_ms = delay.as_millis() as u64,
+            "xDS stream to the control plane is down; keeping the last good config");
+        tokio::time::sleep(delay).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn request(
+    url: &str,
+    track: &TypeTrack,
+    node: Option<&Node>,
+    error: Option<String>,
+) -> DiscoveryRequest {
+    DiscoveryRequest {
+        version_info: track.version.clone(),
+        node: node.cloned(),
+        resource_names: track.names.iter().cloned().collect(),
+        type_url: url.to_string(),
+        response_nonce: track.nonce.clone(),
+        error_detail: error.map(|message| RpcStatus {
+            code: 3, // INVALID_ARGUMENT
+            message,
+            details: vec![],
+        }),
+        ..Default::default()
+    }
+}
+
+async fn session(
+    config: &XdsConfig,
+    xds: &Xds,
+    resources: &mut Resources,
+    tracks: &mut Tracks,
+    got_response: &mut bool,
+) -> Result<(), SessionError> {
+    let channel = tonic::transport::Endpoint::from_shared(config.server.clone())?
+        .connect_timeout(Duration::from_secs(3))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .connect()
+        .await?;
+    let mut client = AggregatedDiscoveryServiceClient::new(channel);
+    let (tx, rx) = mpsc::unbounded_channel();
+    // A new stream: nonces of the old one mean nothing; versions tell the server what we hold.
+    for (url, with_node) in [(type_url::CLUSTER, true), (type_url::LISTENER, false)] {
+        if let Some((track, _)) = tracks.get(url) {
+            track.nonce.clear();
+            let _ = tx.send(request(url, track, with_node.then_some(&config.node), None));
+        }
+    }
+    for url in [type_url::ENDPOINT, type_url::ROUTE] {
+        if let Some((track, _)) = tracks.get(url) {
+            track.nonce.clear();
+            if !track.names.is_empty() {
+                let _ = tx.send(request(url, track, None, None));
+            }
+        }
+    }
+    let mut stream = client
+        .stream_aggregated_resources(UnboundedReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    xds.set_connected(true);
+    tracing::info!(server = %config.server, "xDS stream open");
+    while let Some(response) = stream.message().await? {
+        *got_response = true;
+        on_response(response, xds, resources, tracks, &tx);
+    }
+    Err(SessionError::Closed)
+}
+
+fn on_response(
+    response: DiscoveryResponse,
+    xds: &Xds,
+    resources: &mut Resources,
+    tracks: &mut Tracks,
+    tx: &mpsc::UnboundedSender<DiscoveryRequest>,
+) {
+    let url = response.type_url.clone();
+    let Some((track, short)) = tracks.get(&url) else {
+        tracing::debug!(type_url = %url, "ignoring a response of a type the proxy does not use");
+        return;
+    };
+    track.nonce = response.nonce.clone();
+    let mut next = resources.clone();
+    let decoded = match url.as_str() {
+        type_url::CLUSTER => resources::clusters(&response.resources).map(|c| next.clusters = c),
+        type_url::ENDPOINT => resources::endpoints(&response.resources).map(|e| next.endpoints = e),
+        type_url::LISTENER => resources::listeners(&response.resources).map(|l| next.listeners = l),
+        _ => resources::routes(&response.resources).map(|r| next.routes = r),
+    };
+    if let Err(message) = decoded {
+        tracing::warn!(ty = short, version = %response.version_info, error = %message, "refusing an xDS update (NACK); keeping the last good config");
+        xds.update_type(short, |t| {
+            t.last_nack = Some(format!("version {}: {message}", response.version_info))
+        });
+        let _ = tx.send(request(&url, track, None, Some(message)));
+        return;
+    }
+    track.version = response.version_info.clone();
+    track.received = true;
+    *resources = next;
+    xds.routing.store(Arc::new(resources.compile()));
+    xds.update_type(short, |t| {
+        t.acked_version = Some(response.version_info.clone())
+    });
+    tracing::debug!(ty = short, version = %response.version_info, count = response.resources.len(), "applied xDS update");
+    let _ = tx.send(request(&url, track, None, None));
+    follow_names(resources, tracks, tx);
+    if !xds.is_ready() && complete(resources, tracks) {
+        xds.set_ready();
+        tracing::info!(
+            services = resources.listeners.len(),
+            "first configuration from the control plane in force; ready"
+        );
+    }
+}
+
+/// Subscribes EDS and RDS to exactly the names the clusters and listeners need.
+fn follow_names(
+    resources: &Resources,
+    tracks: &mut Tracks,
+    tx: &mpsc::UnboundedSender<DiscoveryRequest>,
+) {
+    for (url, wanted) in [
+        (type_url::ENDPOINT, resources.eds_names()),
+        (type_url::ROUTE, resources.route_names()),
+    ] {
+        if let Some((track, _)) = tracks.get(url) {
+            if track.names != wanted {
+                track.names = wanted;
+                let _ = tx.send(request(url, track, None, None));
+            }
+        }
+    }
+}
+
+/// Every type the configuration needs has arrived at least once.
+fn complete(resources: &Resources, tracks: &Tracks) -> bool {
+    tracks.cds.received
+        && tracks.lds.received
+        && (resources.eds_names().is_empty() || tracks.eds.received)
+        && (resources.route_names().is_empty() || tracks.rds.received)
+}

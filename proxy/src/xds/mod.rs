@@ -1,0 +1,88 @@
+//! Following a control plane over xDS v3 ADS (state of the world).
+//!
+//! [`Xds`] is what the rest of the proxy reads: the compiled [`Routing`] behind an `ArcSwap`
+//! (one atomic load per connection), readiness, and what `/config_dump` shows. [`client`]
+//! keeps it up to date.
+
+pub mod client;
+pub mod resources;
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+use serde_json::{Value, json};
+
+use crate::routing::Routing;
+
+/// Per type: the version in force and the last refusal.
+#[derive(Debug, Default, Clone)]
+pub struct TypeState {
+    pub acked_version: Option<String>,
+    pub last_nack: Option<String>,
+}
+
+/// The proxy's view of its control plane.
+#[derive(Debug)]
+pub struct Xds {
+    pub routing: ArcSwap<Routing>,
+    ready: AtomicBool,
+    connected: AtomicBool,
+    types: Mutex<BTreeMap<&'static str, TypeState>>,
+    server: Option<String>,
+}
+
+impl Xds {
+    /// With no control plane, the proxy is ready at once and routes nothing (passthrough).
+    pub fn standalone() -> Xds {
+        Xds {
+            routing: ArcSwap::from_pointee(Routing::default()),
+            ready: AtomicBool::new(true),
+            connected: AtomicBool::new(false),
+            types: Mutex::new(BTreeMap::new()),
+            server: None,
+        }
+    }
+
+    /// Following `server`: not ready until the first complete configuration has arrived.
+    pub fn following(server: String) -> Xds {
+        Xds {
+            server: Some(server),
+            ready: AtomicBool::new(false),
+            ..Xds::standalone()
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+    }
+
+    pub(crate) fn update_type(&self, short: &'static str, f: impl FnOnce(&mut TypeState)) {
+        let mut types = self.types.lock().unwrap_or_else(|e| e.into_inner());
+        f(types.entry(short).or_default());
+    }
+
+    /// The JSON of `/config_dump`.
+    pub fn dump(&self) -> Value {
+        let types = self.types.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        json!({
+            "controlPlane": self.server,
+            "connected": self.connected.load(Ordering::Relaxed),
+            "ready": self.is_ready(),
+            "types": types.iter().map(|(k, t)| (k.to_string(), json!({
+                "ackedVersion": t.acked_version,
+                "lastNack": t.last_nack,
+            }))).collect::<serde_json::Map<_, _>>(),
+            "services": self.routing.load().dump(),
+        })
+    }
+}
