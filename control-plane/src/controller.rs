@@ -70,7 +70,21 @@ impl Controller {
         grace: Duration,
     ) -> Result<Arc<Controller>, StoreError> {
         let (state, revision) = store.load()?;
-        let first = translate(&state, &[], 1);
+        // Registrations from before a restart count until their sidecars reconnect or the
+        // grace period ends (connection 0 = not connected).
+        let registered: BTreeMap<Key, (Workload, u64)> = store
+            .registered()?
+            .into_iter()
+            .filter_map(|r| match r {
+                Resource::Workload(w) => Some((
+                    Key::new(Kind::Workload, &w.metadata.namespace, &w.metadata.name),
+                    (w, 0),
+                )),
+                _ => None,
+            })
+            .collect();
+        let workloads: Vec<Workload> = registered.values().map(|(w, _)| w.clone()).collect();
+        let first = translate(&state, &workloads, 1);
         Ok(Arc::new(Controller {
             store,
             vips,
@@ -78,7 +92,7 @@ impl Controller {
             inner: Mutex::new(Inner {
                 state,
                 revision,
-                registered: BTreeMap::new(),
+                registered,
             }),
             snapshot: watch::channel(Arc::new(first)).0,
             registry: Registry::default(),
@@ -209,8 +223,29 @@ impl Controller {
             &workload.metadata.name,
         );
         let mut inner = self.lock();
+        if let Err(e) = self
+            .store
+            .put_registered(&key, Some(&Resource::Workload(workload.clone())))
+        {
+            tracing::warn!(workload = %key, error = %e, "cannot record the registration; it will not survive a restart");
+        }
         inner.registered.insert(key, (workload, connection));
         self.rebuild(&inner);
+    }
+
+    /// After a restart: forgets the registrations whose sidecars have not reconnected within
+    /// the grace period.
+    pub fn expire_unclaimed(self: &Arc<Self>) {
+        let keys: Vec<Key> = self
+            .lock()
+            .registered
+            .iter()
+            .filter(|(_, (_, c))| *c == 0)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            self.workload_disconnected(0, key);
+        }
     }
 
     /// The sidecar's stream ended: its workload goes away after the grace period, unless the
@@ -226,6 +261,9 @@ impl Controller {
                 .is_some_and(|(_, c)| *c == connection)
             {
                 inner.registered.remove(&key);
+                if let Err(e) = this.store.put_registered(&key, None) {
+                    tracing::warn!(workload = %key, error = %e, "cannot forget the registration in the store");
+                }
                 this.rebuild(&inner);
                 tracing::info!(workload = %key, "removed the workload of a disconnected sidecar");
             }

@@ -58,6 +58,7 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
     }
     let store = Store::open(&config.data_dir)?;
     let controller = Controller::open(store, config.vip_range, config.workload_grace)?;
+    controller.expire_unclaimed();
     let grpc = bind("xDS (gRPC)", config.grpc_addr).await?;
     let api = bind("the management API", config.api_addr).await?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(ServerError::Signal)?;

@@ -12,6 +12,8 @@ use crate::state::{Change, State};
 
 const RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("resources");
 const REVISIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("revisions");
+/// Workloads that sidecars registered, so a restart does not forget pods until they reconnect.
+const REGISTERED: TableDefinition<&str, &[u8]> = TableDefinition::new("registered");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -69,6 +71,7 @@ impl Store {
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(RESOURCES).map_err(db_err)?;
         txn.open_table(REVISIONS).map_err(db_err)?;
+        txn.open_table(REGISTERED).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
         Ok(Store { db })
     }
@@ -127,6 +130,44 @@ impl Store {
                 .map_err(db_err)?;
         }
         txn.commit().map_err(db_err)
+    }
+
+    /// Records (`Some`) or forgets (`None`) a sidecar-registered workload.
+    pub fn put_registered(&self, key: &Key, workload: Option<&Resource>) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(REGISTERED).map_err(db_err)?;
+            match workload {
+                Some(w) => {
+                    let bytes = serde_json::to_vec(w).map_err(|e| StoreError::Corrupt {
+                        what: key.to_string(),
+                        message: e.to_string(),
+                    })?;
+                    table
+                        .insert(key.storage_key().as_str(), bytes.as_slice())
+                        .map_err(db_err)?;
+                }
+                None => {
+                    table.remove(key.storage_key().as_str()).map_err(db_err)?;
+                }
+            }
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Every recorded sidecar-registered workload.
+    pub fn registered(&self) -> Result<Vec<Resource>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(REGISTERED).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (key, value) = entry.map_err(db_err)?;
+            out.push(from_stored(value.value()).map_err(|e| StoreError::Corrupt {
+                what: key.value().to_string(),
+                message: e.to_string(),
+            })?);
+        }
+        Ok(out)
     }
 
     /// The last `limit` revisions, newest first.
@@ -193,6 +234,23 @@ mod tests {
         assert!(loaded.is_empty());
         assert_eq!(last, 2);
         let history = store.history(1).unwrap_or_default();
+        assert_eq!(history.first().map(|r| r.revision), Some(2), "newest first");
+
+        // Sidecar registrations are kept apart from applied resources, and survive reopening.
+        let w = parse_documents("apiVersion: mesh.dev/v1\nkind: Workload\nmetadata: {name: pod-b}\nspec: {address: 10.0.0.3}\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let wkey = w[0].key();
+        store
+            .put_registered(&wkey, Some(&w[0]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        drop(store);
+        let store = Store::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(store.registered().unwrap_or_default(), w);
+        assert!(store.load().map(|(s, _)| s.is_empty()).unwrap_or(false));
+        store
+            .put_registered(&wkey, None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(store.registered().unwrap_or_default().is_empty());
         assert_eq!(history.first().map(|r| r.revision), Some(2), "newest first");
     }
 }
