@@ -12,6 +12,10 @@ use crate::pod::Pod;
 /// Prefix of every namespace the harness makes: `mt<pid>n<counter>-<role>`.
 const PREFIX: &str = "mt";
 
+/// The bridge's addresses, the pods' default gateway.
+const GATEWAY_V4: &str = "10.77.0.1";
+const GATEWAY_V6: &str = "fd77::1";
+
 /// Which address families the pods get.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IpFamilies {
@@ -73,6 +77,36 @@ impl Network {
             "ip",
             &["-n", &network.bridge_ns, "link", "set", "br0", "up"],
         )?;
+        // The bridge is every pod's gateway, so connections to Service VIPs have a route (they
+        // are redirected to the sidecar before they would leave the pod).
+        run(
+            "ip",
+            &[
+                "-n",
+                &network.bridge_ns,
+                "addr",
+                "add",
+                &format!("{GATEWAY_V4}/24"),
+                "dev",
+                "br0",
+            ],
+        )?;
+        if families == IpFamilies::Dual {
+            run(
+                "ip",
+                &[
+                    "-n",
+                    &network.bridge_ns,
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{GATEWAY_V6}/64"),
+                    "dev",
+                    "br0",
+                    "nodad",
+                ],
+            )?;
+        }
         Ok(network)
     }
 
@@ -145,6 +179,18 @@ impl Network {
             )?;
         }
         run("ip", &["-n", &pod.ns, "link", "set", "eth0", "up"])?;
+        run(
+            "ip",
+            &["-n", &pod.ns, "route", "add", "default", "via", GATEWAY_V4],
+        )?;
+        if ipv6.is_some() {
+            run(
+                "ip",
+                &[
+                    "-n", &pod.ns, "-6", "route", "add", "default", "via", GATEWAY_V6,
+                ],
+            )?;
+        }
         Ok(pod)
     }
 }

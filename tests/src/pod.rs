@@ -153,6 +153,63 @@ impl Pod {
         Ok(process)
     }
 
+    /// Starts the sidecar following meshd at `xds` (its gRPC address), registering this pod as
+    /// Workload `<role>` with `labels` (`k=v,k=v`).
+    pub fn start_meshed_sidecar(
+        &self,
+        xds: std::net::SocketAddr,
+        labels: &str,
+    ) -> anyhow::Result<Process> {
+        let mut ips = self.ipv4.to_string();
+        if let Some(v6) = self.ipv6 {
+            ips.push_str(&format!(",{v6}"));
+        }
+        self.start_sidecar(&[
+            "--xds-address",
+            &format!("http://{xds}"),
+            "--pod-ip",
+            &ips,
+            "--workload-name",
+            &self.role,
+            "--labels",
+            labels,
+        ])
+    }
+
+    /// Starts meshd in this pod (xDS on `0.0.0.0:15010`, API on `127.0.0.1:15080`), keeping its
+    /// state in `data_dir`, and waits until its API answers `/ready`.
+    pub fn start_meshd(
+        &self,
+        data_dir: &std::path::Path,
+        args: &[&str],
+    ) -> anyhow::Result<Process> {
+        let (log, path) = self.log_file("meshd")?;
+        let child = self
+            .command(binary("meshd")?)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args([
+                "--grpc-addr",
+                "0.0.0.0:15010",
+                "--api-addr",
+                "127.0.0.1:15080",
+            ])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .context("cannot start meshd")?;
+        let mut process = Process::new(format!("{}/meshd", self.role), child, path);
+        self.wait_http_ok("http://127.0.0.1:15080/ready", &mut process)?;
+        Ok(process)
+    }
+
+    /// Runs `meshctl ARGS` in this pod (where meshd's API is on loopback).
+    pub fn meshctl(&self, args: &[&str]) -> anyhow::Result<Output> {
+        output(self.command(binary("meshctl")?).args(args))
+    }
+
     /// Runs `mesh-test-app ARGS` to completion (e.g. `send`).
     pub fn run_app(&self, args: &[&str]) -> anyhow::Result<Output> {
         output(self.command(binary("mesh-test-app")?).args(args))

@@ -1,0 +1,239 @@
+//! End-to-end: meshd in its own pod, sidecars following it, routing changed with meshctl.
+//!
+//! Pods: `cp` (10.77.0.2, meshd), `a` (10.77.0.3, client), `b` (10.77.0.4, app=web version=v1)
+//! and `c` (10.77.0.5, app=web version=v2). Service `web` (VIP 10.96.0.10:80 → 8080) selects
+//! both; `web-v1` and `web-v2` select one version each.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mesh_tests::fixtures::eventually;
+use mesh_tests::{IpFamilies, Network, Pod, Process};
+
+const SERVICES: &str = "
+apiVersion: mesh.dev/v1
+kind: Service
+metadata: {name: web}
+spec: {ports: [{port: 80, targetPort: 8080, appProtocol: http}], selector: {app: web}, vip: 10.96.0.10}
+---
+apiVersion: mesh.dev/v1
+kind: Service
+metadata: {name: web-v1}
+spec: {ports: [{port: 80, targetPort: 8080}], selector: {app: web, version: v1}}
+---
+apiVersion: mesh.dev/v1
+kind: Service
+metadata: {name: web-v2}
+spec: {ports: [{port: 80, targetPort: 8080}], selector: {app: web, version: v2}}
+";
+
+const ALL_TO_V2: &str = "
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web}
+spec:
+  parentRefs: [{name: web, port: 80}]
+  rules: [{backendRefs: [{name: web-v2, port: 80}]}]
+";
+
+const URL: &str = "http://10.96.0.10/";
+const SETTLE: Duration = Duration::from_secs(15);
+
+/// Fields drop in order: processes, then pods, then the network.
+struct Scene {
+    sidecars: BTreeMap<String, Process>,
+    _apps: Vec<Process>,
+    meshd: Option<Process>,
+    a: Pod,
+    b: Pod,
+    c: Pod,
+    cp: Pod,
+    data_dir: PathBuf,
+    net: Network,
+}
+
+fn xds_addr(cp: &Pod) -> SocketAddr {
+    SocketAddr::new(cp.ip(), 15010)
+}
+
+fn scene(label: &str) -> anyhow::Result<Scene> {
+    let net = Network::new(label, IpFamilies::V4)?;
+    let cp = net.pod("cp")?;
+    let a = net.pod("a")?;
+    let b = net.pod("b")?;
+    let c = net.pod("c")?;
+    let data_dir = net.log_dir.join("meshd-data");
+    let meshd = cp.start_meshd(&data_dir, &["--workload-grace-ms", "1000"])?;
+    let mut apps = Vec::new();
+    for (pod, name) in [(&b, "b"), (&c, "c")] {
+        apps.push(pod.start_app(&["http", "--listen", "0.0.0.0:8080", "--name", name])?);
+    }
+    let mut sidecars = BTreeMap::new();
+    for (pod, labels) in [
+        (&a, "app=client"),
+        (&b, "app=web,version=v1"),
+        (&c, "app=web,version=v2"),
+    ] {
+        pod.init_ok(&[])?;
+        sidecars.insert(
+            pod.role.clone(),
+            pod.start_meshed_sidecar(xds_addr(&cp), labels)?,
+        );
+    }
+    let scene = Scene {
+        sidecars,
+        _apps: apps,
+        meshd: Some(meshd),
+        a,
+        b,
+        c,
+        cp,
+        data_dir,
+        net,
+    };
+    // Every sidecar has registered before this apply, so --wait covers their endpoints too.
+    apply(&scene.cp, &scene.net, SERVICES, true)?;
+    Ok(scene)
+}
+
+/// `meshctl apply -f` of `yaml` (through a file); returns meshctl's output or its error text.
+fn apply(cp: &Pod, net: &Network, yaml: &str, wait: bool) -> anyhow::Result<String> {
+    let path = net.log_dir.join(format!(
+        "apply-{}.yaml",
+        std::process::id() as u64 ^ yaml.len() as u64
+    ));
+    std::fs::write(&path, yaml)?;
+    let path = path.to_string_lossy().into_owned();
+    let mut args = vec!["apply", "-f", path.as_str()];
+    if wait {
+        args.push("--wait");
+    }
+    let out = cp.meshctl(&args)?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    anyhow::ensure!(out.status.success(), "meshctl apply failed: {text}");
+    Ok(text)
+}
+
+/// Curls `url` from `pod` `n` times (new connection each) and counts who answered.
+fn who_answers(pod: &Pod, url: &str, n: usize) -> anyhow::Result<BTreeMap<String, usize>> {
+    let mut counts = BTreeMap::new();
+    for _ in 0..n {
+        let out = pod.curl(&[url])?;
+        anyhow::ensure!(
+            out.status.success(),
+            "curl {url} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        *counts.entry(body).or_insert(0) += 1;
+    }
+    Ok(counts)
+}
+
+fn only(from: &str, n: usize) -> BTreeMap<String, usize> {
+    BTreeMap::from([(format!("hello from {from}"), n)])
+}
+
+#[test]
+fn a_service_vip_balances_over_its_endpoints_and_routes_follow_apply() -> anyhow::Result<()> {
+    let s = scene("cp-route")?;
+    let both = who_answers(&s.a, URL, 20)?;
+    assert_eq!(
+        both,
+        BTreeMap::from([("hello from b".into(), 10), ("hello from c".into(), 10)]),
+        "round robin over b and c"
+    );
+
+    let text = apply(&s.cp, &s.net, ALL_TO_V2, true)?;
+    assert!(text.contains("httproute/web created"), "{text}");
+    assert!(text.contains("3 proxies in sync with generation"), "{text}");
+    eprintln!("apply --wait: {}", text.trim());
+    assert_eq!(
+        who_answers(&s.a, URL, 20)?,
+        only("c", 20),
+        "the next requests follow the route"
+    );
+
+    // A route naming a Service that does not exist is refused whole; traffic stays as it was.
+    let bad = ALL_TO_V2.replace("name: web-v2, port: 80", "name: web-v9, port: 80");
+    let err = apply(&s.cp, &s.net, &bad, true)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("spec.rules[0].backendRefs[0].name: Service `default/web-v9` does not exist"),
+        "{err}"
+    );
+    assert_eq!(who_answers(&s.a, URL, 10)?, only("c", 10));
+
+    // Back to the Service itself once the route is deleted.
+    let out = s.cp.meshctl(&["delete", "httproute", "web"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(SETTLE, "traffic reaches b again", || {
+        Ok(who_answers(&s.a, URL, 4)?.contains_key("hello from b"))
+    })?;
+    Ok(())
+}
+
+#[test]
+fn traffic_survives_a_meshd_restart_and_state_is_kept() -> anyhow::Result<()> {
+    let mut s = scene("cp-restart")?;
+    apply(&s.cp, &s.net, ALL_TO_V2, true)?;
+
+    // meshd is killed: sidecars keep their last good config.
+    drop(s.meshd.take());
+    assert_eq!(
+        who_answers(&s.a, URL, 10)?,
+        only("c", 10),
+        "traffic flows while meshd is down"
+    );
+
+    s.meshd = Some(s.cp.start_meshd(&s.data_dir, &["--workload-grace-ms", "1000"])?);
+    let out = s.cp.meshctl(&["get", "httproutes"])?;
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing.contains("web"),
+        "the route survived the restart:\n{listing}"
+    );
+    eventually(SETTLE, "all three sidecars reconnected", || {
+        let out = s.cp.meshctl(&["proxies"])?;
+        Ok(String::from_utf8_lossy(&out.stdout).lines().count() == 4)
+    })?;
+    assert_eq!(who_answers(&s.a, URL, 10)?, only("c", 10));
+    // And a change after the restart reaches the reconnected sidecars.
+    let out = s.cp.meshctl(&["delete", "httproute", "web"])?;
+    assert!(out.status.success());
+    eventually(SETTLE, "the delete reached pod a", || {
+        Ok(who_answers(&s.a, URL, 4)?.contains_key("hello from b"))
+    })?;
+    Ok(())
+}
+
+#[test]
+fn a_sidecar_that_leaves_takes_its_endpoint_with_it() -> anyhow::Result<()> {
+    let mut s = scene("cp-leave")?;
+    let c_proxy = s
+        .sidecars
+        .remove("c")
+        .ok_or_else(|| anyhow::anyhow!("no sidecar c"))?;
+    c_proxy.terminate()?;
+    // After the grace period meshd removes c's workload and pushes the new endpoints.
+    eventually(SETTLE, "pod a's sidecar sees one endpoint for web", || {
+        let dump = s.a.admin("/config_dump")?;
+        Ok(dump.contains("\"service\": \"web.default.svc:80\"")
+            && !dump.contains(&format!("{}:8080", s.c.ipv4)))
+    })?;
+    assert_eq!(who_answers(&s.a, URL, 10)?, only("b", 10));
+    assert!(s.b.admin("/ready").is_ok(), "pod b's sidecar is unaffected");
+    Ok(())
+}
