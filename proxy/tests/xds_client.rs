@@ -27,19 +27,16 @@ use tonic::{Request, Response, Status, Streaming};
 
 const STEP: Duration = Duration::from_secs(5);
 
+/// One stream as the test sees it: the proxy's requests, and a way to respond.
+type StreamEnds = (
+    mpsc::Receiver<DiscoveryRequest>,
+    mpsc::Sender<Result<DiscoveryResponse, Status>>,
+);
+
 /// Hands the test each stream's requests and lets it send responses.
 #[derive(Clone)]
 struct Scripted {
-    streams: Arc<
-        Mutex<
-            Option<
-                mpsc::Sender<(
-                    mpsc::Receiver<DiscoveryRequest>,
-                    mpsc::Sender<Result<DiscoveryResponse, Status>>,
-                )>,
-            >,
-        >,
-    >,
+    streams: Arc<Mutex<Option<mpsc::Sender<StreamEnds>>>>,
 }
 
 #[tonic::async_trait]
