@@ -172,6 +172,31 @@ fn a_service_vip_balances_over_its_endpoints_and_routes_follow_apply() -> anyhow
     );
     assert_eq!(who_answers(&s.a, URL, 10)?, only("c", 10));
 
+    // A 90/10 split over 1000 connections (the chance of leaving 5%..15% is below 1e-6).
+    let split = ALL_TO_V2.replace(
+        "[{name: web-v2, port: 80}]",
+        "[{name: web-v1, port: 80, weight: 90}, {name: web-v2, port: 80, weight: 10}]",
+    );
+    apply(&s.cp, &s.net, &split, true)?;
+    let out =
+        s.a.run_app(&["tally", "--connect", "10.96.0.10:80", "--count", "1000"])?;
+    anyhow::ensure!(
+        out.status.success(),
+        "tally failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let count_of = |who: &str| -> usize {
+        text.lines()
+            .find(|l| l.ends_with(&format!("hello from {who}")))
+            .and_then(|l| l.split(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let (v1, v2) = (count_of("b"), count_of("c"));
+    assert_eq!(v1 + v2, 1000, "{text}");
+    assert!((50..=150).contains(&v2), "v2 got {v2} of 1000:\n{text}");
+    eprintln!("90/10 split over 1000 connections: v1 {v1}, v2 {v2}");
+
     // Back to the Service itself once the route is deleted.
     let out = s.cp.meshctl(&["delete", "httproute", "web"])?;
     assert!(

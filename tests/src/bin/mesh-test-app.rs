@@ -45,6 +45,14 @@ enum Mode {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Sends `count` HTTP/1.1 GETs, each on a new connection, and prints how many answers each
+    /// body got, one `COUNT BODY` line per body, most frequent first.
+    Tally {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+    },
     /// Connects to an echo server, prints `ready connected`, waits for a line on stdin, then
     /// sends `ping` and checks that it comes back (keeps a connection open on demand).
     Hold {
@@ -64,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
             seed,
         } => send(connect, bytes, seed).await,
         Mode::Hold { connect } => hold(connect).await,
+        Mode::Tally { connect, count } => tally(connect, count).await,
     }
 }
 
@@ -204,4 +213,45 @@ async fn hold(addr: SocketAddr) -> anyhow::Result<()> {
     }
     println!("echoed ping");
     Ok(())
+}
+
+async fn tally(addr: SocketAddr, count: usize) -> anyhow::Result<()> {
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for i in 0..count {
+        let response = tokio::time::timeout(std::time::Duration::from_secs(10), get_once(addr))
+            .await
+            .map_err(|_| anyhow::anyhow!("request {i}: no complete response within 10 s"))?
+            .with_context(|| format!("request {i}"))?;
+        if !response.starts_with("HTTP/1.1 200") {
+            bail!("request {i}: unexpected response {response:?}");
+        }
+        let body = response
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        *counts.entry(body).or_default() += 1;
+    }
+    let mut sorted: Vec<_> = counts.into_iter().collect();
+    sorted.sort_by(|a, b| b.1.cmp(&a.1));
+    for (body, n) in sorted {
+        println!("{n} {body}");
+    }
+    Ok(())
+}
+
+/// One GET on a new connection; the request half-closes the connection, so the response ends
+/// with the server's close.
+async fn get_once(addr: SocketAddr) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    stream
+        .write_all(format!("GET / HTTP/1.1\r\nhost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    stream.shutdown().await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response)
 }
