@@ -234,7 +234,7 @@ async fn tally(addr: SocketAddr, count: usize) -> anyhow::Result<()> {
         *counts.entry(body).or_default() += 1;
     }
     let mut sorted: Vec<_> = counts.into_iter().collect();
-    sorted.sort_by(|a, b| b.1.cmp(&a.1));
+    sorted.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     for (body, n) in sorted {
         println!("{n} {body}");
     }
