@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# The mesh demo: two pods (network namespaces on a bridge of their own), each with the init
-# step's iptables rules and a sidecar running as uid 1337. Pod a curls pod b's app and streams
-# 50 MiB through an echo server; the demo then shows what crossed which proxy.
-# Needs root; installs iptables, iproute2 and curl when missing. Leaves nothing behind.
+# The mesh demo. Pods are network namespaces on a bridge of their own:
+#   cp      10.88.0.2  meshd (the control plane)
+#   client  10.88.0.3  a client, with its sidecar
+#   web-v1  10.88.0.4  app=web version=v1, with its sidecar
+#   web-v2  10.88.0.5  app=web version=v2, with its sidecar
+# Each meshed pod gets the init step's iptables rules and a sidecar (uid 1337) that follows meshd
+# over xDS. The demo applies Services with meshctl, curls the `web` VIP, applies a 90/10
+# HTTPRoute, and counts who answers 1000 requests. Needs root; installs iptables, iproute2 and
+# curl when missing. Leaves nothing behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/common.sh
@@ -10,17 +15,19 @@ source scripts/lib/common.sh
 require_root
 ensure_tools
 
-step "building mesh-proxy, mesh-iptables-init and the demo app (release)"
+step "building mesh-proxy, mesh-iptables-init, meshd, meshctl and the demo app (release)"
 cargo build --release --workspace --bins
 
 NAME="mdemo$$"
-BR="$NAME-br"; A="$NAME-a"; B="$NAME-b"
-A_IP=10.88.0.2; B_IP=10.88.0.3
+BR="$NAME-br"
 WORK=$(mktemp -d /tmp/mesh-demo.XXXXXX)
 chmod 755 "$WORK"
+declare -A IP=([cp]=10.88.0.2 [client]=10.88.0.3 [web-v1]=10.88.0.4 [web-v2]=10.88.0.5)
+PODS=(cp client web-v1 web-v2)
+ns() { echo "$NAME-$1"; }
 
 cleanup() {
-  for ns in "$A" "$B" "$BR"; do
+  for ns in $(for p in "${PODS[@]}"; do ns "$p"; done) "$BR"; do
     for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
     ip netns del "$ns" 2>/dev/null || true
   done
@@ -28,79 +35,118 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The proxy runs as uid 1337, which may not be able to read the checkout: run copies.
-for bin in mesh-proxy mesh-iptables-init mesh-test-app; do
+# The sidecar runs as uid 1337, which may not be able to read the checkout: run copies.
+for bin in mesh-proxy mesh-iptables-init mesh-test-app meshd meshctl; do
   install -m 755 "target/release/$bin" "$WORK/$bin"
 done
 
-in_pod() { local ns=$1; shift; nsenter --net="/run/netns/$ns" -- "$@"; }
-
-step "making pods a ($A_IP) and b ($B_IP) on a bridge in namespace $BR"
-ip netns add "$BR"
-ip -n "$BR" link add br0 type bridge
-ip -n "$BR" link set br0 up
-i=0
-for pair in "$A:$A_IP" "$B:$B_IP"; do
-  ns=${pair%%:*}; addr=${pair#*:}; i=$((i + 1))
-  ip netns add "$ns"
-  ip -n "$ns" link set lo up
-  ip -n "$BR" link add "v$i" type veth peer name eth0 netns "$ns"
-  ip -n "$BR" link set "v$i" master br0 up
-  ip -n "$ns" addr add "$addr/24" dev eth0
-  ip -n "$ns" link set eth0 up
-done
-
-step "init step in both pods (mesh-iptables-init)"
-in_pod "$A" "$WORK/mesh-iptables-init"
-in_pod "$B" "$WORK/mesh-iptables-init"
-echo "pod a's nat rules:"
-in_pod "$A" iptables-save -t nat | grep -E '^-A' | sed 's/^/    /'
-
-step "starting the sidecars (uid 1337, one thread each) and pod b's apps"
-declare -A PROXY_PID
-for ns in "$A" "$B"; do
-  MESH_LOG=info,mesh_proxy=debug nsenter --net="/run/netns/$ns" --setuid=1337 --setgid=1337 -- \
-    "$WORK/mesh-proxy" --threads 1 >"$WORK/$ns-proxy.log" 2>&1 &
-  PROXY_PID[$ns]=$!
-done
-in_pod "$B" "$WORK/mesh-test-app" http --listen 0.0.0.0:8080 --name pod-b >"$WORK/b-http.log" 2>&1 &
-in_pod "$B" "$WORK/mesh-test-app" echo --listen 0.0.0.0:9000 >"$WORK/b-echo.log" 2>&1 &
-disown -a  # the cleanup kills the apps; no job-control noise
-
+in_pod() { local pod=$1; shift; nsenter --net="/run/netns/$(ns "$pod")" -- "$@"; }
+meshctl() { in_pod cp "$WORK/meshctl" "$@"; }
 wait_for() { # what, command...: retries the command for up to 10 s
   local what=$1; shift
   for _ in $(seq 1 500); do "$@" >/dev/null 2>&1 && return 0; sleep 0.02; done
   die "$what did not become ready; logs are in $WORK"
 }
-for ns in "$A" "$B"; do
-  wait_for "sidecar in $ns" in_pod "$ns" curl -sf http://127.0.0.1:15000/ready
-done
-wait_for "pod b's http app" grep -q '^ready' "$WORK/b-http.log"
-wait_for "pod b's echo app" grep -q '^ready' "$WORK/b-echo.log"
-echo "both sidecars report ready on their admin port"
 
-step "pod a: curl http://$B_IP:8080/"
-in_pod "$A" curl -sS -i "http://$B_IP:8080/" | sed 's/^/    /'
-
-step "pod a: 50 MiB to pod b's echo server and back, every byte checked"
-in_pod "$A" "$WORK/mesh-test-app" send --connect "$B_IP:9000" --bytes 52428800 | sed 's/^/    /'
-
-step "what crossed which proxy"
-for pair in "a:$A" "b:$B"; do
-  label=${pair%%:*}; ns=${pair#*:}
-  echo "pod $label's sidecar metrics (non-zero series):"
-  in_pod "$ns" curl -sf http://127.0.0.1:15000/metrics | grep -E '^mesh_' | grep -v ' 0$' | sed 's/^/    /'
-  echo "pod $label's sidecar connection log:"
-  grep -E 'closed' "$WORK/$ns-proxy.log" | sed -E 's/\x1b\[[0-9;]*m//g; s/^[^ ]+ +//' | sed 's/^/    /'
+step "making the pods on bridge namespace $BR"
+ip netns add "$BR"
+ip -n "$BR" link add br0 type bridge
+ip -n "$BR" addr add 10.88.0.1/24 dev br0
+ip -n "$BR" link set br0 up
+i=0
+for pod in "${PODS[@]}"; do
+  i=$((i + 1))
+  ip netns add "$(ns "$pod")"
+  ip -n "$(ns "$pod")" link set lo up
+  ip -n "$BR" link add "v$i" type veth peer name eth0 netns "$(ns "$pod")"
+  ip -n "$BR" link set "v$i" master br0 up
+  ip -n "$(ns "$pod")" addr add "${IP[$pod]}/24" dev eth0
+  ip -n "$(ns "$pod")" link set eth0 up
+  ip -n "$(ns "$pod")" route add default via 10.88.0.1
+  echo "    $pod: ${IP[$pod]}"
 done
 
-step "graceful stop: POST /shutdown to both sidecars"
-for ns in "$A" "$B"; do
-  in_pod "$ns" curl -sf -X POST http://127.0.0.1:15000/shutdown >/dev/null
-  pid=${PROXY_PID[$ns]}
+step "starting meshd in pod cp (xDS on :15010, API on 127.0.0.1:15080)"
+nsenter --net="/run/netns/$(ns cp)" -- "$WORK/meshd" --data-dir "$WORK/meshd-data" >"$WORK/meshd.log" 2>&1 &
+MESHD_PID=$!
+wait_for meshd in_pod cp curl -sf http://127.0.0.1:15080/ready
+
+step "init step and sidecars in client, web-v1 and web-v2"
+declare -A LABELS=([client]=app=client [web-v1]=app=web,version=v1 [web-v2]=app=web,version=v2)
+declare -A PROXY_PID
+for pod in client web-v1 web-v2; do
+  in_pod "$pod" "$WORK/mesh-iptables-init" | sed 's/^/    /'
+  MESH_LOG=info nsenter --net="/run/netns/$(ns "$pod")" --setuid=1337 --setgid=1337 -- \
+    "$WORK/mesh-proxy" --threads 1 --xds-address "http://${IP[cp]}:15010" \
+    --pod-ip "${IP[$pod]}" --workload-name "$pod" --labels "${LABELS[$pod]}" >"$WORK/$pod-proxy.log" 2>&1 &
+  PROXY_PID[$pod]=$!
+done
+for pod in web-v1 web-v2; do
+  in_pod "$pod" "$WORK/mesh-test-app" http --listen 0.0.0.0:8080 --name "$pod" >"$WORK/$pod-app.log" 2>&1 &
+done
+disown -a  # the cleanup kills what is left; no job-control noise
+for pod in client web-v1 web-v2; do
+  wait_for "sidecar in $pod" in_pod "$pod" curl -sf http://127.0.0.1:15000/ready
+done
+for pod in web-v1 web-v2; do wait_for "app in $pod" grep -q '^ready' "$WORK/$pod-app.log"; done
+echo "    all three sidecars report ready (config from meshd in hand)"
+
+step "meshctl apply: Service web (VIP 10.96.0.10:80 -> 8080) and one Service per version"
+cat >"$WORK/services.yaml" <<'YAML'
+apiVersion: mesh.dev/v1
+kind: Service
+metadata: {name: web}
+spec: {ports: [{port: 80, targetPort: 8080, appProtocol: http}], selector: {app: web}, vip: 10.96.0.10}
+---
+apiVersion: mesh.dev/v1
+kind: Service
+metadata: {name: web-v1}
+spec: {ports: [{port: 80, targetPort: 8080}], selector: {app: web, version: v1}}
+---
+apiVersion: mesh.dev/v1
+kind: Service
+metadata: {name: web-v2}
+spec: {ports: [{port: 80, targetPort: 8080}], selector: {app: web, version: v2}}
+YAML
+meshctl apply -f "$WORK/services.yaml" --wait | sed 's/^/    /'
+meshctl get services | sed 's/^/    /'
+meshctl get workloads | sed 's/^/    /'
+
+step "client: 10 requests to http://10.96.0.10/ (round robin over both versions)"
+in_pod client "$WORK/mesh-test-app" tally --connect 10.96.0.10:80 --count 10 | sed 's/^/    /'
+
+step "meshctl apply: HTTPRoute web -> 90% web-v1, 10% web-v2"
+cat >"$WORK/split.yaml" <<'YAML'
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web-split}
+spec:
+  parentRefs: [{name: web, port: 80}]
+  rules:
+  - backendRefs:
+    - {name: web-v1, port: 80, weight: 90}
+    - {name: web-v2, port: 80, weight: 10}
+YAML
+meshctl apply -f "$WORK/split.yaml" --wait | sed 's/^/    /'
+
+step "client: 1000 requests to http://10.96.0.10/"
+in_pod client "$WORK/mesh-test-app" tally --connect 10.96.0.10:80 --count 1000 | sed 's/^/    /'
+
+step "what meshd knows: connected proxies and the generation each has ACKed"
+meshctl proxies | sed 's/^/    /'
+
+step "graceful stop: POST /shutdown to the sidecars, SIGTERM to meshd"
+for pod in client web-v1 web-v2; do
+  in_pod "$pod" curl -sf -X POST http://127.0.0.1:15000/shutdown >/dev/null
+done
+for pod in client web-v1 web-v2; do
+  pid=${PROXY_PID[$pod]}
   for _ in $(seq 1 500); do kill -0 "$pid" 2>/dev/null || break; sleep 0.02; done
-  kill -0 "$pid" 2>/dev/null && die "sidecar in $ns did not exit after its drain"
-  echo "    $ns: $(grep -E 'drained|drain timeout' "$WORK/$ns-proxy.log" | sed -E 's/\x1b\[[0-9;]*m//g; s/^[^ ]+ +//')"
+  kill -0 "$pid" 2>/dev/null && die "sidecar in $pod did not exit after its drain"
+  echo "    $pod: $(grep -E 'drained|drain timeout' "$WORK/$pod-proxy.log" | sed -E 's/\x1b\[[0-9;]*m//g; s/^[^ ]+ +//')"
 done
+kill -TERM "$MESHD_PID"
+for _ in $(seq 1 500); do kill -0 "$MESHD_PID" 2>/dev/null || break; sleep 0.02; done
+echo "    meshd: $(grep -E 'meshd stopped' "$WORK/meshd.log" | sed -E 's/\x1b\[[0-9;]*m//g; s/^[^ ]+ +//')"
 
 step "done; removing the pods"
