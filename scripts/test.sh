@@ -8,6 +8,13 @@ source scripts/lib/common.sh
 
 require_root
 ensure_tools
+# The interop test runs gRPC's own xDS client (grpcio) against meshd.
+if ! python3 -c "import grpc" 2>/dev/null; then
+  step "installing grpcio (gRPC's proxyless xDS client, for the interop test)"
+  command -v python3 >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-pip >/dev/null; }
+  python3 -m pip install -q grpcio 2>/dev/null || python3 -m pip install -q --break-system-packages grpcio
+fi
+
 
 step "format check (cargo fmt)"
 cargo fmt --all -- --check

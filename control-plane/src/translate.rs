@@ -15,13 +15,13 @@ use std::net::SocketAddr;
 
 use mesh_proto::envoy::config::cluster::v3::{Cluster, cluster};
 use mesh_proto::envoy::config::core::v3::{
-    Address, AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress, TrafficDirection,
-    address, config_source::ConfigSourceSpecifier, socket_address,
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, Locality, SocketAddress,
+    TrafficDirection, address, config_source::ConfigSourceSpecifier, socket_address,
 };
 use mesh_proto::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
-use mesh_proto::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use mesh_proto::envoy::config::listener::v3::{ApiListener, Filter, FilterChain, Listener, filter};
 use mesh_proto::envoy::config::route::v3::{
     DirectResponseAction, HeaderMatcher, QueryParameterMatcher, Route, RouteAction,
     RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster, header_matcher,
@@ -80,6 +80,16 @@ pub fn translate(state: &State, registered: &[Workload], generation: u64) -> Sna
                 to_any(type_url::LISTENER, &listener),
             );
             if !is_opaque(port) {
+                // For proxyless gRPC clients, which dial xds:///<name>.<ns>.svc.cluster.local:<port>.
+                let target = api_listener_name(
+                    &service.metadata.namespace,
+                    &service.metadata.name,
+                    port.port,
+                );
+                let api = api_listener(&target, &name);
+                snapshot.insert(XdsType::Listener, target, to_any(type_url::LISTENER, &api));
+            }
+            if !is_opaque(port) {
                 let routes = route_configuration(state, service, port, &name);
                 snapshot.insert(
                     XdsType::Route,
@@ -135,22 +145,7 @@ fn listener(name: &str, addr: SocketAddr, opaque: bool) -> Listener {
             ))),
         }
     } else {
-        let hcm = HttpConnectionManager {
-            stat_prefix: name.to_string(),
-            route_specifier: Some(RouteSpecifier::Rds(Rds {
-                config_source: Some(ads()),
-                route_config_name: name.to_string(),
-            })),
-            http_filters: vec![HttpFilter {
-                name: ROUTER_FILTER.into(),
-                config_type: Some(http_filter::ConfigType::TypedConfig(to_any(
-                    type_url::ROUTER,
-                    &Router::default(),
-                ))),
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
+        let hcm = http_connection_manager(name);
         Filter {
             name: HCM_FILTER.into(),
             config_type: Some(filter::ConfigType::TypedConfig(to_any(
@@ -167,6 +162,44 @@ fn listener(name: &str, addr: SocketAddr, opaque: bool) -> Listener {
             ..Default::default()
         }],
         traffic_direction: TrafficDirection::Outbound as i32,
+        ..Default::default()
+    }
+}
+
+/// The Listener name a proxyless gRPC client asks for: the host:port it dials.
+pub fn api_listener_name(namespace: &str, name: &str, port: u16) -> String {
+    format!("{name}.{namespace}.svc.cluster.local:{port}")
+}
+
+fn http_connection_manager(route_name: &str) -> HttpConnectionManager {
+    HttpConnectionManager {
+        stat_prefix: route_name.to_string(),
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: route_name.to_string(),
+        })),
+        http_filters: vec![HttpFilter {
+            name: ROUTER_FILTER.into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(to_any(
+                type_url::ROUTER,
+                &Router::default(),
+            ))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A listener without a socket: the HTTP connection manager a proxyless client runs in-process.
+fn api_listener(name: &str, route_name: &str) -> Listener {
+    Listener {
+        name: name.to_string(),
+        api_listener: Some(ApiListener {
+            api_listener: Some(to_any(
+                type_url::HTTP_CONNECTION_MANAGER,
+                &http_connection_manager(route_name),
+            )),
+        }),
         ..Default::default()
     }
 }
@@ -226,6 +259,9 @@ fn load_assignment(
         cluster_name: name.to_string(),
         endpoints: vec![LocalityLbEndpoints {
             lb_endpoints,
+            // gRPC requires a locality and ignores localities without a weight.
+            locality: Some(Locality::default()),
+            load_balancing_weight: Some(UInt32Value { value: 1 }),
             ..Default::default()
         }],
         ..Default::default()
@@ -528,11 +564,21 @@ spec: {address: 10.0.0.4}
         assert_eq!(
             s.names(XdsType::Listener),
             vec![
+                "web-v2.default.svc.cluster.local:80",
                 "web-v2.default.svc:80",
+                "web.default.svc.cluster.local:80",
                 "web.default.svc:6379",
-                "web.default.svc:80"
-            ]
+                "web.default.svc:80",
+            ],
+            "socket listeners, and api listeners for proxyless gRPC on HTTP ports"
         );
+        let api: Listener = decode(&s, XdsType::Listener, "web.default.svc.cluster.local:80");
+        assert!(api.address.is_none());
+        let hcm = api
+            .api_listener
+            .and_then(|a| a.api_listener)
+            .map(|any| any.type_url);
+        assert_eq!(hcm.as_deref(), Some(type_url::HTTP_CONNECTION_MANAGER));
         assert_eq!(
             s.names(XdsType::Route),
             vec!["web-v2.default.svc:80", "web.default.svc:80"],

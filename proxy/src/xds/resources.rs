@@ -80,11 +80,20 @@ fn socket_addr(addr: Option<&Address>) -> Result<SocketAddr, String> {
     }
 }
 
-/// Decodes a complete set of listeners (state of the world).
+/// Decodes a complete set of listeners (state of the world). API listeners (no socket, for
+/// proxyless gRPC clients) are skipped: they are not for a sidecar.
 pub fn listeners(anys: &[Any]) -> Result<BTreeMap<String, ListenerDef>, String> {
-    anys.iter()
-        .map(|any| {
-            let l: Listener = decode(any)?;
+    let mut decoded = Vec::with_capacity(anys.len());
+    for any in anys {
+        let l: Listener = decode(any)?;
+        if l.address.is_none() && l.api_listener.is_some() {
+            continue;
+        }
+        decoded.push(l);
+    }
+    decoded
+        .into_iter()
+        .map(|l| {
             let address =
                 socket_addr(l.address.as_ref()).map_err(|e| format!("listener {}: {e}", l.name))?;
             let target = listener_target(&l).map_err(|e| format!("listener {}: {e}", l.name))?;
