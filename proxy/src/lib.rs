@@ -9,8 +9,10 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod detect;
 pub mod drain;
 pub mod forward;
+pub mod io;
 pub mod listener;
 pub mod metrics;
 pub mod orig_dst;
