@@ -10,7 +10,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
+
+use crate::route::{RequestMatch, RequestView};
 
 /// One upstream cluster: its endpoints, picked round robin.
 #[derive(Debug, Default)]
@@ -51,11 +55,33 @@ pub enum Action {
     Reject { reason: String },
 }
 
-/// A Service port, as seen by a connecting client.
+/// One route of a Service: which requests, and where they go.
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub matcher: RequestMatch,
+    pub action: Action,
+    /// Time allowed for the whole request (Gateway API `timeouts.request`).
+    pub timeout: Option<Duration>,
+}
+
+impl Route {
+    /// A route for every request.
+    pub fn catch_all(action: Action) -> Route {
+        Route {
+            name: "default".into(),
+            matcher: RequestMatch::any(),
+            action,
+            timeout: None,
+        }
+    }
+}
+
+/// A Service port, as seen by a connecting client: its routes in match order.
 #[derive(Debug)]
 pub struct Service {
     pub name: String,
-    pub action: Action,
+    pub routes: Vec<Route>,
 }
 
 /// Why a connection to a known Service could not be given an endpoint.
@@ -66,9 +92,28 @@ pub enum NoEndpoint {
 }
 
 impl Service {
+    /// The first route that matches the request.
+    pub fn route(&self, req: &RequestView<'_>) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matcher.matches(req))
+    }
+
+    /// For a whole connection (L4): the endpoint chosen by the first route that matches every
+    /// request.
+    pub fn pick(&self, random: u32) -> Result<(SocketAddr, &str), NoEndpoint> {
+        match self.routes.iter().find(|r| r.matcher.is_catch_all()) {
+            Some(route) => route.action.pick(random),
+            None => Err(NoEndpoint::Rejected(format!(
+                "no route of {} matches every request",
+                self.name
+            ))),
+        }
+    }
+}
+
+impl Action {
     /// Chooses a cluster by weight (with `random` in `0..u32::MAX`) and an endpoint in it.
     pub fn pick(&self, random: u32) -> Result<(SocketAddr, &str), NoEndpoint> {
-        match &self.action {
+        match self {
             Action::Reject { reason } => Err(NoEndpoint::Rejected(reason.clone())),
             Action::Forward { backends, total } => {
                 let mut point = random % total;
@@ -117,18 +162,25 @@ impl Routing {
             services
                 .into_iter()
                 .map(|(addr, s)| {
-                    let action = match &s.action {
-                        Action::Reject { reason } => json!({ "reject": reason }),
-                        Action::Forward { backends, .. } => json!(backends
-                            .iter()
-                            .map(|(c, w)| json!({
-                                "cluster": c.name,
-                                "weight": w,
-                                "endpoints": c.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                            }))
-                            .collect::<Vec<_>>()),
-                    };
-                    json!({ "address": addr.to_string(), "service": s.name, "backends": action })
+                    let routes: Vec<Value> = s
+                        .routes
+                        .iter()
+                        .map(|r| {
+                            let action = match &r.action {
+                                Action::Reject { reason } => json!({ "reject": reason }),
+                                Action::Forward { backends, .. } => json!(backends
+                                    .iter()
+                                    .map(|(c, w)| json!({
+                                        "cluster": c.name,
+                                        "weight": w,
+                                        "endpoints": c.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                                    }))
+                                    .collect::<Vec<_>>()),
+                            };
+                            json!({ "route": r.name, "match": format!("{:?}", r.matcher.path), "backends": action })
+                        })
+                        .collect();
+                    json!({ "address": addr.to_string(), "service": s.name, "routes": routes })
                 })
                 .collect(),
         )
@@ -180,10 +232,10 @@ mod tests {
         let v2 = Arc::new(Cluster::new("v2".into(), vec![addr("10.0.0.2:80")]));
         let s = Service {
             name: "web".into(),
-            action: Action::Forward {
+            routes: vec![Route::catch_all(Action::Forward {
                 backends: vec![(v1, 90), (v2, 10)],
                 total: 100,
-            },
+            })],
         };
         assert_eq!(s.pick(0).map(|(_, c)| c), Ok("v1"));
         assert_eq!(s.pick(89).map(|(_, c)| c), Ok("v1"));
@@ -205,10 +257,10 @@ mod tests {
         let empty = Arc::new(Cluster::new("empty".into(), vec![]));
         let s = Service {
             name: "s".into(),
-            action: Action::Forward {
+            routes: vec![Route::catch_all(Action::Forward {
                 backends: vec![(empty, 1)],
                 total: 1,
-            },
+            })],
         };
         assert_eq!(
             s.pick(0),
@@ -218,9 +270,9 @@ mod tests {
         );
         let r = Service {
             name: "r".into(),
-            action: Action::Reject {
+            routes: vec![Route::catch_all(Action::Reject {
                 reason: "no backends".into(),
-            },
+            })],
         };
         assert_eq!(r.pick(0), Err(NoEndpoint::Rejected("no backends".into())));
     }

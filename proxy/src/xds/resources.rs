@@ -14,43 +14,73 @@ use mesh_proto::envoy::config::cluster::v3::{Cluster, cluster};
 use mesh_proto::envoy::config::core::v3::{Address, address, socket_address};
 use mesh_proto::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
 use mesh_proto::envoy::config::listener::v3::{Listener, filter};
-use mesh_proto::envoy::config::route::v3::{RouteConfiguration, route, route_action, route_match};
+use std::time::Duration;
+
+use hyper::header::HeaderName;
+use mesh_proto::envoy::config::route::v3::{
+    RouteConfiguration, RouteMatch, header_matcher, query_parameter_matcher, route, route_action,
+    route_match,
+};
 use mesh_proto::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager::RouteSpecifier,
 };
 use mesh_proto::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use mesh_proto::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
 use mesh_proto::google::protobuf::Any;
 use mesh_proto::prost::{Message, Name};
 
+use crate::route::{
+    HeaderField, HeaderMatch, PathMatch, QueryMatch, RequestMatch, ValueMatch, full_regex,
+};
 use crate::routing::{self, Routing};
 
 /// Backends by cluster name and weight.
 pub type Backends = Vec<(String, u32)>;
 
+/// One route as decoded: what it matches, where it goes (or why it refuses), its timeout.
+#[derive(Clone, Debug)]
+pub struct RouteDef {
+    pub name: String,
+    pub matcher: RequestMatch,
+    pub backends: Result<Backends, String>,
+    pub timeout: Option<Duration>,
+}
+
+/// A route table in match order.
+pub type RouteTable = Vec<RouteDef>;
+
 /// What a listener sends its connections to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Target {
     /// Look up this route table (RDS).
     Route(String),
-    /// Straight to these clusters (TCP proxy, or an inline route table already resolved).
-    Backends(Backends),
-    Reject(String),
+    /// A route table of its own (TCP proxy, or an inline route table).
+    Table(RouteTable),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ListenerDef {
     pub address: SocketAddr,
     pub target: Target,
 }
 
 /// Everything received so far, by type and name.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Resources {
     pub listeners: BTreeMap<String, ListenerDef>,
-    pub routes: BTreeMap<String, Target>,
+    pub routes: BTreeMap<String, RouteTable>,
     /// Clusters, with their inline endpoints for STATIC ones.
     pub clusters: BTreeMap<String, Option<Vec<SocketAddr>>>,
     pub endpoints: BTreeMap<String, Vec<SocketAddr>>,
+}
+
+fn catch_all(name: &str, backends: Result<Backends, String>) -> RouteTable {
+    vec![RouteDef {
+        name: name.to_string(),
+        matcher: RequestMatch::any(),
+        backends,
+        timeout: None,
+    }]
 }
 
 fn decode<M: Message + Default + Name>(any: &Any) -> Result<M, String> {
@@ -115,17 +145,20 @@ fn listener_target(l: &Listener) -> Result<Target, String> {
         let hcm: HttpConnectionManager = decode(any)?;
         return match hcm.route_specifier {
             Some(RouteSpecifier::Rds(rds)) => Ok(Target::Route(rds.route_config_name)),
-            Some(RouteSpecifier::RouteConfig(rc)) => Ok(route_target(&rc)),
+            Some(RouteSpecifier::RouteConfig(rc)) => route_table(&rc).map(Target::Table),
             _ => Err("HTTP connection manager without RDS or a route table".into()),
         };
     }
     if any.type_url == TcpProxy::type_url() {
         let tcp: TcpProxy = decode(any)?;
         return match tcp.cluster_specifier {
-            Some(tcp_proxy::ClusterSpecifier::Cluster(c)) => Ok(Target::Backends(vec![(c, 1)])),
-            Some(tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => Ok(Target::Backends(
-                w.clusters.into_iter().map(|c| (c.name, c.weight)).collect(),
-            )),
+            Some(tcp_proxy::ClusterSpecifier::Cluster(c)) => {
+                Ok(Target::Table(catch_all(&l.name, Ok(vec![(c, 1)]))))
+            }
+            Some(tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => Ok(Target::Table(catch_all(
+                &l.name,
+                Ok(w.clusters.into_iter().map(|c| (c.name, c.weight)).collect()),
+            ))),
             None => Err("TCP proxy without a cluster".into()),
         };
     }
@@ -133,57 +166,160 @@ fn listener_target(l: &Listener) -> Result<Target, String> {
 }
 
 /// Decodes a set of route tables.
-pub fn routes(anys: &[Any]) -> Result<BTreeMap<String, Target>, String> {
+pub fn routes(anys: &[Any]) -> Result<BTreeMap<String, RouteTable>, String> {
     anys.iter()
         .map(|any| {
             let rc: RouteConfiguration = decode(any)?;
-            let target = route_target(&rc);
-            Ok((rc.name, target))
+            let table = route_table(&rc).map_err(|e| format!("route table {}: {e}", rc.name))?;
+            Ok((rc.name, table))
         })
         .collect()
 }
 
-/// The action of the first route that matches every request.
-fn route_target(rc: &RouteConfiguration) -> Target {
-    let catch_all = rc.virtual_hosts.first().and_then(|vh| {
-        vh.routes.iter().find(|r| {
-            r.r#match.as_ref().is_some_and(|m| {
-                matches!(&m.path_specifier, Some(route_match::PathSpecifier::Prefix(p)) if p == "/" || p.is_empty())
-                    && m.headers.is_empty()
-                    && m.query_parameters.is_empty()
+/// The routes of the first virtual host, in order.
+fn route_table(rc: &RouteConfiguration) -> Result<RouteTable, String> {
+    let Some(vh) = rc.virtual_hosts.first() else {
+        return Ok(Vec::new());
+    };
+    vh.routes
+        .iter()
+        .map(|r| {
+            let name = if r.name.is_empty() {
+                "unnamed".to_string()
+            } else {
+                r.name.clone()
+            };
+            let matcher =
+                request_match(r.r#match.as_ref()).map_err(|e| format!("route {name}: {e}"))?;
+            let (backends, timeout) = match &r.action {
+                Some(route::Action::Route(a)) => {
+                    let backends = match &a.cluster_specifier {
+                        Some(route_action::ClusterSpecifier::Cluster(c)) => {
+                            Ok(vec![(c.clone(), 1)])
+                        }
+                        Some(route_action::ClusterSpecifier::WeightedClusters(w)) => Ok(w
+                            .clusters
+                            .iter()
+                            .map(|c| (c.name.clone(), c.weight.map_or(1, |v| v.value)))
+                            .collect()),
+                        _ => {
+                            return Err(format!(
+                                "route {name}: only cluster and weighted_clusters are supported"
+                            ));
+                        }
+                    };
+                    let timeout = a.timeout.as_ref().and_then(|d| {
+                        let t = Duration::new(
+                            u64::try_from(d.seconds).ok()?,
+                            u32::try_from(d.nanos).ok()?,
+                        );
+                        (!t.is_zero()).then_some(t)
+                    });
+                    (backends, timeout)
+                }
+                Some(route::Action::DirectResponse(d)) => (
+                    Err(format!("route {name} answers {} itself", d.status)),
+                    None,
+                ),
+                _ => return Err(format!("route {name}: unsupported action")),
+            };
+            Ok(RouteDef {
+                name,
+                matcher,
+                backends,
+                timeout,
             })
         })
-    });
-    let Some(route) = catch_all else {
-        return Target::Reject(format!(
-            "route table {} has no route that matches every request",
-            rc.name
-        ));
-    };
-    match &route.action {
-        Some(route::Action::Route(a)) => match &a.cluster_specifier {
-            Some(route_action::ClusterSpecifier::Cluster(c)) => {
-                Target::Backends(vec![(c.clone(), 1)])
-            }
-            Some(route_action::ClusterSpecifier::WeightedClusters(w)) => Target::Backends(
-                w.clusters
-                    .iter()
-                    .map(|c| (c.name.clone(), c.weight.map_or(1, |v| v.value)))
-                    .collect(),
-            ),
-            _ => Target::Reject(format!(
-                "route {} of {} names no cluster",
-                route.name, rc.name
-            )),
-        },
-        Some(route::Action::DirectResponse(d)) => {
-            Target::Reject(format!("route {} answers {} itself", route.name, d.status))
-        }
-        _ => Target::Reject(format!(
-            "route {} of {} has an unsupported action",
-            route.name, rc.name
-        )),
+        .collect()
+}
+
+fn value_match(m: &StringMatcher) -> Result<ValueMatch, String> {
+    if m.ignore_case {
+        return Err("ignore_case is not supported".into());
     }
+    match &m.match_pattern {
+        Some(MatchPattern::Exact(v)) => Ok(ValueMatch::Exact(v.clone())),
+        Some(MatchPattern::Prefix(v)) => Ok(ValueMatch::Prefix(v.clone())),
+        Some(MatchPattern::SafeRegex(r)) => full_regex(&r.regex).map(ValueMatch::Regex),
+        _ => Err("only exact, prefix and safe_regex string matches are supported".into()),
+    }
+}
+
+// The deprecated header match forms are still sent by older control planes; honour them.
+#[allow(deprecated)]
+fn request_match(m: Option<&RouteMatch>) -> Result<RequestMatch, String> {
+    let Some(m) = m else {
+        return Ok(RequestMatch::any());
+    };
+    let path = match &m.path_specifier {
+        None => PathMatch::Any,
+        Some(route_match::PathSpecifier::Prefix(p)) if p.is_empty() || p == "/" => PathMatch::Any,
+        Some(route_match::PathSpecifier::Prefix(p)) => PathMatch::Prefix(p.clone()),
+        Some(route_match::PathSpecifier::Path(p)) => PathMatch::Exact(p.clone()),
+        Some(route_match::PathSpecifier::PathSeparatedPrefix(p)) => PathMatch::Segments(p.clone()),
+        Some(route_match::PathSpecifier::SafeRegex(r)) => PathMatch::Regex(full_regex(&r.regex)?),
+        Some(_) => return Err("unsupported path match".into()),
+    };
+    let headers = m
+        .headers
+        .iter()
+        .map(|h| {
+            let field = match h.name.as_str() {
+                ":method" => HeaderField::Method,
+                ":authority" | "host" => HeaderField::Authority,
+                n if n.starts_with(':') => {
+                    return Err(format!("header match on {n} is not supported"));
+                }
+                n => HeaderField::Header(
+                    HeaderName::try_from(n).map_err(|_| format!("`{n}` is not a header name"))?,
+                ),
+            };
+            let value = match &h.header_match_specifier {
+                Some(header_matcher::HeaderMatchSpecifier::StringMatch(sm)) => value_match(sm)?,
+                Some(header_matcher::HeaderMatchSpecifier::ExactMatch(v)) => {
+                    ValueMatch::Exact(v.clone())
+                }
+                Some(header_matcher::HeaderMatchSpecifier::PrefixMatch(v)) => {
+                    ValueMatch::Prefix(v.clone())
+                }
+                Some(header_matcher::HeaderMatchSpecifier::SafeRegexMatch(r)) => {
+                    ValueMatch::Regex(full_regex(&r.regex)?)
+                }
+                Some(header_matcher::HeaderMatchSpecifier::PresentMatch(true)) | None => {
+                    ValueMatch::Present
+                }
+                Some(_) => return Err(format!("unsupported match on header {}", h.name)),
+            };
+            Ok(HeaderMatch {
+                field,
+                value,
+                invert: h.invert_match,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let query = m
+        .query_parameters
+        .iter()
+        .map(|q| {
+            let value = match &q.query_parameter_match_specifier {
+                Some(query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch(sm)) => {
+                    value_match(sm)?
+                }
+                Some(query_parameter_matcher::QueryParameterMatchSpecifier::PresentMatch(true))
+                | None => ValueMatch::Present,
+                Some(_) => return Err(format!("unsupported match on query parameter {}", q.name)),
+            };
+            Ok(QueryMatch {
+                name: q.name.clone(),
+                value,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(RequestMatch {
+        path,
+        headers,
+        query,
+    })
 }
 
 /// Decodes a set of clusters.
@@ -280,48 +416,58 @@ impl Resources {
             .collect();
         let mut services = std::collections::HashMap::new();
         for (name, l) in &self.listeners {
-            let target = match &l.target {
-                Target::Route(r) => self
-                    .routes
-                    .get(r)
-                    .cloned()
-                    .unwrap_or_else(|| Target::Reject(format!("route table {r} not received"))),
-                other => other.clone(),
-            };
-            let action = match target {
-                Target::Reject(reason) => routing::Action::Reject { reason },
-                Target::Route(r) => routing::Action::Reject {
-                    reason: format!("route table {r} points to another route table"),
+            let table = match &l.target {
+                Target::Route(r) => match self.routes.get(r) {
+                    Some(table) => table.clone(),
+                    None => catch_all(name, Err(format!("route table {r} not received"))),
                 },
-                Target::Backends(backends) => {
-                    let resolved: Vec<(Arc<routing::Cluster>, u32)> = backends
-                        .iter()
-                        .filter(|(_, w)| *w > 0)
-                        .map(|(c, w)| {
-                            let cluster = clusters.get(c).cloned().unwrap_or_else(|| {
-                                Arc::new(routing::Cluster::new(c.clone(), vec![]))
-                            });
-                            (cluster, *w)
-                        })
-                        .collect();
-                    let total = resolved.iter().map(|(_, w)| *w).sum();
-                    if total == 0 {
-                        routing::Action::Reject {
-                            reason: format!("{name} has no backend with a weight"),
-                        }
-                    } else {
-                        routing::Action::Forward {
-                            backends: resolved,
-                            total,
-                        }
-                    }
-                }
+                Target::Table(table) => table.clone(),
             };
+            let routes = table
+                .into_iter()
+                .map(|def| {
+                    let action = match def.backends {
+                        Err(reason) => routing::Action::Reject { reason },
+                        Ok(backends) => {
+                            let resolved: Vec<(Arc<routing::Cluster>, u32)> = backends
+                                .iter()
+                                .filter(|(_, w)| *w > 0)
+                                .map(|(c, w)| {
+                                    let cluster = clusters.get(c).cloned().unwrap_or_else(|| {
+                                        Arc::new(routing::Cluster::new(c.clone(), vec![]))
+                                    });
+                                    (cluster, *w)
+                                })
+                                .collect();
+                            let total = resolved.iter().map(|(_, w)| *w).sum();
+                            if total == 0 {
+                                routing::Action::Reject {
+                                    reason: format!(
+                                        "route {} has no backend with a weight",
+                                        def.name
+                                    ),
+                                }
+                            } else {
+                                routing::Action::Forward {
+                                    backends: resolved,
+                                    total,
+                                }
+                            }
+                        }
+                    };
+                    routing::Route {
+                        name: def.name,
+                        matcher: def.matcher,
+                        action,
+                        timeout: def.timeout,
+                    }
+                })
+                .collect();
             services.insert(
                 l.address,
                 routing::Service {
                     name: name.clone(),
-                    action,
+                    routes,
                 },
             );
         }
@@ -417,7 +563,7 @@ mod tests {
         );
         r.routes.insert(
             "web".into(),
-            Target::Backends(vec![("v1".into(), 90), ("v2".into(), 10)]),
+            catch_all("web", Ok(vec![("v1".into(), 90), ("v2".into(), 10)])),
         );
         r.clusters.insert("v1".into(), None);
         r.clusters.insert("v2".into(), None);
@@ -448,5 +594,104 @@ mod tests {
             lonely.pick(0),
             Err(routing::NoEndpoint::Rejected(_))
         ));
+    }
+
+    #[test]
+    fn route_tables_decode_matches_and_route_per_request() {
+        use mesh_proto::envoy::config::route::v3::{
+            HeaderMatcher, Route, RouteAction, VirtualHost,
+        };
+        let route = |name: &str, headers: Vec<HeaderMatcher>, cluster: &str| Route {
+            name: name.into(),
+            r#match: Some(RouteMatch {
+                path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+                headers,
+                ..Default::default()
+            }),
+            action: Some(route::Action::Route(RouteAction {
+                cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.into())),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let canary = HeaderMatcher {
+            name: "x-canary".into(),
+            header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+                StringMatcher {
+                    match_pattern: Some(MatchPattern::Exact("1".into())),
+                    ignore_case: false,
+                },
+            )),
+            ..Default::default()
+        };
+        let rc = RouteConfiguration {
+            name: "web".into(),
+            virtual_hosts: vec![VirtualHost {
+                routes: vec![
+                    route("canary", vec![canary], "v2"),
+                    route("default", vec![], "v1"),
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut r = Resources::default();
+        let vip: SocketAddr = "10.96.0.1:80".parse().unwrap_or_else(|e| panic!("{e}"));
+        r.listeners.insert(
+            "web".into(),
+            ListenerDef {
+                address: vip,
+                target: Target::Route("web".into()),
+            },
+        );
+        r.routes = routes(&[to_any(type_url::ROUTE, &rc)]).unwrap_or_else(|e| panic!("{e}"));
+        r.clusters.insert("v1".into(), None);
+        r.clusters.insert("v2".into(), None);
+        r.endpoints = endpoints(&[
+            cla("v1", &[("10.0.0.3", 8080)]),
+            cla("v2", &[("10.0.0.4", 8080)]),
+        ])
+        .unwrap_or_default();
+        let routing = r.compile();
+        let service = routing
+            .service(&vip)
+            .unwrap_or_else(|| panic!("no service"));
+        let mut headers = hyper::HeaderMap::new();
+        let pick = |headers: &hyper::HeaderMap| {
+            let view = crate::route::RequestView {
+                method: &hyper::Method::GET,
+                authority: None,
+                path: "/",
+                query: None,
+                headers,
+            };
+            service.route(&view).map(|route| route.name.clone())
+        };
+        assert_eq!(pick(&headers).as_deref(), Some("default"));
+        headers.insert("x-canary", hyper::header::HeaderValue::from_static("1"));
+        assert_eq!(pick(&headers).as_deref(), Some("canary"));
+        assert_eq!(
+            service.pick(0).map(|(ep, _)| ep.to_string()),
+            Ok("10.0.0.3:8080".into()),
+            "L4 uses the catch-all route"
+        );
+
+        let mut bad = rc.clone();
+        bad.virtual_hosts[0].routes[0].r#match = Some(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::SafeRegex(
+                mesh_proto::envoy::r#type::matcher::v3::RegexMatcher {
+                    regex: "([".into(),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        });
+        let err = routes(&[to_any(type_url::ROUTE, &bad)])
+            .err()
+            .unwrap_or_default();
+        assert!(
+            err.starts_with("route table web: route canary: invalid regular expression `([`"),
+            "{err}"
+        );
     }
 }
