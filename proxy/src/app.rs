@@ -54,9 +54,11 @@ pub async fn run(config: ProxyConfig) -> Result<(), ProxyError> {
         }
         None => Arc::new(Xds::standalone()),
     };
+    let http = crate::http::client(config.connect_timeout);
     let ctx = Arc::new(Context {
         config,
         metrics: Metrics::default(),
+        http,
         xds,
     });
     for (listeners, direction) in [

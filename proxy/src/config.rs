@@ -23,6 +23,9 @@ pub struct ProxyConfig {
     /// Timeout of a connection attempt to the destination.
     pub connect_timeout: Duration,
     pub relay_mode: RelayMode,
+    /// How long to wait for a client's first bytes on an HTTP port before treating the
+    /// connection as opaque TCP (opaque ports skip detection).
+    pub detect_timeout: Duration,
     /// The control plane to follow; none means passthrough only.
     pub xds: Option<crate::xds::client::XdsConfig>,
 }
@@ -48,6 +51,7 @@ impl Default for ProxyConfig {
             drain_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             relay_mode: RelayMode::Splice,
+            detect_timeout: Duration::from_secs(1),
             xds: None,
         }
     }

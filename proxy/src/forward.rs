@@ -9,11 +9,16 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use crate::config::ProxyConfig;
+use crate::detect::{Protocol, detect};
+use crate::io::Rewind;
 use crate::metrics::{Direction, Metrics, RefuseReason, inc};
 use crate::orig_dst::original_dst;
 use crate::relay::{Counters, relay};
 use crate::routing::{NoEndpoint, random_u32};
 use crate::xds::Xds;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 
 /// What the proxy does with a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,17 +70,31 @@ pub struct Context {
     pub config: ProxyConfig,
     pub metrics: Metrics,
     pub xds: Arc<Xds>,
+    /// Pooled upstream HTTP/1.1 connections.
+    pub http: Client<HttpConnector, Incoming>,
 }
 
-/// Where an outbound connection to `orig` goes: an endpoint of the Service at that virtual
-/// address, or `orig` itself when it is no Service (passthrough).
-fn resolve_outbound(xds: &Xds, orig: SocketAddr) -> Result<SocketAddr, String> {
+/// Where an outbound connection goes.
+enum Outbound {
+    /// Not a Service: straight to the original destination.
+    Passthrough(SocketAddr),
+    /// An opaque Service port: to this endpoint, bytes as they are.
+    Opaque(SocketAddr),
+    /// An HTTP Service port: each request is routed on its own.
+    Http,
+}
+
+/// Where an outbound connection to `orig` goes.
+fn resolve_outbound(xds: &Xds, orig: SocketAddr) -> Result<Outbound, String> {
     let routing = xds.routing.load();
     let Some(service) = routing.service(&orig) else {
-        return Ok(orig);
+        return Ok(Outbound::Passthrough(orig));
     };
+    if service.http {
+        return Ok(Outbound::Http);
+    }
     match service.pick(random_u32()) {
-        Ok((endpoint, _cluster)) => Ok(endpoint),
+        Ok((endpoint, _cluster)) => Ok(Outbound::Opaque(endpoint)),
         Err(NoEndpoint::Empty { cluster }) => Err(format!(
             "service {} has no endpoints (cluster {cluster})",
             service.name
@@ -108,7 +127,10 @@ pub async fn handle(
     let target = match decision {
         Decision::Forward(orig) if direction == Direction::Outbound => {
             match resolve_outbound(&ctx.xds, orig) {
-                Ok(endpoint) => endpoint,
+                Ok(Outbound::Passthrough(target) | Outbound::Opaque(target)) => target,
+                Ok(Outbound::Http) => {
+                    return serve_http(downstream, peer, orig, direction, ctx.clone()).await;
+                }
                 Err(why) => {
                     inc(metrics.refused(RefuseReason::NoEndpoint));
                     tracing::warn!(%peer, dst = %orig, "mesh-proxy refused connection: {why}");
@@ -149,7 +171,7 @@ pub async fn handle(
             from_downstream: &metrics.received_bytes,
             to_downstream: &metrics.sent_bytes,
         };
-        let result = relay(downstream, upstream, ctx.config.relay_mode, counters).await;
+        let result = relay(downstream, upstream, b"", ctx.config.relay_mode, counters).await;
         inc(&metrics.closed);
         let duration_ms = start.elapsed().as_millis() as u64;
         match result {
@@ -175,6 +197,80 @@ fn connect_failed(downstream: &TcpStream, metrics: &crate::metrics::TcpMetrics, 
         error = why,
         "mesh-proxy could not connect to the destination; resetting the client connection"
     );
+}
+
+/// An outbound connection to an HTTP Service port: detect the protocol, then route HTTP/1.1
+/// requests one by one; anything else goes through as bytes by the catch-all route.
+async fn serve_http(
+    mut downstream: TcpStream,
+    peer: SocketAddr,
+    vip: SocketAddr,
+    direction: Direction,
+    ctx: Arc<Context>,
+) {
+    let span = tracing::info_span!("conn", dir = "outbound", %peer, service = %vip);
+    let metrics = ctx.metrics.tcp(direction);
+    async {
+        inc(&metrics.opened);
+        let (protocol, prefix) = match detect(&mut downstream, ctx.config.detect_timeout).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::debug!(error = %e, "connection failed during protocol detection");
+                inc(&metrics.closed);
+                return;
+            }
+        };
+        tracing::debug!(protocol = protocol.as_str(), "detected");
+        let _ = downstream.set_nodelay(true);
+        if protocol == Protocol::Http1 {
+            crate::http::serve_outbound(Rewind::new(prefix, downstream), vip, ctx.clone()).await;
+            inc(&metrics.closed);
+            return;
+        }
+        let picked = {
+            let routing = ctx.xds.routing.load();
+            routing
+                .service(&vip)
+                .and_then(|s| s.pick(random_u32()).ok())
+                .map(|(endpoint, _)| endpoint)
+        };
+        let Some(endpoint) = picked else {
+            inc(metrics.refused(RefuseReason::NoEndpoint));
+            inc(&metrics.closed);
+            tracing::warn!(
+                "mesh-proxy refused connection: no endpoint for {vip} ({} traffic)",
+                protocol.as_str()
+            );
+            return;
+        };
+        let upstream =
+            match tokio::time::timeout(ctx.config.connect_timeout, TcpStream::connect(endpoint))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return connect_failed(&downstream, metrics, &e.to_string()),
+                Err(_) => return connect_failed(&downstream, metrics, "timed out"),
+            };
+        let _ = upstream.set_nodelay(true);
+        let counters = Counters {
+            from_downstream: &metrics.received_bytes,
+            to_downstream: &metrics.sent_bytes,
+        };
+        if let Err(e) = relay(
+            downstream,
+            upstream,
+            &prefix,
+            ctx.config.relay_mode,
+            counters,
+        )
+        .await
+        {
+            tracing::debug!(error = %e, "closed with error");
+        }
+        inc(&metrics.closed);
+    }
+    .instrument(span)
+    .await
 }
 
 #[cfg(test)]

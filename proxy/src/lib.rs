@@ -12,6 +12,7 @@ pub mod config;
 pub mod detect;
 pub mod drain;
 pub mod forward;
+pub mod http;
 pub mod io;
 pub mod listener;
 pub mod metrics;

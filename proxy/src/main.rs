@@ -60,6 +60,10 @@ struct Args {
     /// Ports the app listens on, comma-separated.
     #[arg(long, env = "MESH_APP_PORTS", default_value = "")]
     app_ports: String,
+    /// How long to wait for a client's first bytes on an HTTP Service port before treating the
+    /// connection as opaque TCP (ports with appProtocol tcp skip detection).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    detect_timeout: Duration,
     /// Log filter, e.g. `info` or `mesh_proxy=debug`.
     #[arg(long, env = "MESH_LOG", default_value = "info")]
     log: String,
@@ -98,6 +102,7 @@ fn main() -> anyhow::Result<()> {
         drain_timeout: args.drain_timeout,
         connect_timeout: args.connect_timeout,
         relay_mode: args.relay,
+        detect_timeout: args.detect_timeout,
         xds: xds_config(&args)?,
     };
     tracing::info!(threads, relay = ?config.relay_mode, "mesh-proxy starting");

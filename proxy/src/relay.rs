@@ -35,7 +35,27 @@ pub struct Transferred {
 
 /// Relays between `downstream` (the accepted connection) and `upstream` until both directions
 /// have seen EOF, or one fails.
+/// `prefix` holds bytes already read from `downstream` (by protocol detection); they are sent
+/// upstream first.
 pub async fn relay(
+    downstream: TcpStream,
+    mut upstream: TcpStream,
+    prefix: &[u8],
+    mode: RelayMode,
+    counters: Counters<'_>,
+) -> io::Result<Transferred> {
+    if !prefix.is_empty() {
+        tokio::io::AsyncWriteExt::write_all(&mut upstream, prefix).await?;
+        counters
+            .from_downstream
+            .fetch_add(prefix.len() as u64, Ordering::Relaxed);
+    }
+    let mut moved = relay_sockets(downstream, upstream, mode, counters).await?;
+    moved.from_downstream += prefix.len() as u64;
+    Ok(moved)
+}
+
+async fn relay_sockets(
     downstream: TcpStream,
     upstream: TcpStream,
     mode: RelayMode,
@@ -160,7 +180,7 @@ mod tests {
                 from_downstream: &a,
                 to_downstream: &b,
             };
-            let t = relay(down, up, mode, counters).await.expect("relay");
+            let t = relay(down, up, b"", mode, counters).await.expect("relay");
             assert_eq!(a.load(Ordering::Relaxed), t.from_downstream);
             assert_eq!(b.load(Ordering::Relaxed), t.to_downstream);
             t

@@ -82,6 +82,8 @@ impl Route {
 pub struct Service {
     pub name: String,
     pub routes: Vec<Route>,
+    /// HTTP (routed per request) or opaque TCP (routed per connection, no protocol detection).
+    pub http: bool,
 }
 
 /// Why a connection to a known Service could not be given an endpoint.
@@ -180,7 +182,7 @@ impl Routing {
                             json!({ "route": r.name, "match": format!("{:?}", r.matcher.path), "backends": action })
                         })
                         .collect();
-                    json!({ "address": addr.to_string(), "service": s.name, "routes": routes })
+                    json!({ "address": addr.to_string(), "service": s.name, "http": s.http, "routes": routes })
                 })
                 .collect(),
         )
@@ -236,6 +238,7 @@ mod tests {
                 backends: vec![(v1, 90), (v2, 10)],
                 total: 100,
             })],
+            http: false,
         };
         assert_eq!(s.pick(0).map(|(_, c)| c), Ok("v1"));
         assert_eq!(s.pick(89).map(|(_, c)| c), Ok("v1"));
@@ -261,6 +264,7 @@ mod tests {
                 backends: vec![(empty, 1)],
                 total: 1,
             })],
+            http: false,
         };
         assert_eq!(
             s.pick(0),
@@ -273,6 +277,7 @@ mod tests {
             routes: vec![Route::catch_all(Action::Reject {
                 reason: "no backends".into(),
             })],
+            http: false,
         };
         assert_eq!(r.pick(0), Err(NoEndpoint::Rejected("no backends".into())));
     }

@@ -262,3 +262,72 @@ fn a_sidecar_that_leaves_takes_its_endpoint_with_it() -> anyhow::Result<()> {
     assert!(s.b.admin("/ready").is_ok(), "pod b's sidecar is unaffected");
     Ok(())
 }
+
+const BY_HEADER: &str = "
+apiVersion: mesh.dev/v1
+kind: Service
+metadata: {name: nowhere}
+spec: {ports: [{port: 80, targetPort: 8080}], selector: {app: nothing-matches}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web}
+spec:
+  parentRefs: [{name: web, port: 80}]
+  rules:
+  - matches: [{headers: [{name: x-canary, value: '1'}]}]
+    backendRefs: [{name: web-v2, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /empty}}]
+    backendRefs: [{name: nowhere, port: 80}]
+  - backendRefs: [{name: web-v1, port: 80}]
+";
+
+#[test]
+fn requests_are_routed_one_by_one_and_mesh_errors_say_why() -> anyhow::Result<()> {
+    let s = scene("cp-l7")?;
+    apply(&s.cp, &s.net, BY_HEADER, true)?;
+    assert_eq!(who_answers(&s.a, URL, 10)?, only("b", 10));
+    let canary = |n| -> anyhow::Result<BTreeMap<String, usize>> {
+        let mut counts = BTreeMap::new();
+        for _ in 0..n {
+            let out = s.a.curl(&["-H", "x-canary: 1", URL])?;
+            *counts
+                .entry(String::from_utf8_lossy(&out.stdout).trim().to_string())
+                .or_insert(0) += 1;
+        }
+        Ok(counts)
+    };
+    assert_eq!(
+        canary(10)?,
+        only("c", 10),
+        "the header sends requests to v2"
+    );
+
+    // Two requests on one keep-alive connection go to different versions.
+    let opened_before =
+        s.a.metric("mesh_tcp_connections_opened_total{direction=\"outbound\"}")?;
+    let out =
+        s.a.curl(&["-H", "x-canary: 1", URL, "--next", "-sS", URL])?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from c\nhello from b\n"
+    );
+    let opened =
+        s.a.metric("mesh_tcp_connections_opened_total{direction=\"outbound\"}")? - opened_before;
+    assert_eq!(opened, 1, "both requests shared one client connection");
+
+    // A route whose Service has no endpoints: the proxy answers itself, and says so.
+    let out = s.a.curl(&["-i", &format!("{URL}empty/x")])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(
+        text.contains("x-mesh-error: mesh-proxy outbound: no endpoints in nowhere.default.svc:80"),
+        "{text}"
+    );
+    Ok(())
+}

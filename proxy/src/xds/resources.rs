@@ -62,6 +62,8 @@ pub enum Target {
 pub struct ListenerDef {
     pub address: SocketAddr,
     pub target: Target,
+    /// An HTTP connection manager (per-request routing) rather than a TCP proxy.
+    pub http: bool,
 }
 
 /// Everything received so far, by type and name.
@@ -126,13 +128,21 @@ pub fn listeners(anys: &[Any]) -> Result<BTreeMap<String, ListenerDef>, String> 
         .map(|l| {
             let address =
                 socket_addr(l.address.as_ref()).map_err(|e| format!("listener {}: {e}", l.name))?;
-            let target = listener_target(&l).map_err(|e| format!("listener {}: {e}", l.name))?;
-            Ok((l.name, ListenerDef { address, target }))
+            let (target, http) =
+                listener_target(&l).map_err(|e| format!("listener {}: {e}", l.name))?;
+            Ok((
+                l.name,
+                ListenerDef {
+                    address,
+                    target,
+                    http,
+                },
+            ))
         })
         .collect()
 }
 
-fn listener_target(l: &Listener) -> Result<Target, String> {
+fn listener_target(l: &Listener) -> Result<(Target, bool), String> {
     let filter = l
         .filter_chains
         .first()
@@ -144,8 +154,10 @@ fn listener_target(l: &Listener) -> Result<Target, String> {
     if any.type_url == HttpConnectionManager::type_url() {
         let hcm: HttpConnectionManager = decode(any)?;
         return match hcm.route_specifier {
-            Some(RouteSpecifier::Rds(rds)) => Ok(Target::Route(rds.route_config_name)),
-            Some(RouteSpecifier::RouteConfig(rc)) => route_table(&rc).map(Target::Table),
+            Some(RouteSpecifier::Rds(rds)) => Ok((Target::Route(rds.route_config_name), true)),
+            Some(RouteSpecifier::RouteConfig(rc)) => {
+                route_table(&rc).map(|t| (Target::Table(t), true))
+            }
             _ => Err("HTTP connection manager without RDS or a route table".into()),
         };
     }
@@ -153,12 +165,15 @@ fn listener_target(l: &Listener) -> Result<Target, String> {
         let tcp: TcpProxy = decode(any)?;
         return match tcp.cluster_specifier {
             Some(tcp_proxy::ClusterSpecifier::Cluster(c)) => {
-                Ok(Target::Table(catch_all(&l.name, Ok(vec![(c, 1)]))))
+                Ok((Target::Table(catch_all(&l.name, Ok(vec![(c, 1)]))), false))
             }
-            Some(tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => Ok(Target::Table(catch_all(
-                &l.name,
-                Ok(w.clusters.into_iter().map(|c| (c.name, c.weight)).collect()),
-            ))),
+            Some(tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => Ok((
+                Target::Table(catch_all(
+                    &l.name,
+                    Ok(w.clusters.into_iter().map(|c| (c.name, c.weight)).collect()),
+                )),
+                false,
+            )),
             None => Err("TCP proxy without a cluster".into()),
         };
     }
@@ -468,6 +483,7 @@ impl Resources {
                 routing::Service {
                     name: name.clone(),
                     routes,
+                    http: l.http,
                 },
             );
         }
@@ -552,6 +568,7 @@ mod tests {
             ListenerDef {
                 address: "10.96.0.1:80".parse().unwrap_or_else(|e| panic!("{e}")),
                 target: Target::Route("web".into()),
+                http: true,
             },
         );
         r.listeners.insert(
@@ -559,6 +576,7 @@ mod tests {
             ListenerDef {
                 address: "10.96.0.9:80".parse().unwrap_or_else(|e| panic!("{e}")),
                 target: Target::Route("missing".into()),
+                http: true,
             },
         );
         r.routes.insert(
@@ -642,6 +660,7 @@ mod tests {
             ListenerDef {
                 address: vip,
                 target: Target::Route("web".into()),
+                http: true,
             },
         );
         r.routes = routes(&[to_any(type_url::ROUTE, &rc)]).unwrap_or_else(|e| panic!("{e}"));

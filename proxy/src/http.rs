@@ -1,0 +1,239 @@
+//! HTTP/1.1 proxying of outbound requests to a Service: each request is routed on its own
+//! (path, headers, query, method), balanced over the chosen cluster's endpoints, and sent over a
+//! pooled upstream connection. Bodies stream in both directions without being buffered whole.
+//!
+//! Every error the proxy itself produces says so: the response carries `x-mesh-error` with who
+//! produced it and why, and the same text is logged.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use crate::forward::Context;
+use crate::io::Rewind;
+use crate::route::RequestView;
+use crate::routing::{NoEndpoint, random_u32};
+
+/// Response bodies: the upstream's, streamed, or a short one the proxy made.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// The header that marks (and explains) a response the mesh produced itself.
+pub const MESH_ERROR: &str = "x-mesh-error";
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1), never forwarded.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// The pooled upstream HTTP/1.1 client.
+pub fn client(connect_timeout: Duration) -> Client<HttpConnector, Incoming> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(connector)
+}
+
+/// Serves HTTP/1.1 on a client connection whose destination is the Service at `vip`.
+pub async fn serve_outbound(io: Rewind<TcpStream>, vip: SocketAddr, ctx: Arc<Context>) {
+    let service = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(route_request(req, vip, &ctx).await) }
+    });
+    // half_close: a client may finish sending and still wait for the response.
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .half_close(true)
+        .serve_connection(TokioIo::new(io), service)
+        .await
+    {
+        tracing::debug!(error = %e, "HTTP connection ended with an error");
+    }
+}
+
+/// A response the proxy made itself, with the reason in `x-mesh-error` and the body.
+pub fn mesh_error(status: StatusCode, reason: &str) -> Response<ProxyBody> {
+    let text = format!("mesh-proxy outbound: {reason}");
+    tracing::warn!(status = status.as_u16(), "{text}");
+    let mut resp = Response::new(
+        Full::new(Bytes::from(format!("{text}\n")))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(&text) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static(MESH_ERROR), v);
+    }
+    resp
+}
+
+async fn route_request(
+    req: Request<Incoming>,
+    vip: SocketAddr,
+    ctx: &Context,
+) -> Response<ProxyBody> {
+    let routing = ctx.xds.routing.load_full();
+    let Some(service) = routing.service(&vip) else {
+        return mesh_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("no Service at {vip} any more"),
+        );
+    };
+    let authority = req.headers().get(HOST).and_then(|h| h.to_str().ok());
+    let view = RequestView {
+        method: req.method(),
+        authority,
+        path: req.uri().path(),
+        query: req.uri().query(),
+        headers: req.headers(),
+    };
+    let Some(route) = service.route(&view) else {
+        let reason = format!(
+            "no route of {} matches {} {}",
+            service.name,
+            req.method(),
+            req.uri().path()
+        );
+        return mesh_error(StatusCode::NOT_FOUND, &reason);
+    };
+    let (endpoint, cluster) = match route.action.pick(random_u32()) {
+        Ok(picked) => picked,
+        Err(NoEndpoint::Empty { cluster }) => {
+            return mesh_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "no endpoints in {cluster} (route {} of {})",
+                    route.name, service.name
+                ),
+            );
+        }
+        Err(NoEndpoint::Rejected(reason)) => {
+            return mesh_error(StatusCode::INTERNAL_SERVER_ERROR, &reason);
+        }
+    };
+    let upstream = match upstream_request(req, endpoint) {
+        Ok(r) => r,
+        Err(reason) => return mesh_error(StatusCode::BAD_REQUEST, &reason),
+    };
+    let sent = ctx.http.request(upstream);
+    let result = match route.timeout {
+        Some(limit) => match tokio::time::timeout(limit, sent).await {
+            Ok(r) => r,
+            Err(_) => {
+                let reason = format!(
+                    "{endpoint} ({cluster}) did not answer within the route timeout {limit:?}"
+                );
+                return mesh_error(StatusCode::GATEWAY_TIMEOUT, &reason);
+            }
+        },
+        None => sent.await,
+    };
+    match result {
+        Ok(mut resp) => {
+            strip_hop_by_hop(resp.headers_mut());
+            resp.map(BodyExt::boxed)
+        }
+        Err(e) => {
+            let why = if e.is_connect() {
+                "cannot connect to"
+            } else {
+                "request failed to"
+            };
+            mesh_error(
+                StatusCode::BAD_GATEWAY,
+                &format!("{why} {endpoint} ({cluster}): {e}"),
+            )
+        }
+    }
+}
+
+/// The request as sent to `endpoint`: absolute URI for the pool, Host kept, hop-by-hop removed.
+fn upstream_request(
+    req: Request<Incoming>,
+    endpoint: SocketAddr,
+) -> Result<Request<Incoming>, String> {
+    let (mut parts, body) = req.into_parts();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = Uri::builder()
+        .scheme("http")
+        .authority(endpoint.to_string())
+        .path_and_query(path)
+        .build()
+        .map_err(|e| format!("cannot build the upstream URI for {path}: {e}"))?;
+    parts.version = Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(Request::from_parts(parts, body))
+}
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_including_those_connection_names() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(
+            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            vec!["x-kept"]
+        );
+    }
+
+    #[test]
+    fn mesh_errors_say_who_and_why() {
+        let r = mesh_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no endpoints in web (route default of web)",
+        );
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            r.headers().get(MESH_ERROR).and_then(|v| v.to_str().ok()),
+            Some("mesh-proxy outbound: no endpoints in web (route default of web)")
+        );
+    }
+}
