@@ -15,8 +15,10 @@ use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use super::session::Session;
+use super::stream::{AdsStream, drive};
 use crate::controller::Controller;
 use crate::snapshot::{Snapshot, XdsType};
+use mesh_proto::envoy::config::core::v3::Node;
 
 #[derive(Debug)]
 struct Pending {
@@ -52,53 +54,55 @@ struct Stream {
     tx: Tx,
 }
 
-/// Serves one delta stream until the proxy goes away.
+/// Serves one stream until the proxy goes away.
 pub async fn serve(
     controller: Arc<Controller>,
-    mut requests: Streaming<DeltaDiscoveryRequest>,
+    requests: Streaming<DeltaDiscoveryRequest>,
     tx: Tx,
     peer: Option<SocketAddr>,
 ) {
-    let mut snapshots = controller.subscribe();
-    let mut stream = Stream {
+    let stream = Stream {
         session: None,
         subs: BTreeMap::new(),
         nonce: 0,
         tx,
     };
-    loop {
-        let ok = tokio::select! {
-            request = requests.message() => match request {
-                Ok(Some(request)) => {
-                    if stream.session.is_none() {
-                        stream.session = Some(Session::start(&controller, request.node.as_ref(), "delta", peer));
-                    }
-                    let snapshot = snapshots.borrow().clone();
-                    stream.on_request(request, &snapshot).await
-                }
-                Ok(None) => false,
-                Err(status) => {
-                    tracing::debug!(%status, "delta xDS stream ended with an error");
-                    false
-                }
-            },
-            changed = snapshots.changed() => {
-                let snapshot = snapshots.borrow_and_update().clone();
-                changed.is_ok() && stream.on_snapshot(&snapshot).await
+    drive(controller, requests, stream, peer).await
+}
+
+impl AdsStream for Stream {
+    type Request = DeltaDiscoveryRequest;
+    const PROTOCOL: &'static str = "delta";
+
+    fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    fn session_slot(&mut self) -> &mut Option<Session> {
+        &mut self.session
+    }
+
+    async fn on_request(&mut self, request: DeltaDiscoveryRequest, snapshot: &Snapshot) -> bool {
+        self.request(request, snapshot).await
+    }
+
+    async fn on_snapshot(&mut self, snapshot: &Snapshot) -> bool {
+        for ty in XdsType::ALL {
+            if self.subs.contains_key(&ty) && !self.push(ty, snapshot, false).await {
+                return false;
             }
-        };
-        if !ok {
-            break;
         }
+        true
     }
 }
 
+/// A resource's version: its content hash.
 fn version_of(hash: u64) -> String {
     format!("{hash:016x}")
 }
 
 impl Stream {
-    async fn on_request(&mut self, request: DeltaDiscoveryRequest, snapshot: &Snapshot) -> bool {
+    async fn request(&mut self, request: DeltaDiscoveryRequest, snapshot: &Snapshot) -> bool {
         let Some(ty) = XdsType::from_url(&request.type_url) else {
             tracing::debug!(type_url = %request.type_url, "delta request for a type meshd does not serve; ignored");
             return true;
@@ -159,15 +163,6 @@ impl Stream {
         }
         if first || changed {
             return self.push(ty, snapshot, first).await;
-        }
-        true
-    }
-
-    async fn on_snapshot(&mut self, snapshot: &Snapshot) -> bool {
-        for ty in XdsType::ALL {
-            if self.subs.contains_key(&ty) && !self.push(ty, snapshot, false).await {
-                return false;
-            }
         }
         true
     }

@@ -4,6 +4,7 @@
 pub mod delta;
 mod session;
 pub mod sotw;
+mod stream;
 
 use std::sync::Arc;
 
