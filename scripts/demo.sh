@@ -5,8 +5,8 @@
 #   web-v1  10.88.0.4  app=web version=v1, with its sidecar
 #   web-v2  10.88.0.5  app=web version=v2, with its sidecar
 # Each meshed pod gets the init step's iptables rules and a sidecar (uid 1337) that follows meshd
-# over xDS. The demo applies Services with meshctl, curls the `web` VIP, applies a 90/10
-# HTTPRoute, and counts who answers 1000 requests. Needs root; installs iptables, iproute2 and
+# over xDS. The demo applies Services with meshctl, curls the `web` VIP, applies an HTTPRoute
+# (a header rule and a 90/10 split), and shows who answers. Needs root; installs iptables, iproute2 and
 # curl when missing. Leaves nothing behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -115,7 +115,7 @@ meshctl get workloads | sed 's/^/    /'
 step "client: 10 requests to http://10.96.0.10/ (round robin over both versions)"
 in_pod client "$WORK/mesh-test-app" tally --connect 10.96.0.10:80 --count 10 | sed 's/^/    /'
 
-step "meshctl apply: HTTPRoute web -> 90% web-v1, 10% web-v2"
+step "meshctl apply: HTTPRoute web: header x-canary: 1 -> web-v2; everything else 90% web-v1, 10% web-v2"
 cat >"$WORK/split.yaml" <<'YAML'
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -123,13 +123,18 @@ metadata: {name: web-split}
 spec:
   parentRefs: [{name: web, port: 80}]
   rules:
+  - matches: [{headers: [{name: x-canary, value: "1"}]}]
+    backendRefs: [{name: web-v2, port: 80}]
   - backendRefs:
     - {name: web-v1, port: 80, weight: 90}
     - {name: web-v2, port: 80, weight: 10}
 YAML
 meshctl apply -f "$WORK/split.yaml" --wait | sed 's/^/    /'
 
-step "client: 1000 requests to http://10.96.0.10/"
+step "client: 5 requests with x-canary: 1 (routed by header, one by one)"
+for _ in 1 2 3 4 5; do in_pod client curl -sS -H 'x-canary: 1' http://10.96.0.10/; done | sort | uniq -c | sed 's/^/    /'
+
+step "client: 1000 requests to http://10.96.0.10/ (no header: the weighted rule)"
 in_pod client "$WORK/mesh-test-app" tally --connect 10.96.0.10:80 --count 1000 | sed 's/^/    /'
 
 step "what meshd knows: connected proxies and the generation each has ACKed"
