@@ -331,3 +331,47 @@ fn requests_are_routed_one_by_one_and_mesh_errors_say_why() -> anyhow::Result<()
     );
     Ok(())
 }
+
+#[test]
+fn a_server_speaks_first_protocol_on_an_opaque_port_answers_at_once() -> anyhow::Result<()> {
+    let net = Network::new("cp-banner", IpFamilies::V4)?;
+    let cp = net.pod("cp")?;
+    let a = net.pod("a")?;
+    let d = net.pod("d")?;
+    let _meshd = cp.start_meshd(&net.log_dir.join("meshd-data"), &[])?;
+    let _banner = d.start_app(&[
+        "banner",
+        "--listen",
+        "0.0.0.0:2525",
+        "--text",
+        "220 smtp.example ready",
+    ])?;
+    d.init_ok(&[])?;
+    a.init_ok(&[])?;
+    let _d_proxy = d.start_meshed_sidecar(xds_addr(&cp), "app=smtp")?;
+    // A detection timeout of an hour: if the opaque port were detected, the silent client
+    // below would wait that long, and fail on its own 10 s bound.
+    let _a_proxy = a.start_sidecar(&[
+        "--xds-address",
+        &format!("http://{}", xds_addr(&cp)),
+        "--pod-ip",
+        &a.ipv4.to_string(),
+        "--workload-name",
+        "a",
+        "--detect-timeout",
+        "1h",
+    ])?;
+    let smtp = "apiVersion: mesh.dev/v1\nkind: Service\nmetadata: {name: smtp}\nspec: {ports: [{port: 25, targetPort: 2525, appProtocol: tcp}], selector: {app: smtp}, vip: 10.96.0.25}\n";
+    apply(&cp, &net, smtp, true)?;
+    let out = a.run_app(&["read-line", "--connect", "10.96.0.25:25"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "220 smtp.example ready"
+    );
+    Ok(())
+}

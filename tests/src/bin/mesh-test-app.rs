@@ -45,6 +45,18 @@ enum Mode {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// A server-speaks-first protocol: sends `TEXT` and a newline as soon as a client connects.
+    Banner {
+        #[arg(long)]
+        listen: Vec<SocketAddr>,
+        #[arg(long)]
+        text: String,
+    },
+    /// Connects, sends nothing, and prints the first line the server sends (10 s at most).
+    ReadLine {
+        #[arg(long)]
+        connect: SocketAddr,
+    },
     /// Sends `count` HTTP/1.1 GETs, each on a new connection, and prints how many answers each
     /// body got, one `COUNT BODY` line per body, most frequent first.
     Tally {
@@ -73,6 +85,8 @@ async fn main() -> anyhow::Result<()> {
         } => send(connect, bytes, seed).await,
         Mode::Hold { connect } => hold(connect).await,
         Mode::Tally { connect, count } => tally(connect, count).await,
+        Mode::Banner { listen, text } => serve(listen, move |s| banner(s, text.clone())).await,
+        Mode::ReadLine { connect } => read_line(connect).await,
     }
 }
 
@@ -254,4 +268,28 @@ async fn get_once(addr: SocketAddr) -> anyhow::Result<String> {
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;
     Ok(response)
+}
+
+async fn banner(mut stream: TcpStream, text: String) -> anyhow::Result<()> {
+    stream.write_all(format!("{text}\r\n").as_bytes()).await?;
+    // Wait for the client to go away.
+    let mut sink = [0u8; 256];
+    while stream.read(&mut sink).await? > 0 {}
+    Ok(())
+}
+
+async fn read_line(addr: SocketAddr) -> anyhow::Result<()> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    let mut line = String::new();
+    let mut reader = tokio::io::BufReader::new(stream);
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        reader.read_line(&mut line),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("no line from {addr} within 10 s"))??;
+    println!("{}", line.trim_end());
+    Ok(())
 }
