@@ -59,7 +59,9 @@ pub fn respond(method: &Method, path: &str, ctx: &Context, drain: &Drain) -> Res
             r
         }
         (&Method::GET, "/metrics") => {
-            let mut r = text(StatusCode::OK, ctx.metrics.render());
+            let mut body = ctx.metrics.render();
+            body.push_str(&ctx.xds.requests.render("outbound"));
+            let mut r = text(StatusCode::OK, body);
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -8,7 +8,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -23,8 +23,9 @@ use tokio::net::TcpStream;
 
 use crate::forward::Context;
 use crate::io::Rewind;
+use crate::request_metrics::RouteStats;
 use crate::route::RequestView;
-use crate::routing::{NoEndpoint, random_u32};
+use crate::routing::{NoEndpoint, Route, random_u32};
 
 /// Response bodies: the upstream's, streamed, or a short one the proxy made.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -87,16 +88,33 @@ pub fn mesh_error(status: StatusCode, reason: &str) -> Response<ProxyBody> {
     resp
 }
 
+/// Routes one request and records it in its route's counters (`none` when no route matched).
 async fn route_request(
     req: Request<Incoming>,
     vip: SocketAddr,
     ctx: &Context,
 ) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let (response, stats) = dispatch(req, vip, ctx).await;
+    let stats = stats.unwrap_or_else(|| ctx.xds.requests.stats(&vip.to_string(), "none"));
+    stats.record(response.status().as_u16(), start.elapsed());
+    response
+}
+
+/// Finds the request's route and forwards it; returns the response and the route's counters.
+async fn dispatch(
+    req: Request<Incoming>,
+    vip: SocketAddr,
+    ctx: &Context,
+) -> (Response<ProxyBody>, Option<Arc<RouteStats>>) {
     let routing = ctx.xds.routing.load_full();
     let Some(service) = routing.service(&vip) else {
-        return mesh_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!("no Service at {vip} any more"),
+        return (
+            mesh_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("no Service at {vip} any more"),
+            ),
+            None,
         );
     };
     let authority = req.headers().get(HOST).and_then(|h| h.to_str().ok());
@@ -114,18 +132,28 @@ async fn route_request(
             req.method(),
             req.uri().path()
         );
-        return mesh_error(StatusCode::NOT_FOUND, &reason);
+        let stats = ctx.xds.requests.stats(&service.name, "none");
+        return (mesh_error(StatusCode::NOT_FOUND, &reason), Some(stats));
     };
+    let stats = route.stats.clone();
+    (forward(req, route, &service.name, ctx).await, Some(stats))
+}
+
+/// Sends the request to an endpoint of the route's backends, within the route's timeout.
+async fn forward(
+    req: Request<Incoming>,
+    route: &Route,
+    service: &str,
+    ctx: &Context,
+) -> Response<ProxyBody> {
     let (endpoint, cluster) = match route.action.pick(random_u32()) {
         Ok(picked) => picked,
         Err(NoEndpoint::Empty { cluster }) => {
-            return mesh_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!(
-                    "no endpoints in {cluster} (route {} of {})",
-                    route.name, service.name
-                ),
+            let reason = format!(
+                "no endpoints in {cluster} (route {} of {service})",
+                route.name
             );
+            return mesh_error(StatusCode::SERVICE_UNAVAILABLE, &reason);
         }
         Err(NoEndpoint::Rejected(reason)) => {
             return mesh_error(StatusCode::INTERNAL_SERVER_ERROR, &reason);

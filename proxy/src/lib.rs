@@ -18,6 +18,7 @@ pub mod listener;
 pub mod metrics;
 pub mod orig_dst;
 pub mod relay;
+pub mod request_metrics;
 pub mod route;
 pub mod routing;
 pub mod xds;

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::request_metrics::RouteStats;
 use crate::route::{RequestMatch, RequestView};
 
 /// One upstream cluster: its endpoints, picked round robin.
@@ -63,6 +64,8 @@ pub struct Route {
     pub action: Action,
     /// Time allowed for the whole request (Gateway API `timeouts.request`).
     pub timeout: Option<Duration>,
+    /// This route's request counters.
+    pub stats: Arc<RouteStats>,
 }
 
 impl Route {
@@ -73,6 +76,7 @@ impl Route {
             matcher: RequestMatch::any(),
             action,
             timeout: None,
+            stats: Arc::default(),
         }
     }
 }

@@ -329,6 +329,17 @@ fn requests_are_routed_one_by_one_and_mesh_errors_say_why() -> anyhow::Result<()
         text.contains("x-mesh-error: mesh-proxy outbound: no endpoints in nowhere.default.svc:80"),
         "{text}"
     );
+
+    // Every request above is counted on its route: 10 + 10 + 2 answered, 1 refused by the mesh.
+    let series = |class: &str| {
+        format!(
+            "mesh_requests_total{{direction=\"outbound\",service=\"web.default.svc:80\",route=\"default/web\",code_class=\"{class}\"}}"
+        )
+    };
+    assert_eq!(s.a.metric(&series("2xx"))?, 22);
+    assert_eq!(s.a.metric(&series("5xx"))?, 1);
+    let count = "mesh_request_duration_seconds_count{direction=\"outbound\",service=\"web.default.svc:80\",route=\"default/web\"}";
+    assert_eq!(s.a.metric(count)?, 23);
     Ok(())
 }
 

@@ -196,7 +196,8 @@ fn on_response(
     track.version = response.version_info.clone();
     track.received = true;
     *resources = next;
-    xds.routing.store(Arc::new(resources.compile()));
+    xds.routing
+        .store(Arc::new(resources.compile(&xds.requests)));
     xds.update_type(short, |t| {
         t.acked_version = Some(response.version_info.clone())
     });

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arc_swap::ArcSwap;
 use serde_json::{Value, json};
 
+use crate::request_metrics::RequestRegistry;
 use crate::routing::Routing;
 
 /// Per type: the version in force and the last refusal.
@@ -27,6 +28,8 @@ pub struct TypeState {
 #[derive(Debug)]
 pub struct Xds {
     pub routing: ArcSwap<Routing>,
+    /// Request counters of every route this proxy has routed by.
+    pub requests: RequestRegistry,
     ready: AtomicBool,
     connected: AtomicBool,
     types: Mutex<BTreeMap<&'static str, TypeState>>,
@@ -38,6 +41,7 @@ impl Xds {
     pub fn standalone() -> Xds {
         Xds {
             routing: ArcSwap::from_pointee(Routing::default()),
+            requests: RequestRegistry::default(),
             ready: AtomicBool::new(true),
             connected: AtomicBool::new(false),
             types: Mutex::new(BTreeMap::new()),

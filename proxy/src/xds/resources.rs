@@ -29,6 +29,7 @@ use mesh_proto::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::Matc
 use mesh_proto::google::protobuf::Any;
 use mesh_proto::prost::{Message, Name};
 
+use crate::request_metrics::RequestRegistry;
 use crate::route::{
     HeaderField, HeaderMatch, PathMatch, QueryMatch, RequestMatch, ValueMatch, full_regex,
 };
@@ -417,7 +418,7 @@ impl Resources {
 
     /// Builds the routing table from what has arrived. Missing pieces (a route table or an
     /// endpoint set not received yet) give a Service that refuses or a cluster without endpoints.
-    pub fn compile(&self) -> Routing {
+    pub fn compile(&self, requests: &RequestRegistry) -> Routing {
         let clusters: BTreeMap<&String, Arc<routing::Cluster>> = self
             .clusters
             .iter()
@@ -470,11 +471,13 @@ impl Resources {
                             }
                         }
                     };
+                    let stats = requests.stats(name, &def.name);
                     routing::Route {
                         name: def.name,
                         matcher: def.matcher,
                         action,
                         timeout: def.timeout,
+                        stats,
                     }
                 })
                 .collect();
@@ -591,7 +594,7 @@ mod tests {
             BTreeSet::from(["missing".to_string(), "web".to_string()])
         );
         assert_eq!(r.eds_names().len(), 2);
-        let routing = r.compile();
+        let routing = r.compile(&RequestRegistry::default());
         let web = routing
             .service(&"10.96.0.1:80".parse().unwrap_or_else(|e| panic!("{e}")))
             .unwrap_or_else(|| panic!("no web"));
@@ -671,7 +674,7 @@ mod tests {
             cla("v2", &[("10.0.0.4", 8080)]),
         ])
         .unwrap_or_default();
-        let routing = r.compile();
+        let routing = r.compile(&RequestRegistry::default());
         let service = routing
             .service(&vip)
             .unwrap_or_else(|| panic!("no service"));
