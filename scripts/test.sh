@@ -8,6 +8,11 @@ source scripts/lib/common.sh
 
 require_root
 ensure_tools
+# The metrics test checks the sidecar's /metrics with promtool (Debian's prometheus package).
+if ! command -v promtool >/dev/null; then
+  step "installing promtool (for the metrics format test)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
 # The interop test runs gRPC's own xDS client (grpcio) against meshd.
 if ! python3 -c "import grpc" 2>/dev/null; then
   step "installing grpcio (gRPC's proxyless xDS client, for the interop test)"

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, UPGRADE};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -65,6 +65,7 @@ pub async fn serve_outbound(io: Rewind<TcpStream>, vip: SocketAddr, ctx: Arc<Con
     if let Err(e) = hyper::server::conn::http1::Builder::new()
         .half_close(true)
         .serve_connection(TokioIo::new(io), service)
+        .with_upgrades()
         .await
     {
         tracing::debug!(error = %e, "HTTP connection ended with an error");
@@ -141,11 +142,13 @@ async fn dispatch(
 
 /// Sends the request to an endpoint of the route's backends, within the route's timeout.
 async fn forward(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     route: &Route,
     service: &str,
     ctx: &Context,
 ) -> Response<ProxyBody> {
+    // An Upgrade (e.g. WebSocket): keep its headers, and join both sides after a 101.
+    let upgrade = wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (endpoint, cluster) = match route.action.pick(random_u32()) {
         Ok(picked) => picked,
         Err(NoEndpoint::Empty { cluster }) => {
@@ -159,7 +162,7 @@ async fn forward(
             return mesh_error(StatusCode::INTERNAL_SERVER_ERROR, &reason);
         }
     };
-    let upstream = match upstream_request(req, endpoint) {
+    let upstream = match upstream_request(req, endpoint, upgrade.is_some()) {
         Ok(r) => r,
         Err(reason) => return mesh_error(StatusCode::BAD_REQUEST, &reason),
     };
@@ -178,7 +181,12 @@ async fn forward(
     };
     match result {
         Ok(mut resp) => {
-            strip_hop_by_hop(resp.headers_mut());
+            match upgrade {
+                Some(downstream) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                    join_upgraded(downstream, hyper::upgrade::on(&mut resp), endpoint);
+                }
+                _ => strip_hop_by_hop(resp.headers_mut()),
+            }
             resp.map(BodyExt::boxed)
         }
         Err(e) => {
@@ -195,10 +203,44 @@ async fn forward(
     }
 }
 
-/// The request as sent to `endpoint`: absolute URI for the pool, Host kept, hop-by-hop removed.
+/// Whether the client asks to switch protocols (`Connection: upgrade` and an `Upgrade` header).
+fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE)
+        && headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Once both sides have switched protocols, moves bytes between them until both are done.
+fn join_upgraded(
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    endpoint: SocketAddr,
+) {
+    tokio::spawn(async move {
+        match tokio::try_join!(downstream, upstream) {
+            Ok((down, up)) => {
+                let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+                if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                    tracing::debug!(%endpoint, error = %e, "upgraded connection ended with an error");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%endpoint, error = %e, "mesh-proxy outbound: protocol upgrade failed")
+            }
+        }
+    });
+}
+
+/// The request as sent to `endpoint`: absolute URI for the pool, Host kept, hop-by-hop removed
+/// (except the upgrade headers of an upgrade request).
 fn upstream_request(
     req: Request<Incoming>,
     endpoint: SocketAddr,
+    upgrade: bool,
 ) -> Result<Request<Incoming>, String> {
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -209,7 +251,14 @@ fn upstream_request(
         .build()
         .map_err(|e| format!("cannot build the upstream URI for {path}: {e}"))?;
     parts.version = Version::HTTP_11;
+    let upgrade_to = parts.headers.get(UPGRADE).cloned();
     strip_hop_by_hop(&mut parts.headers);
+    if let (true, Some(protocol)) = (upgrade, upgrade_to) {
+        parts.headers.insert(UPGRADE, protocol);
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
     Ok(Request::from_parts(parts, body))
 }
 

@@ -386,3 +386,50 @@ fn a_server_speaks_first_protocol_on_an_opaque_port_answers_at_once() -> anyhow:
     );
     Ok(())
 }
+
+#[test]
+fn an_upgraded_connection_echoes_through_the_mesh_and_metrics_pass_promtool() -> anyhow::Result<()>
+{
+    let s = scene("cp-upgrade")?;
+    let _ws =
+        s.b.start_app(&["upgrade-echo", "--listen", "0.0.0.0:8090"])?;
+    let ws = "apiVersion: mesh.dev/v1\nkind: Service\nmetadata: {name: ws}\nspec: {ports: [{port: 80, targetPort: 8090, appProtocol: http}], selector: {app: web, version: v1}, vip: 10.96.0.80}\n";
+    apply(&s.cp, &s.net, ws, true)?;
+    let out = s.a.run_app(&[
+        "upgrade-client",
+        "--connect",
+        "10.96.0.80:80",
+        "--message",
+        "hello over an upgrade",
+    ])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "echoed hello over an upgrade"
+    );
+
+    // The sidecar's metrics, after HTTP traffic, are valid Prometheus exposition.
+    who_answers(&s.a, URL, 3)?;
+    let metrics = s.a.admin("/metrics")?;
+    assert!(
+        metrics.contains("mesh_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    let file = s.net.log_dir.join("a-metrics.txt");
+    std::fs::write(&file, &metrics)?;
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("promtool check metrics < {}", file.display()))
+        .output()?;
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}

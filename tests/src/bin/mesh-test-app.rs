@@ -57,6 +57,19 @@ enum Mode {
         #[arg(long)]
         connect: SocketAddr,
     },
+    /// Answers `Upgrade: echo` requests with 101 and then echoes every byte (what a WebSocket
+    /// server does at the HTTP level).
+    UpgradeEcho {
+        #[arg(long)]
+        listen: Vec<SocketAddr>,
+    },
+    /// Asks for `Upgrade: echo`, expects 101, sends `message` and prints `echoed MESSAGE`.
+    UpgradeClient {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long)]
+        message: String,
+    },
     /// Sends `count` HTTP/1.1 GETs, each on a new connection, and prints how many answers each
     /// body got, one `COUNT BODY` line per body, most frequent first.
     Tally {
@@ -87,6 +100,8 @@ async fn main() -> anyhow::Result<()> {
         Mode::Tally { connect, count } => tally(connect, count).await,
         Mode::Banner { listen, text } => serve(listen, move |s| banner(s, text.clone())).await,
         Mode::ReadLine { connect } => read_line(connect).await,
+        Mode::UpgradeEcho { listen } => serve(listen, upgrade_echo).await,
+        Mode::UpgradeClient { connect, message } => upgrade_client(connect, message).await,
     }
 }
 
@@ -291,5 +306,68 @@ async fn read_line(addr: SocketAddr) -> anyhow::Result<()> {
     .await
     .map_err(|_| anyhow::anyhow!("no line from {addr} within 10 s"))??;
     println!("{}", line.trim_end());
+    Ok(())
+}
+
+/// Reads up to and including the blank line that ends an HTTP head.
+async fn read_head(stream: &mut TcpStream) -> anyhow::Result<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await? == 0 {
+            bail!("connection closed inside the HTTP head");
+        }
+        head.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&head).into_owned())
+}
+
+async fn upgrade_echo(mut stream: TcpStream) -> anyhow::Result<()> {
+    let head = read_head(&mut stream).await?.to_ascii_lowercase();
+    if !head.contains("upgrade: echo") {
+        stream
+            .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+            .await?;
+        return Ok(());
+    }
+    stream
+        .write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+        )
+        .await?;
+    let (mut r, mut w) = stream.split();
+    tokio::io::copy(&mut r, &mut w).await?;
+    w.shutdown().await?;
+    Ok(())
+}
+
+async fn upgrade_client(addr: SocketAddr, message: String) -> anyhow::Result<()> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    stream
+        .write_all(
+            format!(
+                "GET /ws HTTP/1.1\r\nhost: {addr}\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await?;
+    let head = tokio::time::timeout(std::time::Duration::from_secs(10), read_head(&mut stream))
+        .await
+        .map_err(|_| anyhow::anyhow!("no response head within 10 s"))??;
+    if !head.starts_with("HTTP/1.1 101") {
+        bail!("expected 101 Switching Protocols, got: {head}");
+    }
+    stream.write_all(message.as_bytes()).await?;
+    stream.shutdown().await?;
+    let mut back = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_string(&mut back),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("no echo within 10 s"))??;
+    println!("echoed {back}");
     Ok(())
 }
