@@ -103,7 +103,7 @@ mod tests {
         Context {
             config: ProxyConfig::default(),
             metrics: Metrics::default(),
-            http: crate::http::client(std::time::Duration::from_secs(1)),
+            http: crate::http::HttpClients::new(std::time::Duration::from_secs(1)),
             xds: std::sync::Arc::new(crate::xds::Xds::standalone()),
         }
     }

@@ -54,7 +54,7 @@ pub async fn run(config: ProxyConfig) -> Result<(), ProxyError> {
         }
         None => Arc::new(Xds::standalone()),
     };
-    let http = crate::http::client(config.connect_timeout);
+    let http = crate::http::HttpClients::new(config.connect_timeout);
     let ctx = Arc::new(Context {
         config,
         metrics: Metrics::default(),

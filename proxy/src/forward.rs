@@ -16,9 +16,6 @@ use crate::orig_dst::original_dst;
 use crate::relay::{Counters, relay};
 use crate::routing::{NoEndpoint, random_u32};
 use crate::xds::Xds;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 
 /// What the proxy does with a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,7 +68,7 @@ pub struct Context {
     pub metrics: Metrics,
     pub xds: Arc<Xds>,
     /// Pooled upstream HTTP/1.1 connections.
-    pub http: Client<HttpConnector, Incoming>,
+    pub http: crate::http::HttpClients,
 }
 
 /// Where an outbound connection goes.
@@ -222,8 +219,14 @@ async fn serve_http(
         };
         tracing::debug!(protocol = protocol.as_str(), "detected");
         let _ = downstream.set_nodelay(true);
-        if protocol == Protocol::Http1 {
-            crate::http::serve_outbound(Rewind::new(prefix, downstream), vip, ctx.clone()).await;
+        if matches!(protocol, Protocol::Http1 | Protocol::Http2) {
+            crate::http::serve_outbound(
+                Rewind::new(prefix, downstream),
+                vip,
+                ctx.clone(),
+                protocol,
+            )
+            .await;
             inc(&metrics.closed);
             return;
         }

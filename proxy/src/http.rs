@@ -14,13 +14,14 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, UPGRADE};
+use hyper::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, TE, UPGRADE};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
+use crate::detect::Protocol;
 use crate::forward::Context;
 use crate::io::Rewind;
 use crate::request_metrics::RouteStats;
@@ -33,41 +34,78 @@ pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 /// The header that marks (and explains) a response the mesh produced itself.
 pub const MESH_ERROR: &str = "x-mesh-error";
 
-/// Hop-by-hop headers (RFC 9110 section 7.6.1), never forwarded.
-const HOP_BY_HOP: [&str; 8] = [
+/// Hop-by-hop headers (RFC 9110 section 7.6.1), never forwarded. (`te: trailers` is kept: it
+/// is the one TE value HTTP/2 allows, and gRPC requires it.)
+const HOP_BY_HOP: [&str; 7] = [
     "connection",
     "keep-alive",
     "proxy-connection",
     "proxy-authenticate",
     "proxy-authorization",
-    "te",
     "trailer",
     "upgrade",
 ];
 
 /// The pooled upstream HTTP/1.1 client.
-pub fn client(connect_timeout: Duration) -> Client<HttpConnector, Incoming> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(connector)
+/// Pooled upstream connections, one pool per protocol: a request goes upstream in the protocol
+/// the client spoke (HTTP/2 stays HTTP/2, which gRPC needs; HTTP/1.1 stays HTTP/1.1).
+#[derive(Debug, Clone)]
+pub struct HttpClients {
+    http1: Client<HttpConnector, Incoming>,
+    http2: Client<HttpConnector, Incoming>,
 }
 
-/// Serves HTTP/1.1 on a client connection whose destination is the Service at `vip`.
-pub async fn serve_outbound(io: Rewind<TcpStream>, vip: SocketAddr, ctx: Arc<Context>) {
+impl HttpClients {
+    pub fn new(connect_timeout: Duration) -> HttpClients {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(connect_timeout));
+        let builder = |http2: bool| {
+            let mut b = Client::builder(TokioExecutor::new());
+            b.pool_idle_timeout(Duration::from_secs(90))
+                .http2_only(http2);
+            b.build(connector.clone())
+        };
+        HttpClients {
+            http1: builder(false),
+            http2: builder(true),
+        }
+    }
+
+    fn for_version(&self, version: Version) -> &Client<HttpConnector, Incoming> {
+        if version == Version::HTTP_2 {
+            &self.http2
+        } else {
+            &self.http1
+        }
+    }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 (`protocol`) on a client connection whose destination is the
+/// Service at `vip`.
+pub async fn serve_outbound(
+    io: Rewind<TcpStream>,
+    vip: SocketAddr,
+    ctx: Arc<Context>,
+    protocol: Protocol,
+) {
     let service = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(route_request(req, vip, &ctx).await) }
     });
-    // half_close: a client may finish sending and still wait for the response.
-    if let Err(e) = hyper::server::conn::http1::Builder::new()
-        .half_close(true)
-        .serve_connection(TokioIo::new(io), service)
-        .with_upgrades()
-        .await
-    {
+    let served = if protocol == Protocol::Http2 {
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(io), service)
+            .await
+    } else {
+        // half_close: a client may finish sending and still wait for the response.
+        hyper::server::conn::http1::Builder::new()
+            .half_close(true)
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades()
+            .await
+    };
+    if let Err(e) = served {
         tracing::debug!(error = %e, "HTTP connection ended with an error");
     }
 }
@@ -166,7 +204,7 @@ async fn forward(
         Ok(r) => r,
         Err(reason) => return mesh_error(StatusCode::BAD_REQUEST, &reason),
     };
-    let sent = ctx.http.request(upstream);
+    let sent = ctx.http.for_version(upstream.version()).request(upstream);
     let result = match route.timeout {
         Some(limit) => match tokio::time::timeout(limit, sent).await {
             Ok(r) => r,
@@ -250,7 +288,9 @@ fn upstream_request(
         .path_and_query(path)
         .build()
         .map_err(|e| format!("cannot build the upstream URI for {path}: {e}"))?;
-    parts.version = Version::HTTP_11;
+    if parts.version != Version::HTTP_2 {
+        parts.version = Version::HTTP_11;
+    }
     let upgrade_to = parts.headers.get(UPGRADE).cloned();
     strip_hop_by_hop(&mut parts.headers);
     if let (true, Some(protocol)) = (upgrade, upgrade_to) {
@@ -277,6 +317,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
+    if headers.get(TE).is_some_and(|v| v != "trailers") {
+        headers.remove(TE);
+    }
 }
 
 #[cfg(test)]
@@ -295,10 +338,15 @@ mod tests {
         h.insert("x-kept", HeaderValue::from_static("1"));
         h.insert("te", HeaderValue::from_static("trailers"));
         strip_hop_by_hop(&mut h);
+        let names = |h: &HeaderMap| h.keys().map(|k| k.as_str().to_string()).collect::<Vec<_>>();
         assert_eq!(
-            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
-            vec!["x-kept"]
+            names(&h),
+            vec!["x-kept", "te"],
+            "te: trailers passes (gRPC needs it)"
         );
+        h.insert("te", HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), vec!["x-kept"], "any other te goes");
     }
 
     #[test]

@@ -134,9 +134,18 @@ impl Pod {
 
     /// Starts `mesh-test-app ARGS` as root and waits for it to print `ready`.
     pub fn start_app(&self, args: &[&str]) -> anyhow::Result<Process> {
+        self.start_program(binary("mesh-test-app")?, args)
+    }
+
+    /// Starts `program ARGS` as root and waits for it to print a line starting with `ready`.
+    pub fn start_program(
+        &self,
+        program: impl AsRef<std::ffi::OsStr>,
+        args: &[&str],
+    ) -> anyhow::Result<Process> {
         let (log, path) = self.log_file("app")?;
         let mut child = self
-            .command(binary("mesh-test-app")?)
+            .command(program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -433,3 +433,29 @@ fn an_upgraded_connection_echoes_through_the_mesh_and_metrics_pass_promtool() ->
     );
     Ok(())
 }
+
+#[test]
+fn grpc_unary_streaming_and_error_statuses_cross_both_sidecars() -> anyhow::Result<()> {
+    let s = scene("cp-grpc")?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/xds-clients/grpc_app.py");
+    let _server =
+        s.b.start_program("python3", &[script, "server", "0.0.0.0:50051"])?;
+    let grpc = "apiVersion: mesh.dev/v1\nkind: Service\nmetadata: {name: echo}\nspec: {ports: [{port: 50051, appProtocol: grpc}], selector: {app: web, version: v1}, vip: 10.96.0.51}\n";
+    apply(&s.cp, &s.net, grpc, true)?;
+    let out =
+        s.a.output("python3", &[script, "client", "10.96.0.51:50051"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        text,
+        "unary echo:hi\nstream 0,1,2\nstatus INVALID_ARGUMENT nope\n"
+    );
+    // The calls went through pod a's sidecar as HTTP/2 requests on the echo route.
+    let ok = s.a.metric("mesh_requests_total{direction=\"outbound\",service=\"echo.default.svc:50051\",route=\"default\",code_class=\"2xx\"}")?;
+    assert_eq!(ok, 3, "gRPC answers 200 and carries its status in trailers");
+    Ok(())
+}
