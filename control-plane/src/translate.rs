@@ -18,6 +18,9 @@ use mesh_proto::envoy::config::core::v3::{
     Address, AggregatedConfigSource, ApiVersion, ConfigSource, Locality, SocketAddress,
     TrafficDirection, address, config_source::ConfigSourceSpecifier, socket_address,
 };
+use mesh_proto::envoy::config::core::v3::{
+    HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
+};
 use mesh_proto::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
@@ -27,11 +30,13 @@ use mesh_proto::envoy::config::route::v3::{
     RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster, header_matcher,
     query_parameter_matcher, route, route_action, route_match, weighted_cluster::ClusterWeight,
 };
+use mesh_proto::envoy::config::route::v3::{RedirectAction, redirect_action};
 use mesh_proto::envoy::extensions::filters::http::router::v3::Router;
 use mesh_proto::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager::RouteSpecifier, http_filter,
 };
 use mesh_proto::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use mesh_proto::envoy::r#type::matcher::v3::RegexMatchAndSubstitute;
 use mesh_proto::envoy::r#type::matcher::v3::{
     RegexMatcher, StringMatcher, string_matcher::MatchPattern,
 };
@@ -329,11 +334,15 @@ fn route_configuration(
     let has_catch_all = candidates.iter().any(|c| c.matched.is_catch_all());
     let mut routes: Vec<Route> = candidates
         .iter()
-        .map(|c| Route {
-            name: format!("{}/{}", c.route.metadata.namespace, c.route.metadata.name),
-            r#match: Some(route_match(&c.matched)),
-            action: Some(rule_action(c.rule, &c.route.metadata.namespace)),
-            ..Default::default()
+        .map(|c| {
+            let mut route = Route {
+                name: format!("{}/{}", c.route.metadata.namespace, c.route.metadata.name),
+                r#match: Some(route_match(&c.matched)),
+                action: Some(rule_action(c.rule, &c.route.metadata.namespace)),
+                ..Default::default()
+            };
+            apply_filters(&mut route, c.rule);
+            route
         })
         .collect();
     if !has_catch_all {
@@ -452,6 +461,101 @@ fn route_match(m: &HttpRouteMatch) -> RouteMatch {
         headers,
         query_parameters,
         ..Default::default()
+    }
+}
+
+fn header_options(set: &[NamedValue], add: &[NamedValue]) -> Vec<HeaderValueOption> {
+    let option = |h: &NamedValue, action: HeaderAppendAction| HeaderValueOption {
+        header: Some(HeaderValue {
+            key: h.name.to_ascii_lowercase(),
+            value: h.value.clone(),
+            ..Default::default()
+        }),
+        append_action: action as i32,
+        ..Default::default()
+    };
+    set.iter()
+        .map(|h| option(h, HeaderAppendAction::OverwriteIfExistsOrAdd))
+        .chain(
+            add.iter()
+                .map(|h| option(h, HeaderAppendAction::AppendIfExistsOrAdd)),
+        )
+        .collect()
+}
+
+/// Gateway API filters as Envoy route fields: header modifiers, a redirect (which replaces the
+/// forwarding action), and a URL rewrite (on the forwarding action).
+fn apply_filters(route: &mut Route, rule: &HttpRouteRule) {
+    for f in &rule.filters {
+        if let Some(m) = &f.request_header_modifier {
+            route
+                .request_headers_to_add
+                .extend(header_options(&m.set, &m.add));
+            route
+                .request_headers_to_remove
+                .extend(m.remove.iter().map(|h| h.to_ascii_lowercase()));
+        }
+        if let Some(m) = &f.response_header_modifier {
+            route
+                .response_headers_to_add
+                .extend(header_options(&m.set, &m.add));
+            route
+                .response_headers_to_remove
+                .extend(m.remove.iter().map(|h| h.to_ascii_lowercase()));
+        }
+        if let Some(r) = &f.request_redirect {
+            let path = r.path.as_ref().map(|p| match p.kind {
+                PathModifierType::ReplaceFullPath => {
+                    redirect_action::PathRewriteSpecifier::PathRedirect(
+                        p.replace_full_path.clone().unwrap_or_default(),
+                    )
+                }
+                PathModifierType::ReplacePrefixMatch => {
+                    redirect_action::PathRewriteSpecifier::PrefixRewrite(
+                        p.replace_prefix_match.clone().unwrap_or_default(),
+                    )
+                }
+            });
+            route.action = Some(route::Action::Redirect(RedirectAction {
+                scheme_rewrite_specifier: r
+                    .scheme
+                    .clone()
+                    .map(redirect_action::SchemeRewriteSpecifier::SchemeRedirect),
+                host_redirect: r.hostname.clone().unwrap_or_default(),
+                port_redirect: u32::from(r.port.unwrap_or(0)),
+                path_rewrite_specifier: path,
+                response_code: if r.status_code == 301 {
+                    redirect_action::RedirectResponseCode::MovedPermanently as i32
+                } else {
+                    redirect_action::RedirectResponseCode::Found as i32
+                },
+                ..Default::default()
+            }));
+        }
+        if let (Some(w), Some(route::Action::Route(action))) =
+            (&f.url_rewrite, route.action.as_mut())
+        {
+            if let Some(host) = &w.hostname {
+                action.host_rewrite_specifier = Some(
+                    route_action::HostRewriteSpecifier::HostRewriteLiteral(host.clone()),
+                );
+            }
+            match w.path.as_ref().map(|p| (p.kind, p)) {
+                Some((PathModifierType::ReplacePrefixMatch, p)) => {
+                    action.prefix_rewrite = p.replace_prefix_match.clone().unwrap_or_default();
+                }
+                Some((PathModifierType::ReplaceFullPath, p)) => {
+                    action.regex_rewrite = Some(RegexMatchAndSubstitute {
+                        pattern: Some(RegexMatcher {
+                            regex: "^/.*$".into(),
+                            ..Default::default()
+                        }),
+                        substitution: p.replace_full_path.clone().unwrap_or_default(),
+                    });
+                }
+                None => {}
+            }
+        }
     }
 }
 

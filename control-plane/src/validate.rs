@@ -122,6 +122,7 @@ fn check_route(spec: &HttpRouteSpec) -> Result<(), FieldProblem> {
                 );
             }
         }
+        check_filters(&f, rule)?;
         if let Some(t) = &rule.timeouts {
             for (name, value) in [
                 ("request", &t.request),
@@ -132,6 +133,128 @@ fn check_route(spec: &HttpRouteSpec) -> Result<(), FieldProblem> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+fn check_filters(field: &str, rule: &HttpRouteRule) -> Result<(), FieldProblem> {
+    let mut redirect = false;
+    let mut rewrite = false;
+    for (i, f) in rule.filters.iter().enumerate() {
+        let ff = format!("{field}.filters[{i}]");
+        let set = [
+            (
+                "requestHeaderModifier",
+                f.request_header_modifier.is_some(),
+                FilterType::RequestHeaderModifier,
+            ),
+            (
+                "responseHeaderModifier",
+                f.response_header_modifier.is_some(),
+                FilterType::ResponseHeaderModifier,
+            ),
+            (
+                "requestRedirect",
+                f.request_redirect.is_some(),
+                FilterType::RequestRedirect,
+            ),
+            (
+                "urlRewrite",
+                f.url_rewrite.is_some(),
+                FilterType::UrlRewrite,
+            ),
+        ];
+        for (name, present, kind) in set {
+            if present != (f.kind == kind) {
+                let why = if present {
+                    "is set but the filter's type is another"
+                } else {
+                    "is required by the filter's type"
+                };
+                return problem(format!("{ff}.{name}"), why);
+            }
+        }
+        for m in [&f.request_header_modifier, &f.response_header_modifier]
+            .into_iter()
+            .flatten()
+        {
+            for (j, h) in m.set.iter().chain(&m.add).enumerate() {
+                if h.name.is_empty()
+                    || !h
+                        .name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+                {
+                    return problem(
+                        format!("{ff}.headers[{j}].name"),
+                        format!("`{}` is not a header name", h.name),
+                    );
+                }
+            }
+        }
+        let path = f
+            .request_redirect
+            .as_ref()
+            .and_then(|r| r.path.as_ref())
+            .or(f.url_rewrite.as_ref().and_then(|r| r.path.as_ref()));
+        if let Some(p) = path {
+            let (ok, which) = match p.kind {
+                PathModifierType::ReplaceFullPath => (
+                    p.replace_full_path
+                        .as_deref()
+                        .is_some_and(|v| v.starts_with('/')),
+                    "replaceFullPath",
+                ),
+                PathModifierType::ReplacePrefixMatch => (
+                    p.replace_prefix_match
+                        .as_deref()
+                        .is_some_and(|v| v.starts_with('/')),
+                    "replacePrefixMatch",
+                ),
+            };
+            if !ok {
+                return problem(
+                    format!("{ff}.path.{which}"),
+                    "required, and must start with '/'",
+                );
+            }
+            let prefix_matches = !rule.matches.is_empty()
+                && rule.matches.iter().all(|m| {
+                    m.path
+                        .as_ref()
+                        .is_some_and(|p| p.kind == PathMatchType::PathPrefix)
+                });
+            if p.kind == PathModifierType::ReplacePrefixMatch && !prefix_matches {
+                return problem(
+                    format!("{ff}.path"),
+                    "ReplacePrefixMatch needs every match of the rule to be a PathPrefix",
+                );
+            }
+        }
+        if let Some(r) = &f.request_redirect {
+            if r.status_code != 301 && r.status_code != 302 {
+                return problem(
+                    format!("{ff}.requestRedirect.statusCode"),
+                    format!("`{}` is not 301 or 302", r.status_code),
+                );
+            }
+            if let Some(s) = &r.scheme {
+                if s != "http" && s != "https" {
+                    return problem(
+                        format!("{ff}.requestRedirect.scheme"),
+                        format!("`{s}` is not http or https"),
+                    );
+                }
+            }
+            redirect = true;
+        }
+        rewrite |= f.url_rewrite.is_some();
+    }
+    if redirect && rewrite {
+        return problem(
+            format!("{field}.filters"),
+            "a rule cannot both redirect and rewrite",
+        );
     }
     Ok(())
 }
@@ -244,5 +367,51 @@ mod tests {
         assert!(dns_label("f", "Web").is_err());
         assert!(dns_label("f", "-web").is_err());
         assert!(dns_label("f", "").is_err());
+    }
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use crate::parse::parse_documents;
+
+    fn error_of(rule: &str) -> String {
+        let doc = format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r}}\nspec:\n  parentRefs: [{{name: web}}]\n  rules:\n  - {rule}\n"
+        );
+        parse_documents(&doc)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn filters_are_checked() {
+        let e = error_of(
+            "{matches: [{path: {type: Exact, value: /a}}], filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}}]}",
+        );
+        assert!(e.ends_with("spec.rules[0].filters[0].path: ReplacePrefixMatch needs every match of the rule to be a PathPrefix"), "{e}");
+        let e = error_of("{filters: [{type: RequestRedirect, urlRewrite: {hostname: x}}]}");
+        assert!(
+            e.contains(
+                "spec.rules[0].filters[0].requestRedirect: is required by the filter's type"
+            ),
+            "{e}"
+        );
+        let e =
+            error_of("{filters: [{type: RequestRedirect, requestRedirect: {statusCode: 307}}]}");
+        assert!(
+            e.contains("requestRedirect.statusCode: `307` is not 301 or 302"),
+            "{e}"
+        );
+        let e = error_of(
+            "{filters: [{type: RequestRedirect, requestRedirect: {}}, {type: URLRewrite, urlRewrite: {hostname: x}}]}",
+        );
+        assert!(e.contains("a rule cannot both redirect and rewrite"), "{e}");
+        assert_eq!(
+            error_of(
+                "{filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-a, value: b}]}}]}"
+            ),
+            ""
+        );
     }
 }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, TE, UPGRADE};
+use hyper::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, LOCATION, TE, UPGRADE};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -26,7 +26,7 @@ use crate::forward::Context;
 use crate::io::Rewind;
 use crate::request_metrics::RouteStats;
 use crate::route::RequestView;
-use crate::routing::{NoEndpoint, Route, random_u32};
+use crate::routing::{Action, NoEndpoint, Route, random_u32};
 
 /// Response bodies: the upstream's, streamed, or a short one the proxy made.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -175,7 +175,43 @@ async fn dispatch(
         return (mesh_error(StatusCode::NOT_FOUND, &reason), Some(stats));
     };
     let stats = route.stats.clone();
+    if let Action::Redirect(redirect) = &route.action {
+        let authority = authority.map_or_else(|| vip.to_string(), str::to_string);
+        let location = redirect.location(
+            &authority,
+            req.uri().path(),
+            req.uri().query(),
+            route.matcher.path_prefix(),
+        );
+        return (
+            redirect_response(redirect.status, &location, route),
+            Some(stats),
+        );
+    }
     (forward(req, route, &service.name, ctx).await, Some(stats))
+}
+
+/// A redirect the route answers with itself (not an error: no `x-mesh-error`).
+fn redirect_response(status: u16, location: &str, route: &Route) -> Response<ProxyBody> {
+    let mut resp = Response::new(
+        Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
+    match HeaderValue::from_str(location) {
+        Ok(v) => {
+            resp.headers_mut().insert(LOCATION, v);
+        }
+        Err(_) => {
+            return mesh_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("the redirect target {location:?} is not a valid header"),
+            );
+        }
+    }
+    route.edits.apply_response(resp.headers_mut());
+    resp
 }
 
 /// Sends the request to an endpoint of the route's backends, within the route's timeout.
@@ -200,7 +236,18 @@ async fn forward(
             return mesh_error(StatusCode::INTERNAL_SERVER_ERROR, &reason);
         }
     };
-    let upstream = match upstream_request(req, endpoint, upgrade.is_some()) {
+    // URLRewrite and header modifier filters, on the way up.
+    let path = route.rewrite.as_ref().map(|r| {
+        let path = r.apply(req.uri().path(), route.matcher.path_prefix());
+        req.uri()
+            .query()
+            .map_or_else(|| path.clone(), |q| format!("{path}?{q}"))
+    });
+    route.edits.apply_request(req.headers_mut());
+    if let Some(host) = &route.host_rewrite {
+        req.headers_mut().insert(HOST, host.clone());
+    }
+    let upstream = match upstream_request(req, endpoint, upgrade.is_some(), path.as_deref()) {
         Ok(r) => r,
         Err(reason) => return mesh_error(StatusCode::BAD_REQUEST, &reason),
     };
@@ -225,6 +272,7 @@ async fn forward(
                 }
                 _ => strip_hop_by_hop(resp.headers_mut()),
             }
+            route.edits.apply_response(resp.headers_mut());
             resp.map(BodyExt::boxed)
         }
         Err(e) => {
@@ -279,9 +327,15 @@ fn upstream_request(
     req: Request<Incoming>,
     endpoint: SocketAddr,
     upgrade: bool,
+    rewritten: Option<&str>,
 ) -> Result<Request<Incoming>, String> {
     let (mut parts, body) = req.into_parts();
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let original = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let path = rewritten.unwrap_or(&original);
     parts.uri = Uri::builder()
         .scheme("http")
         .authority(endpoint.to_string())

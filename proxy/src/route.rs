@@ -234,3 +234,209 @@ mod tests {
         assert!(inverted.matches(&view(&Method::GET, "/", None, &HeaderMap::new())));
     }
 }
+
+/// Header changes a route makes: to the request on the way up, to the response on the way back.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderEdits {
+    /// (name, value, append): append adds a value, otherwise the header is replaced.
+    pub request_set: Vec<(HeaderName, hyper::header::HeaderValue, bool)>,
+    pub request_remove: Vec<HeaderName>,
+    pub response_set: Vec<(HeaderName, hyper::header::HeaderValue, bool)>,
+    pub response_remove: Vec<HeaderName>,
+}
+
+impl HeaderEdits {
+    pub fn is_empty(&self) -> bool {
+        self.request_set.is_empty()
+            && self.request_remove.is_empty()
+            && self.response_set.is_empty()
+            && self.response_remove.is_empty()
+    }
+
+    pub fn apply_request(&self, headers: &mut HeaderMap) {
+        apply(headers, &self.request_remove, &self.request_set);
+    }
+
+    pub fn apply_response(&self, headers: &mut HeaderMap) {
+        apply(headers, &self.response_remove, &self.response_set);
+    }
+}
+
+fn apply(
+    headers: &mut HeaderMap,
+    remove: &[HeaderName],
+    set: &[(HeaderName, hyper::header::HeaderValue, bool)],
+) {
+    for name in remove {
+        headers.remove(name);
+    }
+    for (name, value, append) in set {
+        if *append {
+            headers.append(name.clone(), value.clone());
+        } else {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+/// How a redirect or rewrite changes the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathRewrite {
+    /// The whole path becomes this.
+    Full(String),
+    /// The prefix the route matched becomes this.
+    Prefix(String),
+}
+
+impl PathRewrite {
+    /// The new path for `path`, given the prefix the route matched (`None`: no prefix match).
+    pub fn apply(&self, path: &str, matched_prefix: Option<&str>) -> String {
+        match self {
+            PathRewrite::Full(p) => p.clone(),
+            PathRewrite::Prefix(new) => {
+                let rest = matched_prefix
+                    .and_then(|m| path.strip_prefix(m.trim_end_matches('/')))
+                    .unwrap_or(path);
+                match (new.trim_end_matches('/'), rest) {
+                    ("", "") => "/".to_string(),
+                    ("", rest) => rest.to_string(),
+                    (base, rest) => format!("{base}{rest}"),
+                }
+            }
+        }
+    }
+}
+
+impl RequestMatch {
+    /// The prefix this match requires of the path, if it is a prefix match.
+    pub fn path_prefix(&self) -> Option<&str> {
+        match &self.path {
+            PathMatch::Prefix(p) | PathMatch::Segments(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// A redirect a route answers with.
+#[derive(Debug, Clone)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<PathRewrite>,
+    pub status: u16,
+}
+
+impl Redirect {
+    /// The `Location` for a request to `authority` (host[:port]) with `path` and `query`.
+    pub fn location(
+        &self,
+        authority: &str,
+        path: &str,
+        query: Option<&str>,
+        matched_prefix: Option<&str>,
+    ) -> String {
+        let (req_host, req_port) = match authority.rsplit_once(':') {
+            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => (h, Some(p)),
+            _ => (authority, None),
+        };
+        let scheme = self.scheme.as_deref().unwrap_or("http");
+        let host = self.host.as_deref().unwrap_or(req_host);
+        let port = match (self.port, self.scheme.is_some()) {
+            (Some(p), _) => Some(p.to_string()),
+            // A scheme change drops the request's port (it belonged to the old scheme).
+            (None, true) => None,
+            (None, false) => req_port.map(str::to_string),
+        };
+        let default_port = if scheme == "https" { "443" } else { "80" };
+        let port = port
+            .filter(|p| p != default_port)
+            .map(|p| format!(":{p}"))
+            .unwrap_or_default();
+        let path = self
+            .path
+            .as_ref()
+            .map_or_else(|| path.to_string(), |r| r.apply(path, matched_prefix));
+        let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+        format!("{scheme}://{host}{port}{path}{query}")
+    }
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::*;
+
+    #[test]
+    fn prefix_and_full_path_rewrites() {
+        let p = PathRewrite::Prefix("/v2".into());
+        assert_eq!(p.apply("/api/users", Some("/api")), "/v2/users");
+        assert_eq!(p.apply("/api", Some("/api")), "/v2");
+        assert_eq!(
+            PathRewrite::Prefix("/".into()).apply("/api/users", Some("/api")),
+            "/users"
+        );
+        assert_eq!(
+            PathRewrite::Prefix("/".into()).apply("/api", Some("/api")),
+            "/"
+        );
+        assert_eq!(
+            PathRewrite::Full("/new".into()).apply("/old/x", None),
+            "/new"
+        );
+    }
+
+    #[test]
+    fn redirect_locations() {
+        let r = Redirect {
+            scheme: Some("https".into()),
+            host: None,
+            port: None,
+            path: None,
+            status: 301,
+        };
+        assert_eq!(
+            r.location("web.default.svc:80", "/a", Some("b=1"), None),
+            "https://web.default.svc/a?b=1"
+        );
+        let r = Redirect {
+            scheme: None,
+            host: Some("new.example".into()),
+            port: Some(8080),
+            path: Some(PathRewrite::Prefix("/v2".into())),
+            status: 302,
+        };
+        assert_eq!(
+            r.location("web:80", "/api/x", None, Some("/api")),
+            "http://new.example:8080/v2/x"
+        );
+    }
+
+    #[test]
+    fn header_edits_set_add_and_remove() {
+        let mut h = HeaderMap::new();
+        h.insert("x-drop", hyper::header::HeaderValue::from_static("1"));
+        h.insert("x-set", hyper::header::HeaderValue::from_static("old"));
+        let edits = HeaderEdits {
+            request_set: vec![
+                (
+                    HeaderName::from_static("x-set"),
+                    hyper::header::HeaderValue::from_static("new"),
+                    false,
+                ),
+                (
+                    HeaderName::from_static("x-set"),
+                    hyper::header::HeaderValue::from_static("more"),
+                    true,
+                ),
+            ],
+            request_remove: vec![HeaderName::from_static("x-drop")],
+            ..Default::default()
+        };
+        edits.apply_request(&mut h);
+        assert!(h.get("x-drop").is_none());
+        assert_eq!(
+            h.get_all("x-set").iter().collect::<Vec<_>>(),
+            vec!["new", "more"]
+        );
+    }
+}

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::request_metrics::RouteStats;
-use crate::route::{RequestMatch, RequestView};
+use crate::route::{HeaderEdits, PathRewrite, Redirect, RequestMatch, RequestView};
 
 /// One upstream cluster: its endpoints, picked round robin.
 #[derive(Debug, Default)]
@@ -54,6 +54,8 @@ pub enum Action {
     },
     /// The route answers without a backend (e.g. a rule with no backends): refuse.
     Reject { reason: String },
+    /// The route answers with a redirect.
+    Redirect(Redirect),
 }
 
 /// One route of a Service: which requests, and where they go.
@@ -66,6 +68,12 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// This route's request counters.
     pub stats: Arc<RouteStats>,
+    /// Header changes (Gateway API header modifier filters).
+    pub edits: HeaderEdits,
+    /// Path rewrite on the way up (Gateway API URLRewrite).
+    pub rewrite: Option<PathRewrite>,
+    /// Host rewrite on the way up.
+    pub host_rewrite: Option<hyper::header::HeaderValue>,
 }
 
 impl Route {
@@ -77,6 +85,9 @@ impl Route {
             action,
             timeout: None,
             stats: Arc::default(),
+            edits: HeaderEdits::default(),
+            rewrite: None,
+            host_rewrite: None,
         }
     }
 }
@@ -121,6 +132,10 @@ impl Action {
     pub fn pick(&self, random: u32) -> Result<(SocketAddr, &str), NoEndpoint> {
         match self {
             Action::Reject { reason } => Err(NoEndpoint::Rejected(reason.clone())),
+            Action::Redirect(r) => Err(NoEndpoint::Rejected(format!(
+                "the route answers with a {} redirect",
+                r.status
+            ))),
             Action::Forward { backends, total } => {
                 let mut point = random % total;
                 let cluster = backends
@@ -174,6 +189,7 @@ impl Routing {
                         .map(|r| {
                             let action = match &r.action {
                                 Action::Reject { reason } => json!({ "reject": reason }),
+                                Action::Redirect(r) => json!({ "redirect": format!("{r:?}") }),
                                 Action::Forward { backends, .. } => json!(backends
                                     .iter()
                                     .map(|(c, w)| json!({

@@ -459,3 +459,77 @@ fn grpc_unary_streaming_and_error_statuses_cross_both_sidecars() -> anyhow::Resu
     assert_eq!(ok, 3, "gRPC answers 200 and carries its status in trailers");
     Ok(())
 }
+
+const FILTERS: &str = "
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web}
+spec:
+  parentRefs: [{name: web, port: 80}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /old}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}, statusCode: 301}
+  - matches: [{path: {type: PathPrefix, value: /api}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: x-from-mesh, value: 'yes'}]}
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {add: [{name: x-route, value: api}], remove: [x-served-by]}
+    backendRefs: [{name: web-v1, port: 80}]
+  - matches: [{path: {type: Exact, value: /whole}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /replaced}}
+    backendRefs: [{name: web-v1, port: 80}]
+";
+
+#[test]
+fn redirects_rewrites_and_header_filters() -> anyhow::Result<()> {
+    let s = scene("cp-filters")?;
+    apply(&s.cp, &s.net, FILTERS, true)?;
+    let head = |path: &str| -> anyhow::Result<String> {
+        let out = s.a.curl(&["-i", &format!("http://10.96.0.10{path}")])?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).to_ascii_lowercase())
+    };
+    let redirect = head("/old/page?x=1")?;
+    assert!(redirect.starts_with("http/1.1 301"), "{redirect}");
+    assert!(
+        redirect.contains("location: http://10.96.0.10/new/page?x=1\r\n"),
+        "{redirect}"
+    );
+    assert!(!redirect.contains("x-mesh-error"), "a redirect is no error");
+
+    let api = head("/api/users?id=7")?;
+    assert!(api.starts_with("http/1.1 200"), "{api}");
+    assert!(
+        api.contains("x-seen-path: /users?id=7\r\n"),
+        "the prefix was rewritten:\n{api}"
+    );
+    assert!(
+        api.contains("x-seen-x-from-mesh: yes\r\n"),
+        "the request header was set:\n{api}"
+    );
+    assert!(
+        api.contains("x-route: api\r\n"),
+        "the response header was added:\n{api}"
+    );
+    assert!(
+        !api.contains("x-served-by"),
+        "the response header was removed:\n{api}"
+    );
+
+    let whole = head("/whole")?;
+    assert!(whole.contains("x-seen-path: /replaced\r\n"), "{whole}");
+    // Other paths are untouched.
+    assert!(head("/other")?.contains("x-seen-path: /other\r\n"));
+    Ok(())
+}

@@ -62,7 +62,7 @@ fn curl_reaches_the_peer_app_through_both_sidecars() -> anyhow::Result<()> {
     })?;
     // The app's response is exactly this long; both sidecars must have carried every byte of it,
     // and the same request bytes.
-    let response_len = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 13\r\nx-served-by: b\r\n\r\nhello from b\n".len();
+    let response_len = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 13\r\nx-served-by: b\r\nx-seen-path: /\r\n\r\nhello from b\n".len();
     assert_eq!(
         pair.a
             .metric("mesh_tcp_sent_bytes_total{direction=\"outbound\"}")?,

@@ -16,7 +16,11 @@ use mesh_proto::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint
 use mesh_proto::envoy::config::listener::v3::{Listener, filter};
 use std::time::Duration;
 
-use hyper::header::HeaderName;
+use hyper::header::{HeaderName, HeaderValue};
+use mesh_proto::envoy::config::core::v3::{
+    HeaderValueOption, header_value_option::HeaderAppendAction,
+};
+use mesh_proto::envoy::config::route::v3::{RedirectAction, redirect_action};
 use mesh_proto::envoy::config::route::v3::{
     RouteConfiguration, RouteMatch, header_matcher, query_parameter_matcher, route, route_action,
     route_match,
@@ -30,6 +34,7 @@ use mesh_proto::google::protobuf::Any;
 use mesh_proto::prost::{Message, Name};
 
 use crate::request_metrics::RequestRegistry;
+use crate::route::{HeaderEdits, PathRewrite, Redirect};
 use crate::route::{
     HeaderField, HeaderMatch, PathMatch, QueryMatch, RequestMatch, ValueMatch, full_regex,
 };
@@ -45,6 +50,10 @@ pub struct RouteDef {
     pub matcher: RequestMatch,
     pub backends: Result<Backends, String>,
     pub timeout: Option<Duration>,
+    pub redirect: Option<Redirect>,
+    pub edits: HeaderEdits,
+    pub rewrite: Option<PathRewrite>,
+    pub host_rewrite: Option<HeaderValue>,
 }
 
 /// A route table in match order.
@@ -83,6 +92,10 @@ fn catch_all(name: &str, backends: Result<Backends, String>) -> RouteTable {
         matcher: RequestMatch::any(),
         backends,
         timeout: None,
+        redirect: None,
+        edits: HeaderEdits::default(),
+        rewrite: None,
+        host_rewrite: None,
     }]
 }
 
@@ -207,9 +220,20 @@ fn route_table(rc: &RouteConfiguration) -> Result<RouteTable, String> {
             };
             let matcher =
                 request_match(r.r#match.as_ref()).map_err(|e| format!("route {name}: {e}"))?;
-            let (backends, timeout) = match &r.action {
+            let edits = header_edits(r).map_err(|e| format!("route {name}: {e}"))?;
+            let mut def = RouteDef {
+                name: name.clone(),
+                matcher,
+                backends: Err(String::new()),
+                timeout: None,
+                redirect: None,
+                edits,
+                rewrite: None,
+                host_rewrite: None,
+            };
+            match &r.action {
                 Some(route::Action::Route(a)) => {
-                    let backends = match &a.cluster_specifier {
+                    def.backends = match &a.cluster_specifier {
                         Some(route_action::ClusterSpecifier::Cluster(c)) => {
                             Ok(vec![(c.clone(), 1)])
                         }
@@ -224,29 +248,131 @@ fn route_table(rc: &RouteConfiguration) -> Result<RouteTable, String> {
                             ));
                         }
                     };
-                    let timeout = a.timeout.as_ref().and_then(|d| {
+                    def.timeout = a.timeout.as_ref().and_then(|d| {
                         let t = Duration::new(
                             u64::try_from(d.seconds).ok()?,
                             u32::try_from(d.nanos).ok()?,
                         );
                         (!t.is_zero()).then_some(t)
                     });
-                    (backends, timeout)
+                    def.rewrite = rewrite(a).map_err(|e| format!("route {name}: {e}"))?;
+                    if let Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(h)) =
+                        &a.host_rewrite_specifier
+                    {
+                        def.host_rewrite = Some(
+                            HeaderValue::from_str(h)
+                                .map_err(|_| format!("route {name}: `{h}` is not a host"))?,
+                        );
+                    }
                 }
-                Some(route::Action::DirectResponse(d)) => (
-                    Err(format!("route {name} answers {} itself", d.status)),
-                    None,
-                ),
+                Some(route::Action::DirectResponse(d)) => {
+                    def.backends = Err(format!("route {name} answers {} itself", d.status))
+                }
+                Some(route::Action::Redirect(ra)) => {
+                    def.redirect = Some(redirect(ra).map_err(|e| format!("route {name}: {e}"))?)
+                }
                 _ => return Err(format!("route {name}: unsupported action")),
-            };
-            Ok(RouteDef {
-                name,
-                matcher,
-                backends,
-                timeout,
-            })
+            }
+            Ok(def)
         })
         .collect()
+}
+
+fn header_list(
+    options: &[HeaderValueOption],
+) -> Result<Vec<(HeaderName, HeaderValue, bool)>, String> {
+    options
+        .iter()
+        .map(|o| {
+            let h = o
+                .header
+                .as_ref()
+                .ok_or("a header option without a header")?;
+            let name = HeaderName::try_from(h.key.as_str())
+                .map_err(|_| format!("`{}` is not a header name", h.key))?;
+            let value = HeaderValue::from_str(&h.value)
+                .map_err(|_| format!("header {} has an invalid value", h.key))?;
+            let append = match o.append_action {
+                a if a == HeaderAppendAction::AppendIfExistsOrAdd as i32 => true,
+                a if a == HeaderAppendAction::OverwriteIfExistsOrAdd as i32 => false,
+                _ => {
+                    return Err(format!(
+                        "header {}: only append and overwrite actions are supported",
+                        h.key
+                    ));
+                }
+            };
+            Ok((name, value, append))
+        })
+        .collect()
+}
+
+fn header_names(names: &[String]) -> Result<Vec<HeaderName>, String> {
+    names
+        .iter()
+        .map(|n| {
+            HeaderName::try_from(n.as_str()).map_err(|_| format!("`{n}` is not a header name"))
+        })
+        .collect()
+}
+
+fn header_edits(r: &mesh_proto::envoy::config::route::v3::Route) -> Result<HeaderEdits, String> {
+    Ok(HeaderEdits {
+        request_set: header_list(&r.request_headers_to_add)?,
+        request_remove: header_names(&r.request_headers_to_remove)?,
+        response_set: header_list(&r.response_headers_to_add)?,
+        response_remove: header_names(&r.response_headers_to_remove)?,
+    })
+}
+
+/// A route action's path rewrite: a prefix, or a whole-path regex (`^/.*$`) substitution.
+fn rewrite(
+    a: &mesh_proto::envoy::config::route::v3::RouteAction,
+) -> Result<Option<PathRewrite>, String> {
+    if !a.prefix_rewrite.is_empty() {
+        return Ok(Some(PathRewrite::Prefix(a.prefix_rewrite.clone())));
+    }
+    match &a.regex_rewrite {
+        None => Ok(None),
+        Some(r)
+            if r.pattern
+                .as_ref()
+                .is_some_and(|p| p.regex == "^/.*$" || p.regex == ".*") =>
+        {
+            Ok(Some(PathRewrite::Full(r.substitution.clone())))
+        }
+        Some(_) => Err("only whole-path regex rewrites (`^/.*$`) are supported".into()),
+    }
+}
+
+fn redirect(ra: &RedirectAction) -> Result<Redirect, String> {
+    use redirect_action::{PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier};
+    let scheme = match &ra.scheme_rewrite_specifier {
+        Some(SchemeRewriteSpecifier::SchemeRedirect(s)) => Some(s.clone()),
+        Some(SchemeRewriteSpecifier::HttpsRedirect(true)) => Some("https".into()),
+        _ => None,
+    };
+    let path = match &ra.path_rewrite_specifier {
+        None => None,
+        Some(PathRewriteSpecifier::PathRedirect(p)) => Some(PathRewrite::Full(p.clone())),
+        Some(PathRewriteSpecifier::PrefixRewrite(p)) => Some(PathRewrite::Prefix(p.clone())),
+        Some(_) => return Err("regex redirects are not supported".into()),
+    };
+    let status = match RedirectResponseCode::try_from(ra.response_code) {
+        Ok(RedirectResponseCode::MovedPermanently) => 301,
+        Ok(RedirectResponseCode::Found) => 302,
+        Ok(RedirectResponseCode::SeeOther) => 303,
+        Ok(RedirectResponseCode::TemporaryRedirect) => 307,
+        Ok(RedirectResponseCode::PermanentRedirect) => 308,
+        Err(_) => return Err(format!("unknown redirect code {}", ra.response_code)),
+    };
+    Ok(Redirect {
+        scheme,
+        host: (!ra.host_redirect.is_empty()).then(|| ra.host_redirect.clone()),
+        port: u16::try_from(ra.port_redirect).ok().filter(|p| *p != 0),
+        path,
+        status,
+    })
 }
 
 fn value_match(m: &StringMatcher) -> Result<ValueMatch, String> {
@@ -442,9 +568,10 @@ impl Resources {
             let routes = table
                 .into_iter()
                 .map(|def| {
-                    let action = match def.backends {
-                        Err(reason) => routing::Action::Reject { reason },
-                        Ok(backends) => {
+                    let action = match (def.redirect, def.backends) {
+                        (Some(redirect), _) => routing::Action::Redirect(redirect),
+                        (None, Err(reason)) => routing::Action::Reject { reason },
+                        (None, Ok(backends)) => {
                             let resolved: Vec<(Arc<routing::Cluster>, u32)> = backends
                                 .iter()
                                 .filter(|(_, w)| *w > 0)
@@ -478,6 +605,9 @@ impl Resources {
                         action,
                         timeout: def.timeout,
                         stats,
+                        edits: def.edits,
+                        rewrite: def.rewrite,
+                        host_rewrite: def.host_rewrite,
                     }
                 })
                 .collect();

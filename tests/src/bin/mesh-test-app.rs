@@ -157,9 +157,21 @@ async fn http(mut stream: TcpStream, name: String) -> anyhow::Result<()> {
         }
         buf.extend_from_slice(&chunk[..n]);
         while let Some(end) = find(&buf, b"\r\n\r\n") {
+            // Report what arrived: the request target, and x-from-mesh when a route set it.
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let target = head.split(' ').nth(1).unwrap_or("?").to_string();
+            let from_mesh = head
+                .lines()
+                .find_map(|l| {
+                    l.split_once(':')
+                        .filter(|(k, _)| k.eq_ignore_ascii_case("x-from-mesh"))
+                        .map(|(_, v)| v.trim().to_string())
+                })
+                .map(|v| format!("x-seen-x-from-mesh: {v}\r\n"))
+                .unwrap_or_default();
             let body = format!("hello from {name}\n");
             let response = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-served-by: {name}\r\n\r\n{body}",
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-served-by: {name}\r\nx-seen-path: {target}\r\n{from_mesh}\r\n{body}",
                 body.len()
             );
             stream.write_all(response.as_bytes()).await?;
