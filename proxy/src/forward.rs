@@ -8,6 +8,7 @@ use std::time::Instant;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
+use crate::balance::Endpoint;
 use crate::config::ProxyConfig;
 use crate::detect::{Protocol, detect};
 use crate::io::Rewind;
@@ -76,7 +77,7 @@ enum Outbound {
     /// Not a Service: straight to the original destination.
     Passthrough(SocketAddr),
     /// An opaque Service port: to this endpoint, bytes as they are.
-    Opaque(SocketAddr),
+    Opaque(Arc<Endpoint>),
     /// An HTTP Service port: each request is routed on its own.
     Http,
 }
@@ -121,10 +122,16 @@ pub async fn handle(
         local,
         &ctx.config.own_ports(),
     );
+    // An opaque connection to a Service endpoint counts as a request in flight while it lasts.
+    let mut in_flight = None;
     let target = match decision {
         Decision::Forward(orig) if direction == Direction::Outbound => {
             match resolve_outbound(&ctx.xds, orig) {
-                Ok(Outbound::Passthrough(target) | Outbound::Opaque(target)) => target,
+                Ok(Outbound::Passthrough(target)) => target,
+                Ok(Outbound::Opaque(endpoint)) => {
+                    in_flight = Some(endpoint.start());
+                    endpoint.addr
+                }
                 Ok(Outbound::Http) => {
                     return serve_http(downstream, peer, orig, direction, ctx.clone()).await;
                 }
@@ -150,6 +157,7 @@ pub async fn handle(
     };
     let span = tracing::info_span!("conn", dir = direction.as_str(), %peer, dst = %target);
     async {
+        let _in_flight = in_flight;
         inc(&metrics.opened);
         let start = Instant::now();
         let upstream = match tokio::time::timeout(
@@ -246,14 +254,17 @@ async fn serve_http(
             );
             return;
         };
-        let upstream =
-            match tokio::time::timeout(ctx.config.connect_timeout, TcpStream::connect(endpoint))
-                .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return connect_failed(&downstream, metrics, &e.to_string()),
-                Err(_) => return connect_failed(&downstream, metrics, "timed out"),
-            };
+        let _in_flight = endpoint.start();
+        let upstream = match tokio::time::timeout(
+            ctx.config.connect_timeout,
+            TcpStream::connect(endpoint.addr),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return connect_failed(&downstream, metrics, &e.to_string()),
+            Err(_) => return connect_failed(&downstream, metrics, "timed out"),
+        };
         let _ = upstream.set_nodelay(true);
         let counters = Counters {
             from_downstream: &metrics.received_bytes,

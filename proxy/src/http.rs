@@ -223,7 +223,7 @@ async fn forward(
 ) -> Response<ProxyBody> {
     // An Upgrade (e.g. WebSocket): keep its headers, and join both sides after a 101.
     let upgrade = wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
-    let (endpoint, cluster) = match route.action.pick(random_u32()) {
+    let (picked, cluster) = match route.action.pick(random_u32()) {
         Ok(picked) => picked,
         Err(NoEndpoint::Empty { cluster }) => {
             let reason = format!(
@@ -236,6 +236,9 @@ async fn forward(
             return mesh_error(StatusCode::INTERNAL_SERVER_ERROR, &reason);
         }
     };
+    let endpoint = picked.addr;
+    // In flight until the response head arrives; its latency feeds the balancer.
+    let in_flight = picked.start();
     // URLRewrite and header modifier filters, on the way up.
     let path = route.rewrite.as_ref().map(|r| {
         let path = r.apply(req.uri().path(), route.matcher.path_prefix());
@@ -266,6 +269,7 @@ async fn forward(
     };
     match result {
         Ok(mut resp) => {
+            in_flight.answered();
             match upgrade {
                 Some(downstream) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                     join_upgraded(downstream, hyper::upgrade::on(&mut resp), endpoint);

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod balance;
 pub mod config;
 pub mod detect;
 pub mod drain;

@@ -8,12 +8,13 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::balance::{self, Algorithm, Endpoint};
 use crate::request_metrics::RouteStats;
 use crate::route::{HeaderEdits, PathRewrite, Redirect, RequestMatch, RequestView};
 
@@ -21,26 +22,33 @@ use crate::route::{HeaderEdits, PathRewrite, Redirect, RequestMatch, RequestView
 #[derive(Debug, Default)]
 pub struct Cluster {
     pub name: String,
-    pub endpoints: Vec<SocketAddr>,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    pub algorithm: Algorithm,
     next: AtomicUsize,
 }
 
 impl Cluster {
-    pub fn new(name: String, endpoints: Vec<SocketAddr>) -> Cluster {
+    /// A cluster of endpoints with fresh state, balanced round robin.
+    pub fn new(name: String, addrs: Vec<SocketAddr>) -> Cluster {
+        let endpoints = addrs
+            .into_iter()
+            .map(|a| Arc::new(Endpoint::new(a)))
+            .collect();
+        Cluster::with(name, endpoints, Algorithm::RoundRobin)
+    }
+
+    pub fn with(name: String, endpoints: Vec<Arc<Endpoint>>, algorithm: Algorithm) -> Cluster {
         Cluster {
             name,
             endpoints,
+            algorithm,
             next: AtomicUsize::new(0),
         }
     }
 
-    /// The next endpoint, round robin; `None` when the cluster has none.
-    pub fn pick(&self) -> Option<SocketAddr> {
-        if self.endpoints.is_empty() {
-            return None;
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
-        Some(self.endpoints[i])
+    /// An endpoint by the cluster's algorithm; `None` when the cluster has none.
+    pub fn pick(&self) -> Option<Arc<Endpoint>> {
+        balance::pick(&self.endpoints, self.algorithm, &self.next, random_u32()).cloned()
     }
 }
 
@@ -116,7 +124,7 @@ impl Service {
 
     /// For a whole connection (L4): the endpoint chosen by the first route that matches every
     /// request.
-    pub fn pick(&self, random: u32) -> Result<(SocketAddr, &str), NoEndpoint> {
+    pub fn pick(&self, random: u32) -> Result<(Arc<Endpoint>, &str), NoEndpoint> {
         match self.routes.iter().find(|r| r.matcher.is_catch_all()) {
             Some(route) => route.action.pick(random),
             None => Err(NoEndpoint::Rejected(format!(
@@ -129,7 +137,7 @@ impl Service {
 
 impl Action {
     /// Chooses a cluster by weight (with `random` in `0..u32::MAX`) and an endpoint in it.
-    pub fn pick(&self, random: u32) -> Result<(SocketAddr, &str), NoEndpoint> {
+    pub fn pick(&self, random: u32) -> Result<(Arc<Endpoint>, &str), NoEndpoint> {
         match self {
             Action::Reject { reason } => Err(NoEndpoint::Rejected(reason.clone())),
             Action::Redirect(r) => Err(NoEndpoint::Rejected(format!(
@@ -195,7 +203,12 @@ impl Routing {
                                     .map(|(c, w)| json!({
                                         "cluster": c.name,
                                         "weight": w,
-                                        "endpoints": c.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                                        "algorithm": c.algorithm.as_str(),
+                                        "endpoints": c.endpoints.iter().map(|e| json!({
+                                            "address": e.addr.to_string(),
+                                            "inFlight": e.in_flight(),
+                                            "latencyMs": e.latency_nanos() / 1e6,
+                                        })).collect::<Vec<_>>(),
                                     }))
                                     .collect::<Vec<_>>()),
                             };
@@ -238,14 +251,14 @@ mod tests {
     fn round_robin_within_a_cluster() {
         let c = Cluster::new("c".into(), vec![addr("10.0.0.1:80"), addr("10.0.0.2:80")]);
         let picks: Vec<_> = (0..4)
-            .filter_map(|_| c.pick())
+            .filter_map(|_| c.pick().map(|e| e.addr))
             .map(|a| a.to_string())
             .collect();
         assert_eq!(
             picks,
             vec!["10.0.0.1:80", "10.0.0.2:80", "10.0.0.1:80", "10.0.0.2:80"]
         );
-        assert_eq!(Cluster::new("e".into(), vec![]).pick(), None);
+        assert!(Cluster::new("e".into(), vec![]).pick().is_none());
     }
 
     #[test]
@@ -287,7 +300,7 @@ mod tests {
             http: false,
         };
         assert_eq!(
-            s.pick(0),
+            s.pick(0).map(|(e, c)| (e.addr, c)),
             Err(NoEndpoint::Empty {
                 cluster: "empty".into()
             })
@@ -299,6 +312,9 @@ mod tests {
             })],
             http: false,
         };
-        assert_eq!(r.pick(0), Err(NoEndpoint::Rejected("no backends".into())));
+        assert_eq!(
+            r.pick(0).map(|(e, c)| (e.addr, c)),
+            Err(NoEndpoint::Rejected("no backends".into()))
+        );
     }
 }

@@ -247,7 +247,7 @@ async fn good_updates_are_acked_and_a_bad_one_is_nacked_keeping_the_last_good_co
         .load()
         .service(&vip)
         .and_then(|s| s.pick(0).ok())
-        .map(|(ep, _)| ep.to_string());
+        .map(|(ep, _)| ep.addr.to_string());
     assert_eq!(picked.as_deref(), Some("10.0.0.7:5432"));
     assert!(xds.is_ready(), "ready once CDS, EDS and LDS are in");
 
@@ -274,7 +274,7 @@ async fn good_updates_are_acked_and_a_bad_one_is_nacked_keeping_the_last_good_co
         .load()
         .service(&vip)
         .and_then(|s| s.pick(0).ok())
-        .map(|(ep, _)| ep.to_string());
+        .map(|(ep, _)| ep.addr.to_string());
     assert_eq!(
         still.as_deref(),
         Some("10.0.0.7:5432"),

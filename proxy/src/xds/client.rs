@@ -197,7 +197,7 @@ fn on_response(
     track.received = true;
     *resources = next;
     xds.routing
-        .store(Arc::new(resources.compile(&xds.requests)));
+        .store(Arc::new(resources.compile(&xds.requests, &xds.endpoints)));
     xds.update_type(short, |t| {
         t.acked_version = Some(response.version_info.clone())
     });

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arc_swap::ArcSwap;
 use serde_json::{Value, json};
 
+use crate::balance::EndpointRegistry;
 use crate::request_metrics::RequestRegistry;
 use crate::routing::Routing;
 
@@ -30,6 +31,8 @@ pub struct Xds {
     pub routing: ArcSwap<Routing>,
     /// Request counters of every route this proxy has routed by.
     pub requests: RequestRegistry,
+    /// Balancer state of every endpoint, kept across configuration updates.
+    pub endpoints: EndpointRegistry,
     ready: AtomicBool,
     connected: AtomicBool,
     types: Mutex<BTreeMap<&'static str, TypeState>>,
@@ -42,6 +45,7 @@ impl Xds {
         Xds {
             routing: ArcSwap::from_pointee(Routing::default()),
             requests: RequestRegistry::default(),
+            endpoints: EndpointRegistry::default(),
             ready: AtomicBool::new(true),
             connected: AtomicBool::new(false),
             types: Mutex::new(BTreeMap::new()),

@@ -33,6 +33,7 @@ use mesh_proto::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::Matc
 use mesh_proto::google::protobuf::Any;
 use mesh_proto::prost::{Message, Name};
 
+use crate::balance::{Algorithm, EndpointRegistry};
 use crate::request_metrics::RequestRegistry;
 use crate::route::{HeaderEdits, PathRewrite, Redirect};
 use crate::route::{
@@ -76,13 +77,20 @@ pub struct ListenerDef {
     pub http: bool,
 }
 
+/// A cluster as decoded: inline endpoints (STATIC) or none (EDS), and how to balance.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterDef {
+    pub inline: Option<Vec<SocketAddr>>,
+    pub algorithm: Algorithm,
+}
+
 /// Everything received so far, by type and name.
 #[derive(Clone, Debug, Default)]
 pub struct Resources {
     pub listeners: BTreeMap<String, ListenerDef>,
     pub routes: BTreeMap<String, RouteTable>,
     /// Clusters, with their inline endpoints for STATIC ones.
-    pub clusters: BTreeMap<String, Option<Vec<SocketAddr>>>,
+    pub clusters: BTreeMap<String, ClusterDef>,
     pub endpoints: BTreeMap<String, Vec<SocketAddr>>,
 }
 
@@ -465,7 +473,7 @@ fn request_match(m: Option<&RouteMatch>) -> Result<RequestMatch, String> {
 }
 
 /// Decodes a set of clusters.
-pub fn clusters(anys: &[Any]) -> Result<BTreeMap<String, Option<Vec<SocketAddr>>>, String> {
+pub fn clusters(anys: &[Any]) -> Result<BTreeMap<String, ClusterDef>, String> {
     anys.iter()
         .map(|any| {
             let c: Cluster = decode(any)?;
@@ -493,9 +501,35 @@ pub fn clusters(anys: &[Any]) -> Result<BTreeMap<String, Option<Vec<SocketAddr>>
                     c.name
                 ));
             };
-            Ok((c.name, inline))
+            let algorithm = algorithm(&c)?;
+            Ok((c.name, ClusterDef { inline, algorithm }))
         })
         .collect()
+}
+
+/// The balancing algorithm: `ROUND_ROBIN`, or `LEAST_REQUEST` (P2C), which the cluster's
+/// `mesh` metadata `lb: peak_ewma` turns into P2C by peak-EWMA latency.
+fn algorithm(c: &Cluster) -> Result<Algorithm, String> {
+    let mesh_lb = c
+        .metadata
+        .as_ref()
+        .and_then(|m| m.filter_metadata.get("mesh"))
+        .and_then(|s| s.fields.get("lb"))
+        .and_then(|v| match &v.kind {
+            Some(mesh_proto::google::protobuf::value::Kind::StringValue(s)) => Some(s.as_str()),
+            _ => None,
+        });
+    match cluster::LbPolicy::try_from(c.lb_policy) {
+        Ok(cluster::LbPolicy::RoundRobin) => Ok(Algorithm::RoundRobin),
+        Ok(cluster::LbPolicy::LeastRequest) if mesh_lb == Some("peak_ewma") => {
+            Ok(Algorithm::PeakEwma)
+        }
+        Ok(cluster::LbPolicy::LeastRequest) => Ok(Algorithm::LeastRequest),
+        _ => Err(format!(
+            "cluster {}: lb_policy {} is not supported (ROUND_ROBIN or LEAST_REQUEST)",
+            c.name, c.lb_policy
+        )),
+    }
 }
 
 /// Decodes a set of load assignments.
@@ -537,25 +571,46 @@ impl Resources {
     pub fn eds_names(&self) -> BTreeSet<String> {
         self.clusters
             .iter()
-            .filter(|(_, inline)| inline.is_none())
+            .filter(|(_, def)| def.inline.is_none())
             .map(|(n, _)| n.clone())
             .collect()
     }
 
     /// Builds the routing table from what has arrived. Missing pieces (a route table or an
     /// endpoint set not received yet) give a Service that refuses or a cluster without endpoints.
-    pub fn compile(&self, requests: &RequestRegistry) -> Routing {
+    pub fn compile(
+        &self,
+        requests: &RequestRegistry,
+        endpoint_state: &EndpointRegistry,
+    ) -> Routing {
+        let mut live = std::collections::HashSet::new();
         let clusters: BTreeMap<&String, Arc<routing::Cluster>> = self
             .clusters
             .iter()
-            .map(|(name, inline)| {
-                let eps = inline
+            .map(|(name, def)| {
+                let addrs = def
+                    .inline
                     .clone()
                     .or_else(|| self.endpoints.get(name).cloned())
                     .unwrap_or_default();
-                (name, Arc::new(routing::Cluster::new(name.clone(), eps)))
+                let endpoints = addrs
+                    .into_iter()
+                    .map(|addr| {
+                        live.insert((name.clone(), addr));
+                        endpoint_state.endpoint(name, addr)
+                    })
+                    .collect();
+                (
+                    name,
+                    Arc::new(routing::Cluster::with(
+                        name.clone(),
+                        endpoints,
+                        def.algorithm,
+                    )),
+                )
             })
             .collect();
+        endpoint_state.retain(&live);
         let mut services = std::collections::HashMap::new();
         for (name, l) in &self.listeners {
             let table = match &l.target {
@@ -716,20 +771,21 @@ mod tests {
             "web".into(),
             catch_all("web", Ok(vec![("v1".into(), 90), ("v2".into(), 10)])),
         );
-        r.clusters.insert("v1".into(), None);
-        r.clusters.insert("v2".into(), None);
+        r.clusters.insert("v1".into(), ClusterDef::default());
+        r.clusters.insert("v2".into(), ClusterDef::default());
         r.endpoints = endpoints(&[cla("v1", &[("10.0.0.3", 8080)])]).unwrap_or_default();
         assert_eq!(
             r.route_names(),
             BTreeSet::from(["missing".to_string(), "web".to_string()])
         );
         assert_eq!(r.eds_names().len(), 2);
-        let routing = r.compile(&RequestRegistry::default());
+        let routing = r.compile(&RequestRegistry::default(), &EndpointRegistry::default());
         let web = routing
             .service(&"10.96.0.1:80".parse().unwrap_or_else(|e| panic!("{e}")))
             .unwrap_or_else(|| panic!("no web"));
         assert_eq!(
-            web.pick(5).map(|(a, c)| (a.to_string(), c.to_string())),
+            web.pick(5)
+                .map(|(a, c)| (a.addr.to_string(), c.to_string())),
             Ok(("10.0.0.3:8080".into(), "v1".into()))
         );
         assert_eq!(
@@ -797,14 +853,14 @@ mod tests {
             },
         );
         r.routes = routes(&[to_any(type_url::ROUTE, &rc)]).unwrap_or_else(|e| panic!("{e}"));
-        r.clusters.insert("v1".into(), None);
-        r.clusters.insert("v2".into(), None);
+        r.clusters.insert("v1".into(), ClusterDef::default());
+        r.clusters.insert("v2".into(), ClusterDef::default());
         r.endpoints = endpoints(&[
             cla("v1", &[("10.0.0.3", 8080)]),
             cla("v2", &[("10.0.0.4", 8080)]),
         ])
         .unwrap_or_default();
-        let routing = r.compile(&RequestRegistry::default());
+        let routing = r.compile(&RequestRegistry::default(), &EndpointRegistry::default());
         let service = routing
             .service(&vip)
             .unwrap_or_else(|| panic!("no service"));
@@ -823,7 +879,7 @@ mod tests {
         headers.insert("x-canary", hyper::header::HeaderValue::from_static("1"));
         assert_eq!(pick(&headers).as_deref(), Some("canary"));
         assert_eq!(
-            service.pick(0).map(|(ep, _)| ep.to_string()),
+            service.pick(0).map(|(ep, _)| ep.addr.to_string()),
             Ok("10.0.0.3:8080".into()),
             "L4 uses the catch-all route"
         );
