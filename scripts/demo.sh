@@ -91,7 +91,7 @@ done
 for pod in web-v1 web-v2; do wait_for "app in $pod" grep -q '^ready' "$WORK/$pod-app.log"; done
 echo "    all three sidecars report ready (config from meshd in hand)"
 
-step "meshctl apply: Service web (VIP 10.96.0.10:80 -> 8080) and one Service per version"
+step "meshctl apply: Service web (VIP 10.96.0.10:80 -> 8080, round robin), one Service per version"
 cat >"$WORK/services.yaml" <<'YAML'
 apiVersion: mesh.dev/v1
 kind: Service
@@ -107,6 +107,11 @@ apiVersion: mesh.dev/v1
 kind: Service
 metadata: {name: web-v2}
 spec: {ports: [{port: 80, targetPort: 8080}], selector: {app: web, version: v2}}
+---
+apiVersion: mesh.dev/v1
+kind: BackendPolicy
+metadata: {name: web}
+spec: {targetRef: {name: web}, loadBalancer: {algorithm: RoundRobin}}   # default: PeakEWMA
 YAML
 meshctl apply -f "$WORK/services.yaml" --wait | sed 's/^/    /'
 meshctl get services | sed 's/^/    /'

@@ -343,6 +343,20 @@ fn resources_table(kind: Kind, items: &Value) -> String {
                 })
                 .collect(),
         ),
+        Kind::BackendPolicy => table(
+            &["NAMESPACE", "NAME", "TARGET", "ALGORITHM"],
+            items
+                .iter()
+                .map(|r| {
+                    vec![
+                        s(&r["metadata"]["namespace"]),
+                        s(&r["metadata"]["name"]),
+                        s(&r["spec"]["targetRef"]["name"]),
+                        s(&r["spec"]["loadBalancer"]["algorithm"]),
+                    ]
+                })
+                .collect(),
+        ),
         Kind::HttpRoute => table(
             &["NAMESPACE", "NAME", "PARENTS", "RULES"],
             items

@@ -97,7 +97,7 @@ pub fn parse_value(number: usize, value: Value) -> Result<Resource, ResourceErro
         None => {
             return Err(err(
                 "kind",
-                "missing (one of Service, Workload, HTTPRoute)".into(),
+                "missing (one of Service, Workload, HTTPRoute, BackendPolicy)".into(),
             ));
         }
     };
@@ -105,10 +105,13 @@ pub fn parse_value(number: usize, value: Value) -> Result<Resource, ResourceErro
         "Service" => Kind::Service,
         "Workload" => Kind::Workload,
         "HTTPRoute" => Kind::HttpRoute,
+        "BackendPolicy" => Kind::BackendPolicy,
         other => {
             return Err(err(
                 "kind",
-                format!("unknown kind `{other}` (expected Service, Workload or HTTPRoute)"),
+                format!(
+                    "unknown kind `{other}` (expected Service, Workload, HTTPRoute or BackendPolicy)"
+                ),
             ));
         }
     };
@@ -135,6 +138,7 @@ pub fn parse_value(number: usize, value: Value) -> Result<Resource, ResourceErro
         Kind::Service => Resource::Service(typed(number, value)?),
         Kind::Workload => Resource::Workload(typed(number, value)?),
         Kind::HttpRoute => Resource::HttpRoute(typed(number, value)?),
+        Kind::BackendPolicy => Resource::BackendPolicy(typed(number, value)?),
     };
     crate::validate::check_resource(&resource).map_err(|(field, message)| {
         ResourceError::new(number, Some(resource.key().to_string()), field, message)

@@ -196,8 +196,32 @@ impl State {
         }
     }
 
-    /// Every HTTPRoute's parent and backend Services (and their ports) must exist.
+    pub fn policies(&self) -> impl Iterator<Item = &BackendPolicy> {
+        self.resources.values().filter_map(|r| match r {
+            Resource::BackendPolicy(p) => Some(p),
+            _ => None,
+        })
+    }
+
+    /// Every HTTPRoute's parent and backend Services (and their ports), and every
+    /// BackendPolicy's target Service, must exist.
     fn check_references(&self, document_of: &HashMap<Key, usize>) -> Result<(), ResourceError> {
+        for policy in self.policies() {
+            let ns = &policy.metadata.namespace;
+            if self.service(ns, &policy.spec.target_ref.name).is_none() {
+                let key = Key::new(Kind::BackendPolicy, ns, &policy.metadata.name);
+                let document = document_of.get(&key).copied().unwrap_or(0);
+                return Err(ResourceError::new(
+                    document,
+                    Some(key.to_string()),
+                    "spec.targetRef.name",
+                    format!(
+                        "Service `{ns}/{}` does not exist",
+                        policy.spec.target_ref.name
+                    ),
+                ));
+            }
+        }
         for route in self.routes() {
             let key = Key::new(
                 Kind::HttpRoute,

@@ -14,6 +14,7 @@ use std::cmp::Reverse;
 use std::net::SocketAddr;
 
 use mesh_proto::envoy::config::cluster::v3::{Cluster, cluster};
+use mesh_proto::envoy::config::core::v3::Metadata;
 use mesh_proto::envoy::config::core::v3::{
     Address, AggregatedConfigSource, ApiVersion, ConfigSource, Locality, SocketAddress,
     TrafficDirection, address, config_source::ConfigSourceSpecifier, socket_address,
@@ -41,6 +42,7 @@ use mesh_proto::envoy::r#type::matcher::v3::{
     RegexMatcher, StringMatcher, string_matcher::MatchPattern,
 };
 use mesh_proto::google::protobuf::{Duration, UInt32Value};
+use mesh_proto::google::protobuf::{Struct, Value, value};
 use mesh_proto::{prost::Name, to_any, type_url};
 
 use crate::resource::*;
@@ -105,7 +107,10 @@ pub fn translate(state: &State, registered: &[Workload], generation: u64) -> Sna
             snapshot.insert(
                 XdsType::Cluster,
                 name.clone(),
-                to_any(type_url::CLUSTER, &eds_cluster(&name)),
+                to_any(
+                    type_url::CLUSTER,
+                    &eds_cluster(&name, algorithm_of(state, service)),
+                ),
             );
             let cla = load_assignment(&name, service, port, &workloads);
             snapshot.insert(XdsType::Endpoint, name, to_any(type_url::ENDPOINT, &cla));
@@ -209,8 +214,43 @@ fn api_listener(name: &str, route_name: &str) -> Listener {
     }
 }
 
-fn eds_cluster(name: &str) -> Cluster {
+/// The balancing algorithm of `service`: its BackendPolicy's, or P2C peak-EWMA.
+fn algorithm_of(state: &State, service: &Service) -> Algorithm {
+    state
+        .policies()
+        .find(|p| {
+            p.metadata.namespace == service.metadata.namespace
+                && p.spec.target_ref.name == service.metadata.name
+        })
+        .map(|p| p.spec.load_balancer.algorithm)
+        .unwrap_or_default()
+}
+
+/// An EDS cluster. Peak-EWMA has no Envoy `lb_policy`: it is `LEAST_REQUEST` (what other xDS
+/// clients then use) with `lb: peak_ewma` in the cluster's `mesh` metadata for mesh-proxy.
+fn eds_cluster(name: &str, algorithm: Algorithm) -> Cluster {
+    let lb_policy = match algorithm {
+        Algorithm::RoundRobin => cluster::LbPolicy::RoundRobin,
+        Algorithm::LeastRequest | Algorithm::PeakEwma => cluster::LbPolicy::LeastRequest,
+    };
+    let metadata = (algorithm == Algorithm::PeakEwma).then(|| Metadata {
+        filter_metadata: std::collections::HashMap::from([(
+            "mesh".to_string(),
+            Struct {
+                fields: std::collections::BTreeMap::from([(
+                    "lb".to_string(),
+                    Value {
+                        kind: Some(value::Kind::StringValue("peak_ewma".into())),
+                    },
+                )])
+                .into_iter()
+                .collect(),
+            },
+        )]),
+        ..Default::default()
+    });
     Cluster {
+        metadata,
         name: name.to_string(),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
             cluster::DiscoveryType::Eds as i32,
@@ -223,7 +263,7 @@ fn eds_cluster(name: &str) -> Cluster {
             seconds: 5,
             nanos: 0,
         }),
-        lb_policy: cluster::LbPolicy::RoundRobin as i32,
+        lb_policy: lb_policy as i32,
         ..Default::default()
     }
 }
@@ -869,5 +909,25 @@ spec:
         );
         assert_eq!(declared_type_url::<TcpProxy>(), TCP_PROXY_TYPE);
         assert_eq!(declared_type_url::<Router>(), type_url::ROUTER);
+    }
+
+    #[test]
+    fn clusters_balance_by_policy_with_peak_ewma_as_the_default() {
+        let policy = "apiVersion: mesh.dev/v1\nkind: BackendPolicy\nmetadata: {name: rr}\nspec: {targetRef: {name: web-v2}, loadBalancer: {algorithm: RoundRobin}}\n";
+        let s = translate(&state(policy), &[], 1);
+        let default: Cluster = decode(&s, XdsType::Cluster, "web.default.svc:80");
+        assert_eq!(default.lb_policy, cluster::LbPolicy::LeastRequest as i32);
+        let lb = default
+            .metadata
+            .as_ref()
+            .and_then(|m| m.filter_metadata.get("mesh"))
+            .and_then(|s| s.fields.get("lb"));
+        assert_eq!(
+            lb.and_then(|v| v.kind.clone()),
+            Some(value::Kind::StringValue("peak_ewma".into()))
+        );
+        let rr: Cluster = decode(&s, XdsType::Cluster, "web-v2.default.svc:80");
+        assert_eq!(rr.lb_policy, cluster::LbPolicy::RoundRobin as i32);
+        assert!(rr.metadata.is_none());
     }
 }

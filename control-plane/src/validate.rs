@@ -16,6 +16,13 @@ pub fn check_resource(r: &Resource) -> Result<(), FieldProblem> {
         Resource::Service(s) => check_service(&s.spec),
         Resource::Workload(w) => check_workload(&w.spec),
         Resource::HttpRoute(h) => check_route(&h.spec),
+        Resource::BackendPolicy(p) => match p.spec.target_ref.kind.as_deref() {
+            None | Some("Service") => Ok(()),
+            Some(other) => problem(
+                "spec.targetRef.kind",
+                format!("`{other}` is not supported (only Service)"),
+            ),
+        },
     }
 }
 

@@ -27,6 +27,11 @@ apiVersion: mesh.dev/v1
 kind: Service
 metadata: {name: web-v2}
 spec: {ports: [{port: 80, targetPort: 8080}], selector: {app: web, version: v2}}
+---
+apiVersion: mesh.dev/v1
+kind: BackendPolicy
+metadata: {name: web}
+spec: {targetRef: {name: web}, loadBalancer: {algorithm: RoundRobin}}
 ";
 
 const ALL_TO_V2: &str = "
@@ -531,5 +536,45 @@ fn redirects_rewrites_and_header_filters() -> anyhow::Result<()> {
     assert!(whole.contains("x-seen-path: /replaced\r\n"), "{whole}");
     // Other paths are untouched.
     assert!(head("/other")?.contains("x-seen-path: /other\r\n"));
+    Ok(())
+}
+
+#[test]
+fn peak_ewma_balancing_moves_load_off_a_slow_endpoint() -> anyhow::Result<()> {
+    let s = scene("cp-ewma")?;
+    // The same Service port on b (answers after 100 ms) and c (at once); no BackendPolicy, so
+    // the default P2C peak-EWMA balances it.
+    let _slow = s.b.start_app(&[
+        "http",
+        "--listen",
+        "0.0.0.0:8081",
+        "--name",
+        "slow",
+        "--delay-ms",
+        "100",
+    ])?;
+    let _fast =
+        s.c.start_app(&["http", "--listen", "0.0.0.0:8081", "--name", "fast"])?;
+    let svc = "apiVersion: mesh.dev/v1\nkind: Service\nmetadata: {name: lb}\nspec: {ports: [{port: 80, targetPort: 8081, appProtocol: http}], selector: {app: web}, vip: 10.96.0.81}\n";
+    apply(&s.cp, &s.net, svc, true)?;
+    let out =
+        s.a.run_app(&["tally", "--connect", "10.96.0.81:80", "--count", "100"])?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let slow: usize = text
+        .lines()
+        .find(|l| l.ends_with("hello from slow"))
+        .and_then(|l| l.split(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    eprintln!("peak-EWMA over 100 requests:\n{text}");
+    // Each endpoint is tried once; after one slow answer the slow endpoint loses every
+    // comparison for the seconds this test lasts (its latency decays over 10 s).
+    assert!(slow <= 5, "the slow endpoint got {slow} of 100:\n{text}");
+    let dump = s.a.admin("/config_dump")?;
+    assert!(dump.contains("\"algorithm\": \"peak_ewma\""), "{dump}");
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! `apiVersion`, `kind`, `metadata` and `spec`, as in Kubernetes.
 
 mod httproute;
+mod policy;
 mod service;
 mod workload;
 
@@ -11,6 +12,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use httproute::*;
+pub use policy::*;
 pub use service::*;
 pub use workload::*;
 
@@ -26,22 +28,29 @@ pub enum Kind {
     Workload,
     #[serde(rename = "HTTPRoute")]
     HttpRoute,
+    BackendPolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Service, Kind::Workload, Kind::HttpRoute];
+    pub const ALL: [Kind; 4] = [
+        Kind::Service,
+        Kind::Workload,
+        Kind::HttpRoute,
+        Kind::BackendPolicy,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Service => "Service",
             Kind::Workload => "Workload",
             Kind::HttpRoute => "HTTPRoute",
+            Kind::BackendPolicy => "BackendPolicy",
         }
     }
 
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::Service | Kind::Workload => MESH_API_VERSION,
+            Kind::Service | Kind::Workload | Kind::BackendPolicy => MESH_API_VERSION,
             Kind::HttpRoute => GATEWAY_API_VERSION,
         }
     }
@@ -52,6 +61,9 @@ impl Kind {
             "service" | "services" | "svc" => Some(Kind::Service),
             "workload" | "workloads" | "wl" => Some(Kind::Workload),
             "httproute" | "httproutes" | "route" | "routes" => Some(Kind::HttpRoute),
+            "backendpolicy" | "backendpolicies" | "policy" | "policies" => {
+                Some(Kind::BackendPolicy)
+            }
             _ => None,
         }
     }
@@ -91,6 +103,7 @@ pub struct Object<S> {
 pub type Service = Object<ServiceSpec>;
 pub type Workload = Object<WorkloadSpec>;
 pub type HttpRoute = Object<HttpRouteSpec>;
+pub type BackendPolicy = Object<BackendPolicySpec>;
 
 /// Any stored resource.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -99,6 +112,7 @@ pub enum Resource {
     Service(Service),
     Workload(Workload),
     HttpRoute(HttpRoute),
+    BackendPolicy(BackendPolicy),
 }
 
 impl Resource {
@@ -107,6 +121,7 @@ impl Resource {
             Resource::Service(o) => &o.metadata,
             Resource::Workload(o) => &o.metadata,
             Resource::HttpRoute(o) => &o.metadata,
+            Resource::BackendPolicy(o) => &o.metadata,
         }
     }
 
@@ -115,6 +130,7 @@ impl Resource {
             Resource::Service(_) => Kind::Service,
             Resource::Workload(_) => Kind::Workload,
             Resource::HttpRoute(_) => Kind::HttpRoute,
+            Resource::BackendPolicy(_) => Kind::BackendPolicy,
         }
     }
 

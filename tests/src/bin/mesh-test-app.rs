@@ -30,6 +30,9 @@ enum Mode {
         listen: Vec<SocketAddr>,
         #[arg(long)]
         name: String,
+        /// Wait this long before each response (a slow endpoint).
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
     },
     /// TCP echo server.
     Echo {
@@ -89,7 +92,11 @@ enum Mode {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     match Args::parse().mode {
-        Mode::Http { listen, name } => serve(listen, move |s| http(s, name.clone())).await,
+        Mode::Http {
+            listen,
+            name,
+            delay_ms,
+        } => serve(listen, move |s| http(s, name.clone(), delay_ms)).await,
         Mode::Echo { listen } => serve(listen, echo).await,
         Mode::Send {
             connect,
@@ -147,7 +154,7 @@ where
     Ok(())
 }
 
-async fn http(mut stream: TcpStream, name: String) -> anyhow::Result<()> {
+async fn http(mut stream: TcpStream, name: String, delay_ms: u64) -> anyhow::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
@@ -169,6 +176,9 @@ async fn http(mut stream: TcpStream, name: String) -> anyhow::Result<()> {
                 })
                 .map(|v| format!("x-seen-x-from-mesh: {v}\r\n"))
                 .unwrap_or_default();
+            if delay_ms > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+            }
             let body = format!("hello from {name}\n");
             let response = format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-served-by: {name}\r\nx-seen-path: {target}\r\n{from_mesh}\r\n{body}",
