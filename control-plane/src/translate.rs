@@ -14,7 +14,7 @@ use std::cmp::Reverse;
 use std::net::SocketAddr;
 
 use mesh_proto::envoy::config::cluster::v3::{Cluster, cluster};
-use mesh_proto::envoy::config::core::v3::Metadata;
+use mesh_proto::envoy::config::cluster::v3::{LoadBalancingPolicy, load_balancing_policy};
 use mesh_proto::envoy::config::core::v3::{
     Address, AggregatedConfigSource, ApiVersion, ConfigSource, Locality, SocketAddress,
     TrafficDirection, address, config_source::ConfigSourceSpecifier, socket_address,
@@ -22,6 +22,7 @@ use mesh_proto::envoy::config::core::v3::{
 use mesh_proto::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
 };
+use mesh_proto::envoy::config::core::v3::{Metadata, TypedExtensionConfig};
 use mesh_proto::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
@@ -37,10 +38,13 @@ use mesh_proto::envoy::extensions::filters::network::http_connection_manager::v3
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager::RouteSpecifier, http_filter,
 };
 use mesh_proto::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use mesh_proto::envoy::extensions::load_balancing_policies::least_request::v3::LeastRequest;
+use mesh_proto::envoy::extensions::load_balancing_policies::round_robin::v3::RoundRobin;
 use mesh_proto::envoy::r#type::matcher::v3::RegexMatchAndSubstitute;
 use mesh_proto::envoy::r#type::matcher::v3::{
     RegexMatcher, StringMatcher, string_matcher::MatchPattern,
 };
+use mesh_proto::google::protobuf::Any;
 use mesh_proto::google::protobuf::{Duration, UInt32Value};
 use mesh_proto::google::protobuf::{Struct, Value, value};
 use mesh_proto::{prost::Name, to_any, type_url};
@@ -226,13 +230,35 @@ fn algorithm_of(state: &State, service: &Service) -> Algorithm {
         .unwrap_or_default()
 }
 
-/// An EDS cluster. Peak-EWMA has no Envoy `lb_policy`: it is `LEAST_REQUEST` (what other xDS
-/// clients then use) with `lb: peak_ewma` in the cluster's `mesh` metadata for mesh-proxy.
-fn eds_cluster(name: &str, algorithm: Algorithm) -> Cluster {
-    let lb_policy = match algorithm {
-        Algorithm::RoundRobin => cluster::LbPolicy::RoundRobin,
-        Algorithm::LeastRequest | Algorithm::PeakEwma => cluster::LbPolicy::LeastRequest,
+/// `load_balancing_policy` for least-request, falling back to round robin for clients that do
+/// not know it (a client takes the first policy it supports; gRPC rejects `lb_policy:
+/// LEAST_REQUEST` outright, so the legacy field always says ROUND_ROBIN).
+fn least_request_policy() -> LoadBalancingPolicy {
+    let policy = |name: &str, any: Any| load_balancing_policy::Policy {
+        typed_extension_config: Some(TypedExtensionConfig {
+            name: name.to_string(),
+            typed_config: Some(any),
+        }),
     };
+    LoadBalancingPolicy {
+        policies: vec![
+            policy(
+                "envoy.load_balancing_policies.least_request",
+                to_any(&LeastRequest::type_url(), &LeastRequest::default()),
+            ),
+            policy(
+                "envoy.load_balancing_policies.round_robin",
+                to_any(&RoundRobin::type_url(), &RoundRobin::default()),
+            ),
+        ],
+    }
+}
+
+/// An EDS cluster. Peak-EWMA has no Envoy equivalent: other clients get least-request, and
+/// mesh-proxy reads `lb: peak_ewma` in the cluster's `mesh` metadata.
+fn eds_cluster(name: &str, algorithm: Algorithm) -> Cluster {
+    let lb_policy = cluster::LbPolicy::RoundRobin;
+    let load_balancing_policy = (algorithm != Algorithm::RoundRobin).then(least_request_policy);
     let metadata = (algorithm == Algorithm::PeakEwma).then(|| Metadata {
         filter_metadata: std::collections::HashMap::from([(
             "mesh".to_string(),
@@ -264,6 +290,7 @@ fn eds_cluster(name: &str, algorithm: Algorithm) -> Cluster {
             nanos: 0,
         }),
         lb_policy: lb_policy as i32,
+        load_balancing_policy,
         ..Default::default()
     }
 }
@@ -916,7 +943,20 @@ spec:
         let policy = "apiVersion: mesh.dev/v1\nkind: BackendPolicy\nmetadata: {name: rr}\nspec: {targetRef: {name: web-v2}, loadBalancer: {algorithm: RoundRobin}}\n";
         let s = translate(&state(policy), &[], 1);
         let default: Cluster = decode(&s, XdsType::Cluster, "web.default.svc:80");
-        assert_eq!(default.lb_policy, cluster::LbPolicy::LeastRequest as i32);
+        assert_eq!(
+            default.lb_policy,
+            cluster::LbPolicy::RoundRobin as i32,
+            "the legacy field every client knows"
+        );
+        let policies = default
+            .load_balancing_policy
+            .as_ref()
+            .map(|p| p.policies.len());
+        assert_eq!(
+            policies,
+            Some(2),
+            "least-request, then round robin as the fallback"
+        );
         let lb = default
             .metadata
             .as_ref()
@@ -928,6 +968,6 @@ spec:
         );
         let rr: Cluster = decode(&s, XdsType::Cluster, "web-v2.default.svc:80");
         assert_eq!(rr.lb_policy, cluster::LbPolicy::RoundRobin as i32);
-        assert!(rr.metadata.is_none());
+        assert!(rr.metadata.is_none() && rr.load_balancing_policy.is_none());
     }
 }

@@ -507,8 +507,9 @@ pub fn clusters(anys: &[Any]) -> Result<BTreeMap<String, ClusterDef>, String> {
         .collect()
 }
 
-/// The balancing algorithm: `ROUND_ROBIN`, or `LEAST_REQUEST` (P2C), which the cluster's
-/// `mesh` metadata `lb: peak_ewma` turns into P2C by peak-EWMA latency.
+/// The balancing algorithm, from (in order): the cluster's `mesh` metadata `lb` (`peak_ewma`,
+/// `least_request`, `round_robin`), the first policy of `load_balancing_policy` that is
+/// least-request or round robin, or `lb_policy` (`ROUND_ROBIN`, `LEAST_REQUEST`).
 fn algorithm(c: &Cluster) -> Result<Algorithm, String> {
     let mesh_lb = c
         .metadata
@@ -519,11 +520,37 @@ fn algorithm(c: &Cluster) -> Result<Algorithm, String> {
             Some(mesh_proto::google::protobuf::value::Kind::StringValue(s)) => Some(s.as_str()),
             _ => None,
         });
+    match mesh_lb {
+        Some("peak_ewma") => return Ok(Algorithm::PeakEwma),
+        Some("least_request") => return Ok(Algorithm::LeastRequest),
+        Some("round_robin") => return Ok(Algorithm::RoundRobin),
+        _ => {}
+    }
+    if let Some(policy) = &c.load_balancing_policy {
+        let known = policy.policies.iter().find_map(|p| {
+            let url = &p
+                .typed_extension_config
+                .as_ref()?
+                .typed_config
+                .as_ref()?
+                .type_url;
+            if url.ends_with(".least_request.v3.LeastRequest") {
+                Some(Algorithm::LeastRequest)
+            } else if url.ends_with(".round_robin.v3.RoundRobin") {
+                Some(Algorithm::RoundRobin)
+            } else {
+                None
+            }
+        });
+        return known.ok_or_else(|| {
+            format!(
+                "cluster {}: no supported policy in load_balancing_policy",
+                c.name
+            )
+        });
+    }
     match cluster::LbPolicy::try_from(c.lb_policy) {
         Ok(cluster::LbPolicy::RoundRobin) => Ok(Algorithm::RoundRobin),
-        Ok(cluster::LbPolicy::LeastRequest) if mesh_lb == Some("peak_ewma") => {
-            Ok(Algorithm::PeakEwma)
-        }
         Ok(cluster::LbPolicy::LeastRequest) => Ok(Algorithm::LeastRequest),
         _ => Err(format!(
             "cluster {}: lb_policy {} is not supported (ROUND_ROBIN or LEAST_REQUEST)",
