@@ -11,6 +11,7 @@
 //! - a `ClusterLoadAssignment`: the workloads whose labels match the selector, on the target port.
 
 use std::cmp::Reverse;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use mesh_proto::envoy::config::cluster::v3::{Cluster, cluster};
@@ -73,7 +74,12 @@ pub fn is_opaque(port: &ServicePort) -> bool {
 /// Builds the snapshot for `state` plus the workloads that sidecars registered themselves.
 pub fn translate(state: &State, registered: &[Workload], generation: u64) -> Snapshot {
     let mut snapshot = Snapshot::new(generation);
-    let workloads: Vec<&Workload> = state.workloads().chain(registered.iter()).collect();
+    // (workload, has a sidecar): registered workloads came from sidecars.
+    let workloads: Vec<(&Workload, bool)> = state
+        .workloads()
+        .map(|w| (w, false))
+        .chain(registered.iter().map(|w| (w, true)))
+        .collect();
     for service in state.services() {
         let Some(vip) = service.spec.vip else {
             continue;
@@ -295,6 +301,19 @@ fn eds_cluster(name: &str, algorithm: Algorithm) -> Cluster {
     }
 }
 
+/// `filter_metadata.mesh.<key>: value`.
+fn mesh_metadata(key: &str, v: Value) -> Metadata {
+    Metadata {
+        filter_metadata: std::collections::HashMap::from([(
+            "mesh".to_string(),
+            Struct {
+                fields: std::iter::once((key.to_string(), v)).collect(),
+            },
+        )]),
+        ..Default::default()
+    }
+}
+
 fn selects(selector: &std::collections::BTreeMap<String, String>, workload: &Workload) -> bool {
     !selector.is_empty()
         && selector
@@ -306,24 +325,34 @@ fn load_assignment(
     name: &str,
     service: &Service,
     port: &ServicePort,
-    workloads: &[&Workload],
+    workloads: &[(&Workload, bool)],
 ) -> ClusterLoadAssignment {
-    let mut addrs: Vec<SocketAddr> = workloads
-        .iter()
-        .filter(|w| {
-            w.metadata.namespace == service.metadata.namespace && selects(&service.spec.selector, w)
-        })
-        .map(|w| SocketAddr::new(w.spec.address, port.target()))
-        .collect();
-    addrs.sort();
-    addrs.dedup();
+    // By address; an address with a sidecar counts as meshed.
+    let mut addrs: BTreeMap<SocketAddr, bool> = BTreeMap::new();
+    for (w, sidecar) in workloads {
+        if w.metadata.namespace == service.metadata.namespace && selects(&service.spec.selector, w)
+        {
+            *addrs
+                .entry(SocketAddr::new(w.spec.address, port.target()))
+                .or_default() |= *sidecar;
+        }
+    }
     let lb_endpoints = addrs
         .into_iter()
-        .map(|addr| LbEndpoint {
+        .map(|(addr, sidecar)| LbEndpoint {
             host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
                 address: Some(socket_address(addr)),
                 ..Default::default()
             })),
+            // Endpoints with a sidecar are reached over HTTP/2 between the sidecars.
+            metadata: sidecar.then(|| {
+                mesh_metadata(
+                    "sidecar",
+                    Value {
+                        kind: Some(value::Kind::BoolValue(true)),
+                    },
+                )
+            }),
             ..Default::default()
         })
         .collect();

@@ -7,6 +7,8 @@ use crate::cidr::Cidr;
 
 /// The proxy's admin port; never redirected.
 pub const ADMIN_PORT: u16 = 15000;
+/// The port sidecars reach each other on (HTTP/2 between sidecars); never redirected.
+pub const PEER_PORT: u16 = 15008;
 
 /// Which inbound destination ports are redirected to the proxy.
 #[derive(Clone, Debug, PartialEq, Eq)]

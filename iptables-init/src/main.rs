@@ -23,7 +23,7 @@ struct Args {
     /// Inbound ports to redirect: `*` for all, or a comma-separated list (empty: none).
     #[arg(long, default_value = "*")]
     include_inbound_ports: InboundPorts,
-    /// Inbound ports never redirected (comma-separated). The admin port 15000 always is excluded.
+    /// Inbound ports never redirected (comma-separated). The admin port 15000 and the peer port 15008 always are.
     #[arg(long, default_value = "")]
     exclude_inbound_ports: PortList,
     /// Outbound destination ports never redirected (comma-separated).

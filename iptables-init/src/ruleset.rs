@@ -1,7 +1,8 @@
 //! The `iptables-restore` input that installs or removes the mesh's rules (pure functions).
 //!
 //! Chains (nat table):
-//! - `MESH_INBOUND` (from PREROUTING): which inbound ports go to the proxy.
+//! - `MESH_INBOUND` (from PREROUTING): which inbound ports go to the proxy (never the admin port
+//!   15000 or the peer port 15008, where sidecars reach each other).
 //! - `MESH_IN_REDIRECT`: REDIRECT to the inbound port.
 //! - `MESH_OUTPUT` (from OUTPUT): which outbound connections go to the proxy; the proxy's own
 //!   uid/gid and loopback traffic return early.
@@ -14,7 +15,7 @@
 use std::fmt::Write;
 
 use crate::backend::Family;
-use crate::config::{ADMIN_PORT, Config, InboundPorts};
+use crate::config::{ADMIN_PORT, Config, InboundPorts, PEER_PORT};
 use crate::saved::SavedNat;
 
 pub const INBOUND: &str = "MESH_INBOUND";
@@ -88,14 +89,12 @@ pub fn render_cleanup(saved: &SavedNat) -> Option<String> {
 
 /// Writes MESH_INBOUND; returns whether any inbound port is captured.
 fn inbound_rules(out: &mut String, config: &Config) -> bool {
-    let mut excluded = vec![ADMIN_PORT];
-    excluded.extend(
-        config
-            .exclude_inbound_ports
-            .iter()
-            .copied()
-            .filter(|p| *p != ADMIN_PORT),
-    );
+    let mut excluded = vec![ADMIN_PORT, PEER_PORT];
+    for port in &config.exclude_inbound_ports {
+        if !excluded.contains(port) {
+            excluded.push(*port);
+        }
+    }
     match &config.include_inbound_ports {
         InboundPorts::Only(ports) if ports.is_empty() => false,
         InboundPorts::Only(ports) => {
@@ -181,6 +180,7 @@ mod tests {
                 "-A MESH_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006",
                 "-A MESH_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
                 "-A MESH_INBOUND -p tcp --dport 15000 -j RETURN",
+                "-A MESH_INBOUND -p tcp --dport 15008 -j RETURN",
                 "-A MESH_INBOUND -p tcp -j MESH_IN_REDIRECT",
                 "-A MESH_OUTPUT -m owner --uid-owner 1337 -j RETURN",
                 "-A MESH_OUTPUT -o lo -j RETURN",

@@ -41,6 +41,7 @@ pub async fn run(config: ProxyConfig) -> Result<(), ProxyError> {
         bind_all(config.inbound_addr).map_err(bind_error("inbound", config.inbound_addr))?;
     let admin_listener =
         bind(config.admin_addr, false).map_err(bind_error("admin", config.admin_addr))?;
+    let peer = bind_all(config.peer_addr).map_err(bind_error("peer sidecars", config.peer_addr))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(ProxyError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(ProxyError::Signal)?;
 
@@ -68,6 +69,13 @@ pub async fn run(config: ProxyConfig) -> Result<(), ProxyError> {
         for listener in listeners {
             tokio::spawn(accept_loop(listener, direction, ctx.clone(), drain.clone()));
         }
+    }
+    for listener in peer {
+        tokio::spawn(crate::listener::accept_peers(
+            listener,
+            ctx.clone(),
+            drain.clone(),
+        ));
     }
     tokio::spawn(admin::serve(admin_listener, ctx.clone(), drain.clone()));
     tracing::info!(

@@ -49,6 +49,8 @@ fn now_nanos() -> u64 {
 #[derive(Debug)]
 pub struct Endpoint {
     pub addr: SocketAddr,
+    /// Has a sidecar: HTTP to it goes over HTTP/2 to its peer port.
+    meshed: std::sync::atomic::AtomicBool,
     in_flight: AtomicU64,
     /// Peak-EWMA latency in nanoseconds, as f64 bits; 0 = no sample yet.
     ewma_bits: AtomicU64,
@@ -59,10 +61,19 @@ impl Endpoint {
     pub fn new(addr: SocketAddr) -> Endpoint {
         Endpoint {
             addr,
+            meshed: std::sync::atomic::AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
             ewma_bits: AtomicU64::new(0),
             updated_nanos: AtomicU64::new(0),
         }
+    }
+
+    pub fn meshed(&self) -> bool {
+        self.meshed.load(Ordering::Relaxed)
+    }
+
+    pub fn set_meshed(&self, meshed: bool) {
+        self.meshed.store(meshed, Ordering::Relaxed);
     }
 
     pub fn in_flight(&self) -> u64 {

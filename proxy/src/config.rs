@@ -18,6 +18,8 @@ pub struct ProxyConfig {
     pub outbound_addr: SocketAddr,
     pub inbound_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// Where peer sidecars connect with HTTP/2 (the init step never redirects this port).
+    pub peer_addr: SocketAddr,
     /// How long open connections may take to finish once a drain starts.
     pub drain_timeout: Duration,
     /// Timeout of a connection attempt to the destination.
@@ -33,11 +35,12 @@ pub struct ProxyConfig {
 impl ProxyConfig {
     /// Ports this proxy listens on; a connection whose original destination is one of these on
     /// this pod would loop back into the proxy.
-    pub fn own_ports(&self) -> [u16; 3] {
+    pub fn own_ports(&self) -> [u16; 4] {
         [
             self.outbound_addr.port(),
             self.inbound_addr.port(),
             self.admin_addr.port(),
+            self.peer_addr.port(),
         ]
     }
 }
@@ -48,6 +51,7 @@ impl Default for ProxyConfig {
             outbound_addr: SocketAddr::from(([0, 0, 0, 0], 15001)),
             inbound_addr: SocketAddr::from(([0, 0, 0, 0], 15006)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 15000)),
+            peer_addr: SocketAddr::from(([0, 0, 0, 0], 15008)),
             drain_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             relay_mode: RelayMode::Splice,

@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use crate::detect::Protocol;
 use crate::forward::Context;
 use crate::io::Rewind;
+use crate::peer::{ORIG_HOST, ORIG_PROTO, TARGET_PORT};
 use crate::request_metrics::RouteStats;
 use crate::route::RequestView;
 use crate::routing::{Action, NoEndpoint, Route, random_u32};
@@ -72,7 +73,7 @@ impl HttpClients {
         }
     }
 
-    fn for_version(&self, version: Version) -> &Client<HttpConnector, Incoming> {
+    pub fn for_version(&self, version: Version) -> &Client<HttpConnector, Incoming> {
         if version == Version::HTTP_2 {
             &self.http2
         } else {
@@ -250,10 +251,14 @@ async fn forward(
     if let Some(host) = &route.host_rewrite {
         req.headers_mut().insert(HOST, host.clone());
     }
-    let upstream = match upstream_request(req, endpoint, upgrade.is_some(), path.as_deref()) {
-        Ok(r) => r,
-        Err(reason) => return mesh_error(StatusCode::BAD_REQUEST, &reason),
-    };
+    // A meshed endpoint is reached over HTTP/2 through its sidecar's peer port (an Upgrade
+    // needs HTTP/1.1 end to end, so it goes directly).
+    let peer_port = (picked.meshed() && upgrade.is_none()).then_some(ctx.config.peer_addr.port());
+    let upstream =
+        match upstream_request(req, endpoint, upgrade.is_some(), path.as_deref(), peer_port) {
+            Ok(r) => r,
+            Err(reason) => return mesh_error(StatusCode::BAD_REQUEST, &reason),
+        };
     let sent = ctx.http.for_version(upstream.version()).request(upstream);
     let result = match route.timeout {
         Some(limit) => match tokio::time::timeout(limit, sent).await {
@@ -332,6 +337,7 @@ fn upstream_request(
     endpoint: SocketAddr,
     upgrade: bool,
     rewritten: Option<&str>,
+    peer_port: Option<u16>,
 ) -> Result<Request<Incoming>, String> {
     let (mut parts, body) = req.into_parts();
     let original = parts
@@ -340,17 +346,35 @@ fn upstream_request(
         .map_or("/", |p| p.as_str())
         .to_string();
     let path = rewritten.unwrap_or(&original);
+    let authority = match peer_port {
+        Some(port) => SocketAddr::new(endpoint.ip(), port),
+        None => endpoint,
+    };
     parts.uri = Uri::builder()
         .scheme("http")
-        .authority(endpoint.to_string())
+        .authority(authority.to_string())
         .path_and_query(path)
         .build()
         .map_err(|e| format!("cannot build the upstream URI for {path}: {e}"))?;
-    if parts.version != Version::HTTP_2 {
-        parts.version = Version::HTTP_11;
-    }
     let upgrade_to = parts.headers.get(UPGRADE).cloned();
     strip_hop_by_hop(&mut parts.headers);
+    if peer_port.is_some() {
+        // To the peer sidecar: HTTP/2, with what it needs to restore the request.
+        parts
+            .headers
+            .insert(TARGET_PORT, HeaderValue::from(endpoint.port()));
+        if parts.version != Version::HTTP_2 {
+            parts
+                .headers
+                .insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
+            if let Some(host) = parts.headers.remove(HOST) {
+                parts.headers.insert(ORIG_HOST, host);
+            }
+        }
+        parts.version = Version::HTTP_2;
+    } else if parts.version != Version::HTTP_2 {
+        parts.version = Version::HTTP_11;
+    }
     if let (true, Some(protocol)) = (upgrade, upgrade_to) {
         parts.headers.insert(UPGRADE, protocol);
         parts

@@ -18,6 +18,7 @@ pub mod io;
 pub mod listener;
 pub mod metrics;
 pub mod orig_dst;
+pub mod peer;
 pub mod relay;
 pub mod request_metrics;
 pub mod route;

@@ -67,3 +67,19 @@ pub async fn accept_loop(
     }
     tracing::debug!(dir = direction.as_str(), "listener closed for drain");
 }
+
+/// Accepts peer sidecars' HTTP/2 connections until the drain starts.
+pub async fn accept_peers(listener: TcpListener, ctx: Arc<Context>, drain: Drain) {
+    loop {
+        tokio::select! {
+            _ = drain.started() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => drain.spawn_connection(crate::peer::serve(stream, peer, ctx.clone())),
+                Err(e) => {
+                    tracing::warn!(error = %e, "peer accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}

@@ -20,6 +20,9 @@ struct Args {
     /// Listener for connections to the app (redirected by iptables).
     #[arg(long, default_value = "0.0.0.0:15006")]
     inbound_addr: SocketAddr,
+    /// Where peer sidecars connect with HTTP/2.
+    #[arg(long, default_value = "0.0.0.0:15008")]
+    peer_addr: SocketAddr,
     /// Admin endpoint: /live, /ready, /metrics, POST /shutdown.
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin_addr: SocketAddr,
@@ -99,6 +102,7 @@ fn main() -> anyhow::Result<()> {
         outbound_addr: args.outbound_addr,
         inbound_addr: args.inbound_addr,
         admin_addr: args.admin_addr,
+        peer_addr: args.peer_addr,
         drain_timeout: args.drain_timeout,
         connect_timeout: args.connect_timeout,
         relay_mode: args.relay,

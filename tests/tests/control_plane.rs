@@ -578,3 +578,34 @@ fn peak_ewma_balancing_moves_load_off_a_slow_endpoint() -> anyhow::Result<()> {
     assert!(dump.contains("\"algorithm\": \"peak_ewma\""), "{dump}");
     Ok(())
 }
+
+#[test]
+fn http1_requests_of_many_connections_share_one_http2_connection_between_sidecars()
+-> anyhow::Result<()> {
+    let s = scene("cp-h2")?;
+    let before =
+        s.b.metric("mesh_tcp_connections_opened_total{direction=\"inbound\"}")?;
+    // 20 requests, each on a new client connection, all to b (web-v1).
+    let v1 = "apiVersion: mesh.dev/v1\nkind: Service\nmetadata: {name: only-v1}\nspec: {ports: [{port: 80, targetPort: 8080, appProtocol: http}], selector: {app: web, version: v1}, vip: 10.96.0.11}\n";
+    apply(&s.cp, &s.net, v1, true)?;
+    for _ in 0..20 {
+        let out =
+            s.a.curl(&["-i", "-H", "host: only-v1.default", "http://10.96.0.11/x"])?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            text.starts_with("HTTP/1.1 200"),
+            "the client still speaks HTTP/1.1:\n{text}"
+        );
+        assert!(
+            text.contains("x-seen-path: /x\r\n") && text.ends_with("hello from b\n"),
+            "{text}"
+        );
+    }
+    let opened =
+        s.b.metric("mesh_tcp_connections_opened_total{direction=\"inbound\"}")? - before;
+    assert_eq!(
+        opened, 1,
+        "one HTTP/2 connection from a's sidecar carried all 20 requests"
+    );
+    Ok(())
+}

@@ -181,7 +181,10 @@ fn on_response(
     let mut next = resources.clone();
     let decoded = match url.as_str() {
         type_url::CLUSTER => resources::clusters(&response.resources).map(|c| next.clusters = c),
-        type_url::ENDPOINT => resources::endpoints(&response.resources).map(|e| next.endpoints = e),
+        type_url::ENDPOINT => resources::endpoints(&response.resources).map(|e| {
+            next.endpoints = e;
+            next.sidecars = resources::sidecar_endpoints(&response.resources);
+        }),
         type_url::LISTENER => resources::listeners(&response.resources).map(|l| next.listeners = l),
         _ => resources::routes(&response.resources).map(|r| next.routes = r),
     };

@@ -92,6 +92,8 @@ pub struct Resources {
     /// Clusters, with their inline endpoints for STATIC ones.
     pub clusters: BTreeMap<String, ClusterDef>,
     pub endpoints: BTreeMap<String, Vec<SocketAddr>>,
+    /// Endpoint addresses that have a sidecar (EDS `mesh` metadata `sidecar: true`).
+    pub sidecars: BTreeSet<SocketAddr>,
 }
 
 fn catch_all(name: &str, backends: Result<Backends, String>) -> RouteTable {
@@ -571,6 +573,37 @@ pub fn endpoints(anys: &[Any]) -> Result<BTreeMap<String, Vec<SocketAddr>>, Stri
         .collect()
 }
 
+/// The endpoint addresses marked as having a sidecar in a set of load assignments.
+pub fn sidecar_endpoints(anys: &[Any]) -> BTreeSet<SocketAddr> {
+    let mut out = BTreeSet::new();
+    for any in anys {
+        let Ok(cla) = decode::<ClusterLoadAssignment>(any) else {
+            continue;
+        };
+        for e in cla.endpoints.iter().flat_map(|l| l.lb_endpoints.iter()) {
+            let sidecar = e
+                .metadata
+                .as_ref()
+                .and_then(|m| m.filter_metadata.get("mesh"))
+                .and_then(|s| s.fields.get("sidecar"))
+                .is_some_and(|v| {
+                    matches!(
+                        v.kind,
+                        Some(mesh_proto::google::protobuf::value::Kind::BoolValue(true))
+                    )
+                });
+            if let (true, Some(lb_endpoint::HostIdentifier::Endpoint(ep))) =
+                (sidecar, &e.host_identifier)
+            {
+                if let Ok(addr) = socket_addr(ep.address.as_ref()) {
+                    out.insert(addr);
+                }
+            }
+        }
+    }
+    out
+}
+
 fn endpoint_addrs(cla: &ClusterLoadAssignment) -> Result<Vec<SocketAddr>, String> {
     cla.endpoints
         .iter()
@@ -624,7 +657,9 @@ impl Resources {
                     .into_iter()
                     .map(|addr| {
                         live.insert((name.clone(), addr));
-                        endpoint_state.endpoint(name, addr)
+                        let endpoint = endpoint_state.endpoint(name, addr);
+                        endpoint.set_meshed(self.sidecars.contains(&addr));
+                        endpoint
                     })
                     .collect();
                 (
