@@ -141,6 +141,27 @@ fn who_answers(pod: &Pod, url: &str, n: usize) -> anyhow::Result<BTreeMap<String
     Ok(counts)
 }
 
+/// `mesh-test-app tally` from `pod`: `count` requests to `addr` (new connection each), counted by
+/// who answered (`hello from X` → X).
+fn tally(pod: &Pod, addr: &str, count: usize) -> anyhow::Result<BTreeMap<String, usize>> {
+    let out = pod.run_app(&["tally", "--connect", addr, "--count", &count.to_string()])?;
+    anyhow::ensure!(
+        out.status.success(),
+        "tally failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (n, body) = l.split_once(' ')?;
+            Some((
+                body.strip_prefix("hello from ")?.to_string(),
+                n.parse().ok()?,
+            ))
+        })
+        .collect())
+}
+
 fn only(from: &str, n: usize) -> BTreeMap<String, usize> {
     BTreeMap::from([(format!("hello from {from}"), n)])
 }
@@ -183,23 +204,13 @@ fn a_service_vip_balances_over_its_endpoints_and_routes_follow_apply() -> anyhow
         "[{name: web-v1, port: 80, weight: 90}, {name: web-v2, port: 80, weight: 10}]",
     );
     apply(&s.cp, &s.net, &split, true)?;
-    let out =
-        s.a.run_app(&["tally", "--connect", "10.96.0.10:80", "--count", "1000"])?;
-    anyhow::ensure!(
-        out.status.success(),
-        "tally failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let counts = tally(&s.a, "10.96.0.10:80", 1000)?;
+    let (v1, v2) = (
+        counts.get("b").copied().unwrap_or(0),
+        counts.get("c").copied().unwrap_or(0),
     );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let count_of = |who: &str| -> usize {
-        text.lines()
-            .find(|l| l.ends_with(&format!("hello from {who}")))
-            .and_then(|l| l.split(' ').next()?.parse().ok())
-            .unwrap_or(0)
-    };
-    let (v1, v2) = (count_of("b"), count_of("c"));
-    assert_eq!(v1 + v2, 1000, "{text}");
-    assert!((50..=150).contains(&v2), "v2 got {v2} of 1000:\n{text}");
+    assert_eq!(v1 + v2, 1000, "{counts:?}");
+    assert!((50..=150).contains(&v2), "v2 got {v2} of 1000: {counts:?}");
     eprintln!("90/10 split over 1000 connections: v1 {v1}, v2 {v2}");
 
     // Back to the Service itself once the route is deleted.
@@ -557,23 +568,17 @@ fn peak_ewma_balancing_moves_load_off_a_slow_endpoint() -> anyhow::Result<()> {
         s.c.start_app(&["http", "--listen", "0.0.0.0:8081", "--name", "fast"])?;
     let svc = "apiVersion: mesh.dev/v1\nkind: Service\nmetadata: {name: lb}\nspec: {ports: [{port: 80, targetPort: 8081, appProtocol: http}], selector: {app: web}, vip: 10.96.0.81}\n";
     apply(&s.cp, &s.net, svc, true)?;
-    let out =
-        s.a.run_app(&["tally", "--connect", "10.96.0.81:80", "--count", "100"])?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let counts = tally(&s.a, "10.96.0.81:80", 100)?;
+    eprintln!("peak-EWMA over 100 requests: {counts:?}");
+    let slow = counts.get("slow").copied().unwrap_or(0);
+    assert_eq!(
+        slow + counts.get("fast").copied().unwrap_or(0),
+        100,
+        "{counts:?}"
     );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let slow: usize = text
-        .lines()
-        .find(|l| l.ends_with("hello from slow"))
-        .and_then(|l| l.split(' ').next()?.parse().ok())
-        .unwrap_or(0);
-    eprintln!("peak-EWMA over 100 requests:\n{text}");
     // Each endpoint is tried once; after one slow answer the slow endpoint loses every
     // comparison for the seconds this test lasts (its latency decays over 10 s).
-    assert!(slow <= 5, "the slow endpoint got {slow} of 100:\n{text}");
+    assert!(slow <= 5, "the slow endpoint got {slow} of 100: {counts:?}");
     let dump = s.a.admin("/config_dump")?;
     assert!(dump.contains("\"algorithm\": \"peak_ewma\""), "{dump}");
     Ok(())
