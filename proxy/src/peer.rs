@@ -32,19 +32,22 @@ pub const ORIG_HOST: &str = "x-mesh-orig-host";
 
 /// Serves one HTTP/2 connection from a peer sidecar.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
     let metrics = ctx.metrics.tcp(Direction::Inbound);
     inc(&metrics.opened);
     let _ = stream.set_nodelay(true);
-    let loopback: IpAddr = match stream.local_addr() {
-        Ok(SocketAddr::V6(_)) => Ipv6Addr::LOCALHOST.into(),
-        _ => Ipv4Addr::LOCALHOST.into(),
+    let loopback: IpAddr = match local {
+        SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+        SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
     };
     let span = tracing::info_span!("peer", %peer);
     let service = {
         let ctx = ctx.clone();
         hyper::service::service_fn(move |req| {
             let ctx = ctx.clone();
-            async move { Ok::<_, Infallible>(to_app(req, loopback, &ctx).await) }
+            async move { Ok::<_, Infallible>(to_app(req, local.ip(), loopback, &ctx).await) }
         })
     };
     async {
@@ -77,7 +80,12 @@ fn inbound_error(status: StatusCode, reason: &str) -> Response<ProxyBody> {
 }
 
 /// Restores a peer's request and sends it to the app on loopback.
-async fn to_app(req: Request<Incoming>, loopback: IpAddr, ctx: &Context) -> Response<ProxyBody> {
+async fn to_app(
+    req: Request<Incoming>,
+    pod_ip: IpAddr,
+    loopback: IpAddr,
+    ctx: &Context,
+) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
     let port = parts
         .headers
@@ -89,11 +97,15 @@ async fn to_app(req: Request<Incoming>, loopback: IpAddr, ctx: &Context) -> Resp
             "a request from a peer without x-mesh-target-port",
         );
     };
-    if ctx.config.own_ports().contains(&port) {
-        return inbound_error(
-            StatusCode::FORBIDDEN,
-            &format!("port {port} is the proxy's own"),
-        );
+    // Only ports a Service exposes on this pod: the peer port is no way into loopback-only services.
+    let exposed = ctx
+        .xds
+        .routing
+        .load()
+        .is_endpoint(SocketAddr::new(pod_ip, port));
+    if ctx.config.own_ports().contains(&port) || !exposed {
+        let reason = format!("port {port} of {pod_ip} is no endpoint of any Service");
+        return inbound_error(StatusCode::FORBIDDEN, &reason);
     }
     let http1 = parts.headers.remove(ORIG_PROTO).is_some();
     if let Some(host) = parts.headers.remove(ORIG_HOST) {

@@ -176,9 +176,18 @@ impl Action {
 #[derive(Debug, Default)]
 pub struct Routing {
     pub services: HashMap<SocketAddr, Service>,
+    /// Every endpoint port, by endpoint address: what a peer may ask this pod's sidecar for.
+    pub endpoint_ports: HashMap<std::net::IpAddr, std::collections::HashSet<u16>>,
 }
 
 impl Routing {
+    /// Whether some Service has `addr` as an endpoint.
+    pub fn is_endpoint(&self, addr: SocketAddr) -> bool {
+        self.endpoint_ports
+            .get(&addr.ip())
+            .is_some_and(|ports| ports.contains(&addr.port()))
+    }
+
     pub fn service(&self, addr: &SocketAddr) -> Option<&Service> {
         self.services.get(addr)
     }

@@ -614,3 +614,43 @@ fn http1_requests_of_many_connections_share_one_http2_connection_between_sidecar
     );
     Ok(())
 }
+
+#[test]
+fn the_peer_port_only_reaches_ports_a_service_exposes() -> anyhow::Result<()> {
+    let s = scene("cp-peer")?;
+    // A loopback-only service in pod b that no Service exposes.
+    let _private =
+        s.b.start_app(&["http", "--listen", "127.0.0.1:9999", "--name", "private"])?;
+    let peer = |port: u16| -> anyhow::Result<String> {
+        let out = s.a.curl(&[
+            "-i",
+            "--http2-prior-knowledge",
+            "-H",
+            &format!("x-mesh-target-port: {port}"),
+            // As a peer sidecar marks an HTTP/1.1 request (the test app speaks only HTTP/1.1).
+            "-H",
+            "x-mesh-orig-proto: HTTP/1.1",
+            &format!("http://{}:15008/", s.b.ipv4),
+        ])?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    let refused = peer(9999)?;
+    assert!(refused.starts_with("HTTP/2 403"), "{refused}");
+    assert!(
+        refused.contains(
+            "x-mesh-error: mesh-proxy inbound: port 9999 of 10.77.0.4 is no endpoint of any Service"
+        ),
+        "{refused}"
+    );
+    let served = peer(8080)?;
+    assert!(
+        served.starts_with("HTTP/2 200") && served.ends_with("hello from b\n"),
+        "{served}"
+    );
+    Ok(())
+}

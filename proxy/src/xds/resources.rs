@@ -673,6 +673,16 @@ impl Resources {
             })
             .collect();
         endpoint_state.retain(&live);
+        let mut endpoint_ports: std::collections::HashMap<
+            std::net::IpAddr,
+            std::collections::HashSet<u16>,
+        > = std::collections::HashMap::new();
+        for (_, addr) in &live {
+            endpoint_ports
+                .entry(addr.ip())
+                .or_default()
+                .insert(addr.port());
+        }
         let mut services = std::collections::HashMap::new();
         for (name, l) in &self.listeners {
             let table = match &l.target {
@@ -737,7 +747,10 @@ impl Resources {
                 },
             );
         }
-        Routing { services }
+        Routing {
+            services,
+            endpoint_ports,
+        }
     }
 }
 
