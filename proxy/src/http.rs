@@ -111,9 +111,15 @@ pub async fn serve_outbound(
     }
 }
 
-/// A response the proxy made itself, with the reason in `x-mesh-error` and the body.
+/// A response the outbound side made itself (see [`side_error`]).
 pub fn mesh_error(status: StatusCode, reason: &str) -> Response<ProxyBody> {
-    let text = format!("mesh-proxy outbound: {reason}");
+    side_error("outbound", status, reason)
+}
+
+/// A response the proxy made itself: `mesh-proxy <side>: <reason>` in `x-mesh-error`, in the
+/// body, and in the log.
+pub fn side_error(side: &str, status: StatusCode, reason: &str) -> Response<ProxyBody> {
+    let text = format!("mesh-proxy {side}: {reason}");
     tracing::warn!(status = status.as_u16(), "{text}");
     let mut resp = Response::new(
         Full::new(Bytes::from(format!("{text}\n")))

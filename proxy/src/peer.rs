@@ -10,17 +10,16 @@ use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{HOST, HeaderName, HeaderValue};
+use hyper::header::HOST;
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use crate::forward::Context;
-use crate::http::{MESH_ERROR, ProxyBody};
+use crate::http::{ProxyBody, side_error};
 use crate::metrics::{Direction, inc};
 
 /// The app port a request between sidecars is for.
@@ -64,19 +63,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
 }
 
 fn inbound_error(status: StatusCode, reason: &str) -> Response<ProxyBody> {
-    let text = format!("mesh-proxy inbound: {reason}");
-    tracing::warn!(status = status.as_u16(), "{text}");
-    let mut resp = Response::new(
-        Full::new(Bytes::from(format!("{text}\n")))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *resp.status_mut() = status;
-    if let Ok(v) = HeaderValue::from_str(&text) {
-        resp.headers_mut()
-            .insert(HeaderName::from_static(MESH_ERROR), v);
-    }
-    resp
+    side_error("inbound", status, reason)
 }
 
 /// Restores a peer's request and sends it to the app on loopback.
