@@ -8,6 +8,8 @@
 //! | GET | `/v1/history[?limit=n]` | revisions, newest first |
 //! | GET | `/v1/proxies` | connected proxies and what each ACKed or NACKed |
 //! | GET | `/v1/wait?generation=g&timeoutMs=t` | until every proxy synced `g` or NACKed it |
+//! | POST | `/v1/tokens?namespace=ns&serviceAccount=sa[&ttlSeconds=n]` | a workload token for the CA |
+//! | GET | `/v1/ca/bundle` | the trust bundle (PEM) |
 //! | GET | `/ready`, `/metrics` | no token needed |
 //!
 //! With a token configured, `/v1/*` requires `Authorization: Bearer <token>`.
@@ -25,6 +27,10 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use mesh_proto::spiffe::SpiffeId;
+
+use crate::ca::Authority;
+use crate::ca::token::TokenSigner;
 use crate::controller::{ControlError, Controller};
 use crate::registry::wait_outcome;
 use crate::resource::{Key, Kind};
@@ -36,14 +42,82 @@ const MAX_BODY: usize = 8 * 1024 * 1024;
 pub struct Api {
     controller: Arc<Controller>,
     token: Option<Arc<str>>,
+    ca: Option<(Arc<TokenSigner>, Arc<Authority>)>,
 }
+
+/// A token `meshctl token create` printed.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct IssuedToken {
+    token: String,
+    namespace: String,
+    service_account: String,
+    identity: String,
+    /// Unix seconds.
+    expires: u64,
+}
+
+/// Tokens live a day unless asked otherwise, at most a year.
+const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(86_400);
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(365 * 86_400);
 
 impl Api {
     pub fn new(controller: Arc<Controller>, token: Option<String>) -> Api {
         Api {
             controller,
             token: token.map(Into::into),
+            ca: None,
         }
+    }
+
+    /// Serves tokens and the trust bundle of this CA too.
+    pub fn with_ca(mut self, tokens: Arc<TokenSigner>, authority: Arc<Authority>) -> Api {
+        self.ca = Some((tokens, authority));
+        self
+    }
+
+    fn create_token(&self, query: &str) -> Response<Full<Bytes>> {
+        let Some((tokens, authority)) = &self.ca else {
+            return error(StatusCode::NOT_FOUND, "this meshd runs without a CA");
+        };
+        let (Some(namespace), Some(service_account)) =
+            (param(query, "namespace"), param(query, "serviceAccount"))
+        else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "query parameters `namespace` and `serviceAccount` are required",
+            );
+        };
+        let ttl = match param(query, "ttlSeconds").map(|t| t.parse::<u64>()) {
+            None => DEFAULT_TOKEN_TTL,
+            Some(Ok(secs)) if secs > 0 && secs <= MAX_TOKEN_TTL.as_secs() => {
+                Duration::from_secs(secs)
+            }
+            Some(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                        "ttlSeconds must be a number from 1 to {}",
+                        MAX_TOKEN_TTL.as_secs()
+                    ),
+                );
+            }
+        };
+        let identity = match SpiffeId::new(authority.trust_domain(), &namespace, &service_account) {
+            Ok(id) => id,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+        };
+        let (token, expires) = tokens.create(&namespace, &service_account, ttl);
+        json(
+            StatusCode::OK,
+            &IssuedToken {
+                token,
+                namespace,
+                service_account,
+                identity: identity.to_string(),
+                expires,
+            },
+        )
     }
 
     /// Serves the API on `listener` until the task is dropped.
@@ -143,6 +217,11 @@ impl Api {
                 json(StatusCode::OK, &self.controller.registry.list())
             }
             (&Method::GET, ["v1", "wait"]) => self.wait(&query).await,
+            (&Method::POST, ["v1", "tokens"]) => self.create_token(&query),
+            (&Method::GET, ["v1", "ca", "bundle"]) => match &self.ca {
+                Some((_, authority)) => text(StatusCode::OK, authority.bundle().concat()),
+                None => error(StatusCode::NOT_FOUND, "this meshd runs without a CA"),
+            },
             _ => error(
                 StatusCode::NOT_FOUND,
                 &format!("no route for {method} {path}"),

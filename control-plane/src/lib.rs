@@ -3,6 +3,7 @@
 
 pub mod ads;
 pub mod api;
+pub mod ca;
 pub mod client;
 pub mod controller;
 pub mod meshctl;

@@ -44,6 +44,13 @@ pub enum Command {
     History {
         output: Output,
     },
+    TokenCreate {
+        namespace: String,
+        service_account: String,
+        ttl: String,
+        output: Output,
+    },
+    CaBundle,
 }
 
 /// Runs `command`; returns the text to print.
@@ -87,7 +94,48 @@ pub async fn run(client: &ApiClient, command: Command) -> anyhow::Result<String>
             let body = call(client, Method::GET, "/v1/history", None).await?;
             render(&body, output, history_table)
         }
+        Command::TokenCreate {
+            namespace,
+            service_account,
+            ttl,
+            output,
+        } => {
+            let ttl = parse_ttl(&ttl)?;
+            let path = format!(
+                "/v1/tokens?namespace={namespace}&serviceAccount={service_account}&ttlSeconds={ttl}"
+            );
+            let body = call(client, Method::POST, &path, None).await?;
+            match output {
+                Output::Table => Ok(format!("{}\n", s(&body["token"]))),
+                other => render(&body, other, |_| String::new()),
+            }
+        }
+        Command::CaBundle => {
+            let (status, bytes) = client.request(Method::GET, "/v1/ca/bundle", None).await?;
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            if !status.is_success() {
+                bail!("{} ({status})", text.trim());
+            }
+            Ok(text)
+        }
     }
+}
+
+/// A token lifetime: `90s`, `30m`, `24h` or `30d`, in seconds.
+fn parse_ttl(ttl: &str) -> anyhow::Result<u64> {
+    let split = ttl.find(|c: char| !c.is_ascii_digit()).unwrap_or(ttl.len());
+    let (num, unit) = ttl.split_at(split);
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("--ttl `{ttl}` is not a duration (e.g. 1h, 24h, 30d)"))?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => bail!("--ttl `{ttl}`: unknown unit `{unit}` (use s, m, h or d)"),
+    };
+    Ok(n * scale)
 }
 
 fn parse_kind(kind: &str) -> anyhow::Result<Kind> {

@@ -13,6 +13,8 @@ pub struct Metrics {
     push_latency_us_sum: AtomicU64,
     push_latency_count: AtomicU64,
     push_latency_us_max: AtomicU64,
+    certificates_issued: AtomicU64,
+    certificates_refused: AtomicU64,
 }
 
 fn index(ty: XdsType) -> usize {
@@ -27,6 +29,16 @@ impl Metrics {
         self.push_latency_us_sum.fetch_add(us, Ordering::Relaxed);
         self.push_latency_count.fetch_add(1, Ordering::Relaxed);
         self.push_latency_us_max.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// The CA answered a certificate request (`issued`) or refused it.
+    pub fn certificate_issued(&self, issued: bool) {
+        let counter = if issued {
+            &self.certificates_issued
+        } else {
+            &self.certificates_refused
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn nacked(&self, ty: XdsType) {
@@ -79,6 +91,12 @@ impl Metrics {
         let _ = writeln!(
             out,
             "# HELP meshd_xds_push_seconds_max Longest push so far.\n# TYPE meshd_xds_push_seconds_max gauge\nmeshd_xds_push_seconds_max {max}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP meshd_ca_requests_total Certificate requests, by outcome.\n# TYPE meshd_ca_requests_total counter\nmeshd_ca_requests_total{{outcome=\"issued\"}} {}\nmeshd_ca_requests_total{{outcome=\"refused\"}} {}",
+            self.certificates_issued.load(Ordering::Relaxed),
+            self.certificates_refused.load(Ordering::Relaxed)
         );
         out
     }

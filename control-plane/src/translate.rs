@@ -314,6 +314,26 @@ fn mesh_metadata(key: &str, v: Value) -> Metadata {
     }
 }
 
+fn string_value(s: &str) -> Value {
+    Value {
+        kind: Some(value::Kind::StringValue(s.to_string())),
+    }
+}
+
+/// `mesh.sidecar: "ns/<namespace>/sa/<service-account>"`: the endpoint has a sidecar, whose
+/// identity is that path of a SPIFFE ID in the mesh's trust domain. (One field: a protobuf
+/// `Struct` with more would encode its map in a different order each time, and every snapshot
+/// would look changed.)
+fn sidecar_metadata(w: &Workload) -> Metadata {
+    mesh_metadata(
+        "sidecar",
+        string_value(&format!(
+            "ns/{}/sa/{}",
+            w.metadata.namespace, w.spec.service_account
+        )),
+    )
+}
+
 fn selects(selector: &std::collections::BTreeMap<String, String>, workload: &Workload) -> bool {
     !selector.is_empty()
         && selector
@@ -327,14 +347,17 @@ fn load_assignment(
     port: &ServicePort,
     workloads: &[(&Workload, bool)],
 ) -> ClusterLoadAssignment {
-    // By address; an address with a sidecar counts as meshed.
-    let mut addrs: BTreeMap<SocketAddr, bool> = BTreeMap::new();
+    // By address; an address with a sidecar counts as meshed, with its sidecar's identity.
+    let mut addrs: BTreeMap<SocketAddr, Option<&Workload>> = BTreeMap::new();
     for (w, sidecar) in workloads {
         if w.metadata.namespace == service.metadata.namespace && selects(&service.spec.selector, w)
         {
-            *addrs
+            let entry = addrs
                 .entry(SocketAddr::new(w.spec.address, port.target()))
-                .or_default() |= *sidecar;
+                .or_default();
+            if *sidecar {
+                *entry = Some(w);
+            }
         }
     }
     let lb_endpoints = addrs
@@ -344,15 +367,9 @@ fn load_assignment(
                 address: Some(socket_address(addr)),
                 ..Default::default()
             })),
-            // Endpoints with a sidecar are reached over HTTP/2 between the sidecars.
-            metadata: sidecar.then(|| {
-                mesh_metadata(
-                    "sidecar",
-                    Value {
-                        kind: Some(value::Kind::BoolValue(true)),
-                    },
-                )
-            }),
+            // Endpoints with a sidecar are reached through it (HTTP/2, mutual TLS); its identity
+            // is what the client side verifies.
+            metadata: sidecar.map(sidecar_metadata),
             ..Default::default()
         })
         .collect();

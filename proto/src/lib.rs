@@ -10,6 +10,8 @@
 pub use envoy_types::pb::envoy;
 pub use envoy_types::pb::google;
 pub use prost;
+
+pub mod spiffe;
 pub use tonic;
 
 pub use envoy_types::pb::envoy::service::discovery::v3::{

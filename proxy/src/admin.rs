@@ -50,6 +50,17 @@ pub fn respond(method: &Method, path: &str, ctx: &Context, drain: &Drain) -> Res
             StatusCode::SERVICE_UNAVAILABLE,
             "waiting for the first configuration from the control plane\n".into(),
         ),
+        (&Method::GET, "/ready")
+            if ctx
+                .tls
+                .as_ref()
+                .is_some_and(|tls| !tls.identity().is_ready()) =>
+        {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no workload certificate from meshd's CA yet\n".into(),
+            )
+        }
         (&Method::GET, "/ready") => text(StatusCode::OK, "ready\n".into()),
         (&Method::GET, "/config_dump") => {
             let body = serde_json::to_string_pretty(&ctx.xds.dump()).unwrap_or_default();
@@ -103,8 +114,9 @@ mod tests {
         Context {
             config: ProxyConfig::default(),
             metrics: Metrics::default(),
-            http: crate::http::HttpClients::new(std::time::Duration::from_secs(1)),
+            http: crate::http::HttpClients::new(std::time::Duration::from_secs(1), None),
             xds: std::sync::Arc::new(crate::xds::Xds::standalone()),
+            tls: None,
         }
     }
 

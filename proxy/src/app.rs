@@ -10,8 +10,11 @@ use crate::admin;
 use crate::config::ProxyConfig;
 use crate::drain::Drain;
 use crate::forward::Context;
+use crate::identity::Identity;
 use crate::listener::{accept_loop, bind, bind_all};
 use crate::metrics::{Direction, Metrics};
+use crate::peer_client::PeerConnector;
+use crate::tls::MeshTls;
 use crate::xds::Xds;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +28,10 @@ pub enum ProxyError {
         #[source]
         source: io::Error,
     },
+    #[error("identity: {0}")]
+    Identity(#[from] crate::identity::IdentityError),
+    #[error("TLS setup: {0}")]
+    Tls(#[from] rustls::Error),
     #[error("cannot install the signal handler: {0}")]
     Signal(#[source] io::Error),
 }
@@ -55,12 +62,29 @@ pub async fn run(config: ProxyConfig) -> Result<(), ProxyError> {
         }
         None => Arc::new(Xds::standalone()),
     };
-    let http = crate::http::HttpClients::new(config.connect_timeout);
+    let tls = match &config.identity {
+        Some(wanted) => {
+            let identity = Arc::new(Identity::new(
+                wanted.id.clone(),
+                &wanted.bundle_path,
+                &wanted.bundle_pem,
+            )?);
+            let tls = Arc::new(MeshTls::new(identity.clone())?);
+            tokio::spawn(crate::identity::run(wanted.clone(), identity));
+            Some(tls)
+        }
+        None => None,
+    };
+    let peer_connector = tls
+        .as_ref()
+        .map(|tls| PeerConnector::new(tls.clone(), xds.clone(), config.connect_timeout));
+    let http = crate::http::HttpClients::new(config.connect_timeout, peer_connector);
     let ctx = Arc::new(Context {
         config,
         metrics: Metrics::default(),
         http,
         xds,
+        tls,
     });
     for (listeners, direction) in [
         (outbound, Direction::Outbound),

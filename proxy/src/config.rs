@@ -30,6 +30,8 @@ pub struct ProxyConfig {
     pub detect_timeout: Duration,
     /// The control plane to follow; none means passthrough only.
     pub xds: Option<crate::xds::client::XdsConfig>,
+    /// The workload identity to get from meshd's CA; none means no mutual TLS.
+    pub identity: Option<crate::identity::IdentityConfig>,
 }
 
 impl ProxyConfig {
@@ -57,6 +59,7 @@ impl Default for ProxyConfig {
             relay_mode: RelayMode::Splice,
             detect_timeout: Duration::from_secs(1),
             xds: None,
+            identity: None,
         }
     }
 }

@@ -3,8 +3,10 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
@@ -12,10 +14,12 @@ use crate::balance::Endpoint;
 use crate::config::ProxyConfig;
 use crate::detect::{Protocol, detect};
 use crate::io::Rewind;
-use crate::metrics::{Direction, Metrics, RefuseReason, inc};
+use crate::metrics::{Direction, Metrics, RefuseReason, TcpMetrics, inc};
 use crate::orig_dst::original_dst;
+use crate::peer_client::open_tcp;
 use crate::relay::{Counters, relay};
 use crate::routing::{NoEndpoint, random_u32};
+use crate::tls::MeshTls;
 use crate::xds::Xds;
 
 /// What the proxy does with a connection.
@@ -68,8 +72,10 @@ pub struct Context {
     pub config: ProxyConfig,
     pub metrics: Metrics,
     pub xds: Arc<Xds>,
-    /// Pooled upstream HTTP/1.1 connections.
+    /// Pooled upstream HTTP connections.
     pub http: crate::http::HttpClients,
+    /// Mutual TLS between sidecars, when the proxy has an identity.
+    pub tls: Option<Arc<crate::tls::MeshTls>>,
 }
 
 /// Where an outbound connection goes.
@@ -124,12 +130,17 @@ pub async fn handle(
     );
     // An opaque connection to a Service endpoint counts as a request in flight while it lasts.
     let mut in_flight = None;
+    // A meshed endpoint is reached through its sidecar, over mutual TLS.
+    let mut via_peer = None;
     let target = match decision {
         Decision::Forward(orig) if direction == Direction::Outbound => {
             match resolve_outbound(&ctx.xds, orig) {
                 Ok(Outbound::Passthrough(target)) => target,
                 Ok(Outbound::Opaque(endpoint)) => {
                     in_flight = Some(endpoint.start());
+                    if let (true, Some(tls)) = (endpoint.meshed(), &ctx.tls) {
+                        via_peer = Some(tls.clone());
+                    }
                     endpoint.addr
                 }
                 Ok(Outbound::Http) => {
@@ -159,6 +170,9 @@ pub async fn handle(
     async {
         let _in_flight = in_flight;
         inc(&metrics.opened);
+        if let Some(tls) = via_peer {
+            return to_peer_tcp(downstream, b"", target, &tls, &ctx, metrics).await;
+        }
         let start = Instant::now();
         let upstream = match tokio::time::timeout(
             ctx.config.connect_timeout,
@@ -194,7 +208,7 @@ pub async fn handle(
 }
 
 /// Resets the downstream connection so the client sees the failure, and logs who failed and why.
-fn connect_failed(downstream: &TcpStream, metrics: &crate::metrics::TcpMetrics, why: &str) {
+fn connect_failed(downstream: &TcpStream, metrics: &TcpMetrics, why: &str) {
     inc(&metrics.connect_errors);
     inc(&metrics.closed);
     let _ = socket2::SockRef::from(downstream).set_linger(Some(std::time::Duration::ZERO));
@@ -202,6 +216,50 @@ fn connect_failed(downstream: &TcpStream, metrics: &crate::metrics::TcpMetrics, 
         error = why,
         "mesh-proxy could not connect to the destination; resetting the client connection"
     );
+}
+
+/// An opaque stream to the meshed endpoint `target`: through its sidecar's peer port, over
+/// mutual TLS (`mesh/tcp`), `prefix` (bytes already read from the client) first.
+async fn to_peer_tcp(
+    mut downstream: TcpStream,
+    prefix: &[u8],
+    target: SocketAddr,
+    tls: &MeshTls,
+    ctx: &Context,
+    metrics: &TcpMetrics,
+) {
+    let peer = SocketAddr::new(target.ip(), ctx.config.peer_addr.port());
+    let opened = open_tcp(
+        tls,
+        &ctx.xds,
+        peer,
+        target.port(),
+        ctx.config.connect_timeout,
+    )
+    .await;
+    let mut upstream = match opened {
+        Ok(s) => s,
+        Err(e) => return connect_failed(&downstream, metrics, &e.to_string()),
+    };
+    let _ = downstream.set_nodelay(true);
+    if !prefix.is_empty() {
+        if let Err(e) = upstream.write_all(prefix).await {
+            inc(&metrics.closed);
+            tracing::debug!(error = %e, "peer stream failed");
+            return;
+        }
+    }
+    match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+        Ok((up, down)) => {
+            metrics
+                .received_bytes
+                .fetch_add(up + prefix.len() as u64, Ordering::Relaxed);
+            metrics.sent_bytes.fetch_add(down, Ordering::Relaxed);
+            tracing::debug!(bytes_in = up, bytes_out = down, "closed (mTLS)");
+        }
+        Err(e) => tracing::debug!(error = %e, "closed with error (mTLS)"),
+    }
+    inc(&metrics.closed);
 }
 
 /// An outbound connection to an HTTP Service port: detect the protocol, then route HTTP/1.1
@@ -255,6 +313,9 @@ async fn serve_http(
             return;
         };
         let _in_flight = endpoint.start();
+        if let (true, Some(tls)) = (endpoint.meshed(), &ctx.tls) {
+            return to_peer_tcp(downstream, &prefix, endpoint.addr, tls, &ctx, metrics).await;
+        }
         let upstream = match tokio::time::timeout(
             ctx.config.connect_timeout,
             TcpStream::connect(endpoint.addr),

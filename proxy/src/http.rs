@@ -16,8 +16,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, LOCATION, TE, UPGRADE};
 use hyper::{Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
@@ -25,6 +25,7 @@ use crate::detect::Protocol;
 use crate::forward::Context;
 use crate::io::Rewind;
 use crate::peer::{ORIG_HOST, ORIG_PROTO, TARGET_PORT};
+use crate::peer_client::PeerConnector;
 use crate::request_metrics::RouteStats;
 use crate::route::RequestView;
 use crate::routing::{Action, NoEndpoint, Route, random_u32};
@@ -47,17 +48,19 @@ const HOP_BY_HOP: [&str; 7] = [
     "upgrade",
 ];
 
-/// The pooled upstream HTTP/1.1 client.
 /// Pooled upstream connections, one pool per protocol: a request goes upstream in the protocol
-/// the client spoke (HTTP/2 stays HTTP/2, which gRPC needs; HTTP/1.1 stays HTTP/1.1).
+/// the client spoke (HTTP/2 stays HTTP/2, which gRPC needs; HTTP/1.1 stays HTTP/1.1). Requests
+/// to a peer sidecar go over its own pool of mutual-TLS HTTP/2 connections when the proxy has an
+/// identity.
 #[derive(Debug, Clone)]
 pub struct HttpClients {
     http1: Client<HttpConnector, Incoming>,
     http2: Client<HttpConnector, Incoming>,
+    peer: Option<Client<PeerConnector, Incoming>>,
 }
 
 impl HttpClients {
-    pub fn new(connect_timeout: Duration) -> HttpClients {
+    pub fn new(connect_timeout: Duration, peer: Option<PeerConnector>) -> HttpClients {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
@@ -67,9 +70,24 @@ impl HttpClients {
                 .http2_only(http2);
             b.build(connector.clone())
         };
+        let peer = peer.map(|connector| {
+            let mut b = Client::builder(TokioExecutor::new());
+            b.pool_idle_timeout(Duration::from_secs(90))
+                .http2_only(true);
+            b.build(connector)
+        });
         HttpClients {
             http1: builder(false),
             http2: builder(true),
+            peer,
+        }
+    }
+
+    /// Sends `req`; `to_peer` when it goes to a peer sidecar's port.
+    pub fn send(&self, req: Request<Incoming>, to_peer: bool) -> ResponseFuture {
+        match (&self.peer, to_peer) {
+            (Some(peer), true) => peer.request(req),
+            _ => self.for_version(req.version()).request(req),
         }
     }
 
@@ -265,7 +283,7 @@ async fn forward(
             Ok(r) => r,
             Err(reason) => return mesh_error(StatusCode::BAD_REQUEST, &reason),
         };
-    let sent = ctx.http.for_version(upstream.version()).request(upstream);
+    let sent = ctx.http.send(upstream, peer_port.is_some());
     let result = match route.timeout {
         Some(limit) => match tokio::time::timeout(limit, sent).await {
             Ok(r) => r,

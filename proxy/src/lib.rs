@@ -4,7 +4,7 @@
 //! back with [`orig_dst`], [`forward`] decides where it goes (or refuses a loop) and [`relay`] moves
 //! the bytes, counted in [`metrics`]. [`admin`] serves readiness, metrics and shutdown; [`drain`]
 //! coordinates a graceful stop. [`xds`] follows the control plane and keeps the [`routing`]
-//! table that outbound connections to a Service's virtual IP are balanced by. [`app`] wires these together from a [`config::ProxyConfig`].
+//! table that outbound connections to a Service's virtual IP are balanced by. [`identity`] holds the workload certificate that [`tls`] uses between sidecars. [`app`] wires these together from a [`config::ProxyConfig`].
 
 pub mod admin;
 pub mod app;
@@ -14,15 +14,19 @@ pub mod detect;
 pub mod drain;
 pub mod forward;
 pub mod http;
+pub mod identity;
 pub mod io;
 pub mod listener;
+pub mod meshd;
 pub mod metrics;
 pub mod orig_dst;
 pub mod peer;
+pub mod peer_client;
 pub mod relay;
 pub mod request_metrics;
 pub mod route;
 pub mod routing;
+pub mod tls;
 pub mod xds;
 
 pub use app::{ProxyError, run};

@@ -8,7 +8,10 @@ use anyhow::Context as _;
 use clap::Parser;
 use mesh_proto::envoy::config::core::v3::Node;
 use mesh_proto::node_meta;
+use mesh_proto::spiffe::SpiffeId;
 use mesh_proxy::config::{ProxyConfig, RelayMode, parse_duration};
+use mesh_proxy::identity::{IdentityConfig, TokenSource};
+use mesh_proxy::meshd::MeshdEndpoint;
 use mesh_proxy::xds::client::XdsConfig;
 
 #[derive(Debug, Parser)]
@@ -67,6 +70,36 @@ struct Args {
     /// connection as opaque TCP (ports with appProtocol tcp skip detection).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     detect_timeout: Duration,
+    /// The mesh's trust bundle (PEM; `meshctl ca bundle`, or meshd's `<data-dir>/ca/trust-bundle.pem`):
+    /// what meshd and peer sidecars are verified against.
+    #[arg(long, env = "MESH_TRUST_BUNDLE")]
+    trust_bundle: Option<std::path::PathBuf>,
+    /// The name meshd's TLS certificate carries (for `https://` addresses).
+    #[arg(long, env = "MESH_XDS_SERVER_NAME", default_value = "meshd")]
+    xds_server_name: String,
+    /// meshd's certificate service, `https://host:15012` (default: --xds-address when that is
+    /// https).
+    #[arg(long, env = "MESH_CA_ADDRESS")]
+    ca_address: Option<String>,
+    /// A file holding the token (`meshctl token create`) that proves this pod's namespace and
+    /// service account to the CA. With a token the proxy gets an identity and speaks mutual TLS
+    /// to other sidecars.
+    #[arg(long, env = "MESH_CA_TOKEN_FILE")]
+    ca_token_file: Option<std::path::PathBuf>,
+    /// The token itself (prefer --ca-token-file: arguments are visible to other users).
+    #[arg(
+        long,
+        env = "MESH_CA_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "ca_token_file"
+    )]
+    ca_token: Option<String>,
+    /// The mesh's trust domain (the host part of SPIFFE IDs).
+    #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// Certificate lifetime to ask the CA for (0: the CA's default).
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    cert_ttl: Duration,
     /// Log filter, e.g. `info` or `mesh_proxy=debug`.
     #[arg(long, env = "MESH_LOG", default_value = "info")]
     log: String,
@@ -108,6 +141,7 @@ fn main() -> anyhow::Result<()> {
         relay_mode: args.relay,
         detect_timeout: args.detect_timeout,
         xds: xds_config(&args)?,
+        identity: identity_config(&args)?,
     };
     tracing::info!(threads, relay = ?config.relay_mode, "mesh-proxy starting");
     runtime
@@ -120,9 +154,15 @@ fn xds_config(args: &Args) -> anyhow::Result<Option<XdsConfig>> {
     let Some(server) = &args.xds_address else {
         return Ok(None);
     };
-    if !server.starts_with("http://") {
-        anyhow::bail!("--xds-address `{server}` must look like http://host:port");
-    }
+    let tls = if server.starts_with("https://") {
+        Some(meshd_endpoint(args, server)?.tls)
+    } else if server.starts_with("http://") {
+        None
+    } else {
+        anyhow::bail!(
+            "--xds-address `{server}` must look like http://host:15010 or https://host:15012"
+        );
+    };
     let mut labels = BTreeMap::new();
     for pair in args
         .labels
@@ -156,6 +196,7 @@ fn xds_config(args: &Args) -> anyhow::Result<Option<XdsConfig>> {
         .unwrap_or_else(|| format!("sidecar~{pod_ip}~{workload}"));
     Ok(Some(XdsConfig {
         server: server.clone(),
+        tls: tls.flatten(),
         node: Node {
             id,
             cluster: args.namespace.clone(),
@@ -163,5 +204,58 @@ fn xds_config(args: &Args) -> anyhow::Result<Option<XdsConfig>> {
             user_agent_name: "mesh-proxy".into(),
             ..Default::default()
         },
+    }))
+}
+
+/// meshd's TLS endpoint at `url`, verified against --trust-bundle.
+fn meshd_endpoint(args: &Args, url: &str) -> anyhow::Result<MeshdEndpoint> {
+    let Some(bundle) = &args.trust_bundle else {
+        anyhow::bail!(
+            "`{url}` is TLS: give the trust bundle with --trust-bundle (e.g. `meshctl ca bundle > bundle.pem`)"
+        );
+    };
+    let pem = std::fs::read_to_string(bundle)
+        .with_context(|| format!("cannot read --trust-bundle {}", bundle.display()))?;
+    Ok(MeshdEndpoint::tls(url, &pem, &args.xds_server_name))
+}
+
+/// The identity to get from meshd's CA, when a token is given.
+fn identity_config(args: &Args) -> anyhow::Result<Option<IdentityConfig>> {
+    let token = match (&args.ca_token_file, &args.ca_token) {
+        (Some(path), _) => TokenSource::File(path.clone()),
+        (None, Some(token)) => TokenSource::Value(token.clone()),
+        (None, None) => return Ok(None),
+    };
+    let ca = args
+        .ca_address
+        .clone()
+        .or_else(|| {
+            args.xds_address
+                .clone()
+                .filter(|a| a.starts_with("https://"))
+        })
+        .context(
+            "a CA token was given but no CA: set --ca-address https://<meshd>:15012 (or an https --xds-address)",
+        )?;
+    if !ca.starts_with("https://") {
+        anyhow::bail!("--ca-address `{ca}` must be meshd's TLS port, https://host:15012");
+    }
+    let endpoint = meshd_endpoint(args, &ca)?;
+    let id = SpiffeId::new(&args.trust_domain, &args.namespace, &args.service_account)
+        .context("--trust-domain, --namespace and --service-account do not make an identity")?;
+    let bundle_path = args
+        .trust_bundle
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let bundle_pem = std::fs::read_to_string(&bundle_path)
+        .with_context(|| format!("cannot read --trust-bundle {bundle_path}"))?;
+    Ok(Some(IdentityConfig {
+        id,
+        ca: endpoint,
+        token,
+        requested_ttl: args.cert_ttl,
+        bundle_pem,
+        bundle_path,
     }))
 }

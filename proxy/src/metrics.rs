@@ -30,6 +30,12 @@ pub enum RefuseReason {
     NoOriginalDst,
     /// The destination is a Service with no endpoint to send the connection to.
     NoEndpoint,
+    /// A peer failed mutual TLS, or proved no mesh identity.
+    Tls,
+    /// Plaintext from outside the mesh where PeerAuthentication says STRICT.
+    Plaintext,
+    /// An AuthorizationPolicy denied it.
+    Denied,
 }
 
 impl RefuseReason {
@@ -38,6 +44,9 @@ impl RefuseReason {
             RefuseReason::Loop => "loop",
             RefuseReason::NoOriginalDst => "no_original_dst",
             RefuseReason::NoEndpoint => "no_endpoint",
+            RefuseReason::Tls => "tls",
+            RefuseReason::Plaintext => "plaintext",
+            RefuseReason::Denied => "denied",
         }
     }
 }
@@ -54,6 +63,9 @@ pub struct TcpMetrics {
     pub connect_errors: AtomicU64,
     refused_loop: AtomicU64,
     refused_no_orig_dst: AtomicU64,
+    refused_tls: AtomicU64,
+    refused_plaintext: AtomicU64,
+    refused_denied: AtomicU64,
     refused_no_endpoint: AtomicU64,
 }
 
@@ -63,6 +75,9 @@ impl TcpMetrics {
             RefuseReason::Loop => &self.refused_loop,
             RefuseReason::NoOriginalDst => &self.refused_no_orig_dst,
             RefuseReason::NoEndpoint => &self.refused_no_endpoint,
+            RefuseReason::Tls => &self.refused_tls,
+            RefuseReason::Plaintext => &self.refused_plaintext,
+            RefuseReason::Denied => &self.refused_denied,
         }
     }
 }
@@ -140,6 +155,9 @@ impl Metrics {
                 RefuseReason::Loop,
                 RefuseReason::NoOriginalDst,
                 RefuseReason::NoEndpoint,
+                RefuseReason::Tls,
+                RefuseReason::Plaintext,
+                RefuseReason::Denied,
             ] {
                 let v = self.tcp(d).refused(r).load(Ordering::Relaxed);
                 let _ = writeln!(

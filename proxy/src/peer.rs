@@ -1,4 +1,5 @@
-//! The peer port (15008): where sidecars reach each other with HTTP/2.
+//! The peer port (15008): where sidecars reach each other, over mutual TLS when they have
+//! identities (see [`crate::tls`]).
 //!
 //! An outbound sidecar sends the HTTP requests for a meshed endpoint over one multiplexed HTTP/2
 //! connection to that endpoint's sidecar, whatever protocol its clients spoke. Each request
@@ -12,15 +13,18 @@ use std::sync::Arc;
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::HOST;
+use hyper::header::{HOST, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_proto::spiffe::SpiffeId;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use crate::forward::Context;
 use crate::http::{ProxyBody, side_error};
-use crate::metrics::{Direction, inc};
+use crate::metrics::{Direction, RefuseReason, inc};
+use crate::tls::{Carriage, peer_identity};
 
 /// The app port a request between sidecars is for.
 pub const TARGET_PORT: &str = "x-mesh-target-port";
@@ -29,37 +33,165 @@ pub const ORIG_PROTO: &str = "x-mesh-orig-proto";
 /// The client's `Host`, for an HTTP/1.1 request.
 pub const ORIG_HOST: &str = "x-mesh-orig-host";
 
-/// Serves one HTTP/2 connection from a peer sidecar.
+/// The header that tells the app who called: `By=<this pod's identity>;URI=<the caller's>`
+/// (Envoy's format). The mesh sets it on requests from an authenticated peer and removes it from
+/// every other request, so the app can trust it.
+pub const CLIENT_CERT: &str = "x-forwarded-client-cert";
+
+/// Serves one connection from a peer sidecar: mutual TLS first when this proxy has an identity
+/// (then ALPN says HTTP/2 or one opaque stream), plaintext HTTP/2 otherwise.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
     let Ok(local) = stream.local_addr() else {
         return;
     };
-    let metrics = ctx.metrics.tcp(Direction::Inbound);
-    inc(&metrics.opened);
+    inc(&ctx.metrics.tcp(Direction::Inbound).opened);
     let _ = stream.set_nodelay(true);
-    let loopback: IpAddr = match local {
-        SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
-        SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
-    };
     let span = tracing::info_span!("peer", %peer);
-    let service = {
-        let ctx = ctx.clone();
-        hyper::service::service_fn(move |req| {
-            let ctx = ctx.clone();
-            async move { Ok::<_, Infallible>(to_app(req, local.ip(), loopback, &ctx).await) }
-        })
-    };
+    let counted = ctx.clone();
     async {
-        if let Err(e) = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .serve_connection(TokioIo::new(stream), service)
-            .await
-        {
-            tracing::debug!(error = %e, "peer connection ended with an error");
+        let Some(tls) = ctx.tls.clone() else {
+            serve_http2(stream, local, None, ctx).await;
+            return;
+        };
+        let accepted =
+            tokio::time::timeout(ctx.config.connect_timeout, tls.acceptor().accept(stream)).await;
+        let stream = match accepted {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                inc(ctx
+                    .metrics
+                    .tcp(Direction::Inbound)
+                    .refused(RefuseReason::Tls));
+                tracing::warn!(error = %e, "mesh-proxy inbound: refused a peer: mutual TLS failed");
+                return;
+            }
+            Err(_) => {
+                inc(ctx
+                    .metrics
+                    .tcp(Direction::Inbound)
+                    .refused(RefuseReason::Tls));
+                tracing::warn!("mesh-proxy inbound: refused a peer: no TLS handshake in time");
+                return;
+            }
+        };
+        let conn = stream.get_ref().1;
+        let caller = peer_identity(conn);
+        let carriage = Carriage::from_alpn(conn.alpn_protocol());
+        match (caller, carriage) {
+            (Some(caller), Some(Carriage::Http2)) => {
+                tracing::debug!(%caller, "peer authenticated (HTTP/2)");
+                serve_http2(stream, local, Some(Arc::new(caller)), ctx).await;
+            }
+            (Some(caller), Some(Carriage::Tcp)) => {
+                tracing::debug!(%caller, "peer authenticated (TCP)");
+                serve_tcp(stream, local, caller, ctx).await;
+            }
+            (caller, carriage) => {
+                inc(ctx
+                    .metrics
+                    .tcp(Direction::Inbound)
+                    .refused(RefuseReason::Tls));
+                tracing::warn!(
+                    ?caller,
+                    ?carriage,
+                    "mesh-proxy inbound: refused a peer without a SPIFFE ID or a mesh ALPN"
+                );
+            }
         }
     }
     .instrument(span)
     .await;
-    inc(&metrics.closed);
+    inc(&counted.metrics.tcp(Direction::Inbound).closed);
+}
+
+/// HTTP/2 from a peer: each request restored and sent to the app.
+async fn serve_http2<S>(
+    stream: S,
+    local: SocketAddr,
+    caller: Option<Arc<SpiffeId>>,
+    ctx: Arc<Context>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let loopback = loopback_of(local);
+    let service = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        let caller = caller.clone();
+        async move {
+            Ok::<_, Infallible>(to_app(req, local.ip(), loopback, caller.as_deref(), &ctx).await)
+        }
+    });
+    if let Err(e) = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(error = %e, "peer connection ended with an error");
+    }
+}
+
+/// One opaque stream from a peer: its first two bytes name the app port.
+async fn serve_tcp<S>(mut stream: S, local: SocketAddr, caller: SpiffeId, ctx: Arc<Context>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut port = [0u8; 2];
+    if let Err(e) = stream.read_exact(&mut port).await {
+        tracing::debug!(error = %e, "peer stream ended before its target port");
+        return;
+    }
+    let port = u16::from_be_bytes(port);
+    if let Err(reason) = check_app_port(&ctx, local.ip(), port) {
+        inc(ctx
+            .metrics
+            .tcp(Direction::Inbound)
+            .refused(RefuseReason::NoEndpoint));
+        tracing::warn!(%caller, "mesh-proxy inbound: refused a TCP stream: {reason}");
+        return;
+    }
+    let app = SocketAddr::new(loopback_of(local), port);
+    let mut upstream = match TcpStream::connect(app).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%caller, %app, error = %e, "mesh-proxy inbound: cannot connect to the app");
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    let metrics = ctx.metrics.tcp(Direction::Inbound);
+    match tokio::io::copy_bidirectional(&mut stream, &mut upstream).await {
+        Ok((from_peer, to_peer)) => {
+            metrics
+                .received_bytes
+                .fetch_add(from_peer, std::sync::atomic::Ordering::Relaxed);
+            metrics
+                .sent_bytes
+                .fetch_add(to_peer, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(%caller, %app, from_peer, to_peer, "TCP stream closed");
+        }
+        Err(e) => tracing::debug!(%caller, %app, error = %e, "TCP stream ended with an error"),
+    }
+}
+
+fn loopback_of(local: SocketAddr) -> IpAddr {
+    match local {
+        SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+        SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+    }
+}
+
+/// Only ports a Service exposes on this pod: the peer port is no way into loopback-only services.
+fn check_app_port(ctx: &Context, pod_ip: IpAddr, port: u16) -> Result<(), String> {
+    let exposed = ctx
+        .xds
+        .routing
+        .load()
+        .is_endpoint(SocketAddr::new(pod_ip, port));
+    if ctx.config.own_ports().contains(&port) || !exposed {
+        return Err(format!(
+            "port {port} of {pod_ip} is no endpoint of any Service"
+        ));
+    }
+    Ok(())
 }
 
 fn inbound_error(status: StatusCode, reason: &str) -> Response<ProxyBody> {
@@ -71,6 +203,7 @@ async fn to_app(
     req: Request<Incoming>,
     pod_ip: IpAddr,
     loopback: IpAddr,
+    caller: Option<&SpiffeId>,
     ctx: &Context,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
@@ -84,15 +217,15 @@ async fn to_app(
             "a request from a peer without x-mesh-target-port",
         );
     };
-    // Only ports a Service exposes on this pod: the peer port is no way into loopback-only services.
-    let exposed = ctx
-        .xds
-        .routing
-        .load()
-        .is_endpoint(SocketAddr::new(pod_ip, port));
-    if ctx.config.own_ports().contains(&port) || !exposed {
-        let reason = format!("port {port} of {pod_ip} is no endpoint of any Service");
+    if let Err(reason) = check_app_port(ctx, pod_ip, port) {
         return inbound_error(StatusCode::FORBIDDEN, &reason);
+    }
+    parts.headers.remove(CLIENT_CERT);
+    if let (Some(caller), Some(tls)) = (caller, &ctx.tls) {
+        let value = format!("By={};URI={caller}", tls.identity().id());
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            parts.headers.insert(CLIENT_CERT, v);
+        }
     }
     let http1 = parts.headers.remove(ORIG_PROTO).is_some();
     if let Some(host) = parts.headers.remove(ORIG_HOST) {

@@ -178,6 +178,8 @@ pub struct Routing {
     pub services: HashMap<SocketAddr, Service>,
     /// Every endpoint port, by endpoint address: what a peer may ask this pod's sidecar for.
     pub endpoint_ports: HashMap<std::net::IpAddr, std::collections::HashSet<u16>>,
+    /// The identity of each endpoint address's sidecar, as meshd published it.
+    pub sidecars: HashMap<std::net::IpAddr, crate::xds::resources::SidecarName>,
 }
 
 impl Routing {

@@ -155,6 +155,7 @@ async fn good_updates_are_acked_and_a_bad_one_is_nacked_keeping_the_last_good_co
     let xds = Arc::new(Xds::following(format!("http://{addr}")));
     let config = XdsConfig {
         server: format!("http://{addr}"),
+        tls: None,
         node: Node {
             id: "test-proxy".into(),
             ..Default::default()

@@ -8,6 +8,7 @@
 pub mod binaries;
 pub mod cmd;
 pub mod fixtures;
+pub mod identity;
 pub mod network;
 pub mod pattern;
 pub mod pod;

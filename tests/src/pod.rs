@@ -162,27 +162,73 @@ impl Pod {
         Ok(process)
     }
 
-    /// Starts the sidecar following meshd at `xds` (its gRPC address), registering this pod as
-    /// Workload `<role>` with `labels` (`k=v,k=v`).
-    pub fn start_meshed_sidecar(
+    /// Starts a sidecar that follows the meshd running in pod `cp` over TLS (port 15012), with
+    /// the identity `spiffe://cluster.local/ns/default/sa/<service_account>` from meshd's CA (a
+    /// token from `meshctl token create`), registering this pod with `labels`.
+    pub fn start_meshed_sidecar_as(
         &self,
-        xds: std::net::SocketAddr,
+        cp: &Pod,
         labels: &str,
+        service_account: &str,
+        extra: &[&str],
     ) -> anyhow::Result<Process> {
         let mut ips = self.ipv4.to_string();
         if let Some(v6) = self.ipv6 {
             ips.push_str(&format!(",{v6}"));
         }
-        self.start_sidecar(&[
-            "--xds-address",
-            &format!("http://{xds}"),
-            "--pod-ip",
-            &ips,
-            "--workload-name",
-            &self.role,
-            "--labels",
-            labels,
-        ])
+        let token = cp.run(
+            binary("meshctl")?.to_str().context("binary path")?,
+            &[
+                "token",
+                "create",
+                "-n",
+                "default",
+                "--service-account",
+                service_account,
+            ],
+        )?;
+        let bundle = cp.run(
+            binary("meshctl")?.to_str().context("binary path")?,
+            &["ca", "bundle"],
+        )?;
+        let token_file = self.secret_file("ca-token", &token, PROXY_UID)?;
+        let bundle_file =
+            self.secret_file("trust-bundle.pem", &format!("{bundle}\n"), PROXY_UID)?;
+        let mut args = vec![
+            "--xds-address".to_string(),
+            format!("https://{}:15012", cp.ipv4),
+            "--trust-bundle".to_string(),
+            bundle_file.display().to_string(),
+            "--ca-token-file".to_string(),
+            token_file.display().to_string(),
+            "--service-account".to_string(),
+            service_account.to_string(),
+            "--pod-ip".to_string(),
+            ips,
+            "--workload-name".to_string(),
+            self.role.clone(),
+            "--labels".to_string(),
+            labels.to_string(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.start_sidecar(&args)
+    }
+
+    /// [`Pod::start_meshed_sidecar_as`] with the service account `default`.
+    pub fn start_meshed_sidecar(&self, cp: &Pod, labels: &str) -> anyhow::Result<Process> {
+        self.start_meshed_sidecar_as(cp, labels, "default", &[])
+    }
+
+    /// Writes `text` to a file of this pod's that only `uid` may read.
+    pub fn secret_file(&self, name: &str, text: &str, uid: u32) -> anyhow::Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.log_dir.join(format!("{}-{name}", self.role));
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        std::os::unix::fs::chown(&path, Some(uid), Some(uid))
+            .with_context(|| format!("cannot chown {}", path.display()))?;
+        Ok(path)
     }
 
     /// Starts meshd in this pod (xDS on `0.0.0.0:15010`, API on `127.0.0.1:15080`), keeping its

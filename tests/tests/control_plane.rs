@@ -5,11 +5,11 @@
 //! both; `web-v1` and `web-v2` select one version each.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use mesh_tests::fixtures::eventually;
+use mesh_tests::identity::mint;
 use mesh_tests::{IpFamilies, Network, Pod, Process};
 
 const SERVICES: &str = "
@@ -59,10 +59,6 @@ struct Scene {
     net: Network,
 }
 
-fn xds_addr(cp: &Pod) -> SocketAddr {
-    SocketAddr::new(cp.ip(), 15010)
-}
-
 fn scene(label: &str) -> anyhow::Result<Scene> {
     let net = Network::new(label, IpFamilies::V4)?;
     let cp = net.pod("cp")?;
@@ -82,10 +78,7 @@ fn scene(label: &str) -> anyhow::Result<Scene> {
         (&c, "app=web,version=v2"),
     ] {
         pod.init_ok(&[])?;
-        sidecars.insert(
-            pod.role.clone(),
-            pod.start_meshed_sidecar(xds_addr(&cp), labels)?,
-        );
+        sidecars.insert(pod.role.clone(), pod.start_meshed_sidecar(&cp, labels)?);
     }
     let scene = Scene {
         sidecars,
@@ -375,19 +368,11 @@ fn a_server_speaks_first_protocol_on_an_opaque_port_answers_at_once() -> anyhow:
     ])?;
     d.init_ok(&[])?;
     a.init_ok(&[])?;
-    let _d_proxy = d.start_meshed_sidecar(xds_addr(&cp), "app=smtp")?;
+    let _d_proxy = d.start_meshed_sidecar(&cp, "app=smtp")?;
     // A detection timeout of an hour: if the opaque port were detected, the silent client
     // below would wait that long, and fail on its own 10 s bound.
-    let _a_proxy = a.start_sidecar(&[
-        "--xds-address",
-        &format!("http://{}", xds_addr(&cp)),
-        "--pod-ip",
-        &a.ipv4.to_string(),
-        "--workload-name",
-        "a",
-        "--detect-timeout",
-        "1h",
-    ])?;
+    let _a_proxy =
+        a.start_meshed_sidecar_as(&cp, "app=client", "default", &["--detect-timeout", "1h"])?;
     let smtp = "apiVersion: mesh.dev/v1\nkind: Service\nmetadata: {name: smtp}\nspec: {ports: [{port: 25, targetPort: 2525, appProtocol: tcp}], selector: {app: smtp}, vip: 10.96.0.25}\n";
     apply(&cp, &net, smtp, true)?;
     let out = a.run_app(&["read-line", "--connect", "10.96.0.25:25"])?;
@@ -616,41 +601,62 @@ fn http1_requests_of_many_connections_share_one_http2_connection_between_sidecar
 }
 
 #[test]
-fn the_peer_port_only_reaches_ports_a_service_exposes() -> anyhow::Result<()> {
+fn the_peer_port_takes_only_mesh_identities_and_only_ports_a_service_exposes() -> anyhow::Result<()>
+{
     let s = scene("cp-peer")?;
     // A loopback-only service in pod b that no Service exposes.
     let _private =
         s.b.start_app(&["http", "--listen", "127.0.0.1:9999", "--name", "private"])?;
-    let peer = |port: u16| -> anyhow::Result<String> {
-        let out = s.a.curl(&[
-            "-i",
-            "--http2-prior-knowledge",
-            "-H",
-            &format!("x-mesh-target-port: {port}"),
-            // As a peer sidecar marks an HTTP/1.1 request (the test app speaks only HTTP/1.1).
-            "-H",
-            "x-mesh-orig-proto: HTTP/1.1",
-            &format!("http://{}:15008/", s.b.ipv4),
+    let peer_port = format!("{}:15008", s.b.ipv4);
+    // Plaintext HTTP/2, as a sidecar without an identity would speak: refused.
+    let plain =
+        s.a.curl(&["--http2-prior-knowledge", &format!("http://{peer_port}/")])?;
+    assert!(
+        !plain.status.success(),
+        "plaintext reached the peer port: {}",
+        String::from_utf8_lossy(&plain.stdout)
+    );
+    let get = "GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n";
+    let call = |signed_by_mesh: bool, port: u16| -> anyhow::Result<String> {
+        let stem = format!("client-{signed_by_mesh}");
+        let (cert, key) = mint(
+            &s.data_dir,
+            "spiffe://cluster.local/ns/default/sa/default",
+            signed_by_mesh,
+            &s.net.log_dir,
+            &stem,
+        )?;
+        let out = s.a.run_app(&[
+            "mtls-tcp",
+            "--connect",
+            &peer_port,
+            "--cert",
+            &cert.display().to_string(),
+            "--key",
+            &key.display().to_string(),
+            "--port",
+            &port.to_string(),
+            "--message",
+            get,
         ])?;
-        anyhow::ensure!(
-            out.status.success(),
-            "{}",
+        Ok(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+        ))
     };
-    let refused = peer(9999)?;
-    assert!(refused.starts_with("HTTP/2 403"), "{refused}");
+    // A certificate from the mesh's CA: served on a Service's port, nothing on a private one.
+    let served = call(true, 8080)?;
+    assert!(served.contains("hello from b"), "{served}");
+    let private = call(true, 9999)?;
+    assert!(!private.contains("hello"), "{private}");
+    let log = s.sidecars["b"].log_text();
     assert!(
-        refused.contains(
-            "x-mesh-error: mesh-proxy inbound: port 9999 of 10.77.0.4 is no endpoint of any Service"
-        ),
-        "{refused}"
+        log.contains("port 9999 of 10.77.0.4 is no endpoint of any Service"),
+        "{log}"
     );
-    let served = peer(8080)?;
-    assert!(
-        served.starts_with("HTTP/2 200") && served.ends_with("hello from b\n"),
-        "{served}"
-    );
+    // The same identity from another CA: refused in the handshake.
+    let impostor = call(false, 8080)?;
+    assert!(!impostor.contains("hello"), "{impostor}");
     Ok(())
 }

@@ -64,6 +64,40 @@ enum Cmd {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Workload tokens: what a sidecar shows meshd's CA to get its certificate.
+    Token {
+        #[command(subcommand)]
+        action: TokenCmd,
+    },
+    /// The mesh's certificate authority.
+    Ca {
+        #[command(subcommand)]
+        action: CaCmd,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum TokenCmd {
+    /// Prints a token proving NAMESPACE and SERVICE-ACCOUNT (give it to the sidecar as
+    /// MESH_CA_TOKEN or --ca-token-file).
+    Create {
+        #[arg(long, short = 'n')]
+        namespace: String,
+        #[arg(long)]
+        service_account: String,
+        /// How long the token is good for: e.g. 1h, 24h, 30d.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// `json` prints the identity and expiry too.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum CaCmd {
+    /// Prints the trust bundle (PEM) sidecars verify meshd and each other with.
+    Bundle,
 }
 
 fn main() {
@@ -100,6 +134,23 @@ fn main() {
         },
         Cmd::Proxies { output } => Command::Proxies { output },
         Cmd::History { output } => Command::History { output },
+        Cmd::Token {
+            action:
+                TokenCmd::Create {
+                    namespace,
+                    service_account,
+                    ttl,
+                    output,
+                },
+        } => Command::TokenCreate {
+            namespace,
+            service_account,
+            ttl,
+            output,
+        },
+        Cmd::Ca {
+            action: CaCmd::Bundle,
+        } => Command::CaBundle,
     };
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -24,8 +24,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct XdsConfig {
-    /// `http://host:port` of the control plane.
+    /// `http://host:port` (plaintext) or `https://host:port` (TLS) of the control plane.
     pub server: String,
+    /// For `https://`: the trust bundle and the name meshd's certificate carries.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
     pub node: Node,
 }
 
@@ -130,11 +132,12 @@ async fn session(
     tracks: &mut Tracks,
     got_response: &mut bool,
 ) -> Result<(), SessionError> {
-    let channel = tonic::transport::Endpoint::from_shared(config.server.clone())?
-        .connect_timeout(Duration::from_secs(3))
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .connect()
-        .await?;
+    let channel = crate::meshd::MeshdEndpoint {
+        url: config.server.clone(),
+        tls: config.tls.clone(),
+    }
+    .connect()
+    .await?;
     let mut client = AggregatedDiscoveryServiceClient::new(channel);
     let (tx, rx) = mpsc::unbounded_channel();
     // A new stream: nonces of the old one mean nothing; versions tell the server what we hold.

@@ -84,6 +84,26 @@ pub struct ClusterDef {
     pub algorithm: Algorithm,
 }
 
+/// The identity meshd published for an endpoint's sidecar (empty when it published none).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SidecarName {
+    pub namespace: String,
+    pub service_account: String,
+}
+
+impl SidecarName {
+    /// From `ns/<namespace>/sa/<service-account>`; empty parts when it is not that.
+    fn from_path(path: &str) -> SidecarName {
+        match path.split('/').collect::<Vec<_>>().as_slice() {
+            ["ns", namespace, "sa", account] => SidecarName {
+                namespace: namespace.to_string(),
+                service_account: account.to_string(),
+            },
+            _ => SidecarName::default(),
+        }
+    }
+}
+
 /// Everything received so far, by type and name.
 #[derive(Clone, Debug, Default)]
 pub struct Resources {
@@ -92,8 +112,9 @@ pub struct Resources {
     /// Clusters, with their inline endpoints for STATIC ones.
     pub clusters: BTreeMap<String, ClusterDef>,
     pub endpoints: BTreeMap<String, Vec<SocketAddr>>,
-    /// Endpoint addresses that have a sidecar (EDS `mesh` metadata `sidecar: true`).
-    pub sidecars: BTreeSet<SocketAddr>,
+    /// Endpoint addresses that have a sidecar (EDS `mesh` metadata `sidecar: true`), with the
+    /// sidecar's identity (`namespace`, `serviceAccount`).
+    pub sidecars: BTreeMap<SocketAddr, SidecarName>,
 }
 
 fn catch_all(name: &str, backends: Result<Backends, String>) -> RouteTable {
@@ -573,30 +594,32 @@ pub fn endpoints(anys: &[Any]) -> Result<BTreeMap<String, Vec<SocketAddr>>, Stri
         .collect()
 }
 
-/// The endpoint addresses marked as having a sidecar in a set of load assignments.
-pub fn sidecar_endpoints(anys: &[Any]) -> BTreeSet<SocketAddr> {
-    let mut out = BTreeSet::new();
+/// The endpoint addresses marked as having a sidecar in a set of load assignments, with the
+/// sidecar's identity.
+pub fn sidecar_endpoints(anys: &[Any]) -> BTreeMap<SocketAddr, SidecarName> {
+    let mut out = BTreeMap::new();
     for any in anys {
         let Ok(cla) = decode::<ClusterLoadAssignment>(any) else {
             continue;
         };
         for e in cla.endpoints.iter().flat_map(|l| l.lb_endpoints.iter()) {
-            let sidecar = e
+            let mesh = e
                 .metadata
                 .as_ref()
-                .and_then(|m| m.filter_metadata.get("mesh"))
-                .and_then(|s| s.fields.get("sidecar"))
-                .is_some_and(|v| {
-                    matches!(
-                        v.kind,
-                        Some(mesh_proto::google::protobuf::value::Kind::BoolValue(true))
-                    )
-                });
+                .and_then(|m| m.filter_metadata.get("mesh"));
+            use mesh_proto::google::protobuf::value::Kind;
+            // `true`, or the path of the sidecar's SPIFFE ID: `ns/<namespace>/sa/<account>`.
+            let (sidecar, name) = match mesh.and_then(|s| s.fields.get("sidecar")).map(|v| &v.kind)
+            {
+                Some(Some(Kind::BoolValue(b))) => (*b, SidecarName::default()),
+                Some(Some(Kind::StringValue(path))) => (true, SidecarName::from_path(path)),
+                _ => (false, SidecarName::default()),
+            };
             if let (true, Some(lb_endpoint::HostIdentifier::Endpoint(ep))) =
                 (sidecar, &e.host_identifier)
             {
                 if let Ok(addr) = socket_addr(ep.address.as_ref()) {
-                    out.insert(addr);
+                    out.insert(addr, name);
                 }
             }
         }
@@ -658,7 +681,7 @@ impl Resources {
                     .map(|addr| {
                         live.insert((name.clone(), addr));
                         let endpoint = endpoint_state.endpoint(name, addr);
-                        endpoint.set_meshed(self.sidecars.contains(&addr));
+                        endpoint.set_meshed(self.sidecars.contains_key(&addr));
                         endpoint
                     })
                     .collect();
@@ -747,9 +770,15 @@ impl Resources {
                 },
             );
         }
+        let sidecars = self
+            .sidecars
+            .iter()
+            .map(|(addr, name)| (addr.ip(), name.clone()))
+            .collect();
         Routing {
             services,
             endpoint_ports,
+            sidecars,
         }
     }
 }

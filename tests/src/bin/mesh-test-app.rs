@@ -81,6 +81,23 @@ enum Mode {
         #[arg(long, default_value_t = 100)]
         count: usize,
     },
+    /// A client of a sidecar's peer port, as a peer sidecar (or an impostor) would be: mutual TLS
+    /// with `cert`/`key` and ALPN `alpn`, then the 2-byte `port`, then `message`, then the end of
+    /// its stream; prints what comes back until the stream ends. Fails if the handshake fails.
+    MtlsTcp {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long, default_value = "mesh/tcp")]
+        alpn: String,
+        #[arg(long)]
+        cert: std::path::PathBuf,
+        #[arg(long)]
+        key: std::path::PathBuf,
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value = "")]
+        message: String,
+    },
     /// Connects to an echo server, prints `ready connected`, waits for a line on stdin, then
     /// sends `ping` and checks that it comes back (keeps a connection open on demand).
     Hold {
@@ -107,6 +124,14 @@ async fn main() -> anyhow::Result<()> {
         Mode::Tally { connect, count } => tally(connect, count).await,
         Mode::Banner { listen, text } => serve(listen, move |s| banner(s, text.clone())).await,
         Mode::ReadLine { connect } => read_line(connect).await,
+        Mode::MtlsTcp {
+            connect,
+            alpn,
+            cert,
+            key,
+            port,
+            message,
+        } => mtls_tcp(connect, &alpn, &cert, &key, port, &message).await,
         Mode::UpgradeEcho { listen } => serve(listen, upgrade_echo).await,
         Mode::UpgradeClient { connect, message } => upgrade_client(connect, message).await,
     }
@@ -391,5 +416,94 @@ async fn upgrade_client(addr: SocketAddr, message: String) -> anyhow::Result<()>
     .await
     .map_err(|_| anyhow::anyhow!("no echo within 10 s"))??;
     println!("echoed {back}");
+    Ok(())
+}
+
+/// Accepts any server certificate: this client tests the server's checks, not its own.
+#[derive(Debug)]
+struct AnyServer(rustls::crypto::WebPkiSupportedAlgorithms);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
+
+async fn mtls_tcp(
+    addr: SocketAddr,
+    alpn: &str,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    port: u16,
+    message: &str,
+) -> anyhow::Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    let chain = rustls::pki_types::CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("cannot read {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("cannot read {}", key.display()))?;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyServer(
+            provider.signature_verification_algorithms,
+        )))
+        .with_client_auth_cert(chain, key)?;
+    config.alpn_protocols = vec![alpn.as_bytes().to_vec()];
+    let tcp = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .context("TLS handshake failed")?;
+    tls.write_all(&port.to_be_bytes()).await?;
+    tls.write_all(message.as_bytes()).await?;
+    // Done sending: the server sees the end of the request stream, as from a closing client.
+    tls.shutdown().await?;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tls.read_to_end(&mut got),
+    );
+    match read.await {
+        Ok(Ok(_)) => {}
+        // The server's refusal can arrive as an alert or a reset after the handshake.
+        Ok(Err(e)) => eprintln!("stream ended: {e}"),
+        Err(_) => bail!("no end of stream from {addr} within 10 s"),
+    }
+    print!("{}", String::from_utf8_lossy(&got));
     Ok(())
 }

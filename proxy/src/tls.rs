@@ -1,0 +1,238 @@
+//! Mutual TLS between sidecars (rustls, aws-lc-rs, TLS 1.3 only).
+//!
+//! Both sides present their current workload certificate. The server side (the peer port)
+//! requires a client certificate that chains to the trust bundle; the client side checks that the
+//! server's certificate chains to the bundle and names exactly the SPIFFE ID meshd published for
+//! that endpoint. ALPN says what the connection carries: `mesh/h2` (HTTP/2 between sidecars) or
+//! `mesh/tcp` (one opaque TCP stream, preceded by its 2-byte target port). Sessions are resumed
+//! from a shared in-memory cache.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use mesh_proto::spiffe::SpiffeId;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ClientSessionMemoryCache, ResolvesClientCert, Resumption};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, DigitallySignedStruct, Error, ServerConfig, SignatureScheme};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::identity::{Identity, spiffe_id, uri_sans};
+
+/// What a connection between sidecars carries (its ALPN protocol).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Carriage {
+    /// HTTP/2, the requests of many client connections multiplexed.
+    Http2,
+    /// One opaque TCP stream; the first two bytes are the target port (big-endian).
+    Tcp,
+}
+
+impl Carriage {
+    pub const fn alpn(self) -> &'static [u8] {
+        match self {
+            Carriage::Http2 => b"mesh/h2",
+            Carriage::Tcp => b"mesh/tcp",
+        }
+    }
+
+    pub fn from_alpn(alpn: Option<&[u8]>) -> Option<Carriage> {
+        match alpn {
+            Some(b"mesh/h2") => Some(Carriage::Http2),
+            Some(b"mesh/tcp") => Some(Carriage::Tcp),
+            _ => None,
+        }
+    }
+}
+
+/// Hands every handshake the identity's current certificate.
+#[derive(Debug)]
+struct CurrentCertificate(Arc<Identity>);
+
+impl ResolvesServerCert for CurrentCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.current()
+    }
+}
+
+impl ResolvesClientCert for CurrentCertificate {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        self.0.current()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.0.is_ready()
+    }
+}
+
+/// Accepts a server certificate that chains to the trust bundle and names `expected`.
+#[derive(Debug)]
+struct ExpectedPeer {
+    expected: SpiffeId,
+    roots: Arc<rustls::RootCertStore>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for ExpectedPeer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.algorithms.all,
+        )?;
+        match spiffe_id(end_entity) {
+            Some(id) if id == self.expected => Ok(ServerCertVerified::assertion()),
+            _ => Err(Error::General(format!(
+                "the peer is {:?}, not {} as meshd published",
+                uri_sans(end_entity),
+                self.expected
+            ))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// The sidecar's TLS: one server config for the peer port, client configs per expected peer.
+pub struct MeshTls {
+    identity: Arc<Identity>,
+    provider: Arc<CryptoProvider>,
+    acceptor: TlsAcceptor,
+    sessions: Arc<ClientSessionMemoryCache>,
+    clients: Mutex<HashMap<(SpiffeId, Carriage), Arc<ClientConfig>>>,
+}
+
+impl std::fmt::Debug for MeshTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshTls")
+            .field("identity", self.identity.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MeshTls {
+    pub fn new(identity: Arc<Identity>) -> Result<MeshTls, Error> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(identity.roots(), provider.clone())
+                .build()
+                .map_err(|e| Error::General(format!("client verifier: {e}")))?;
+        let mut server = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(Arc::new(CurrentCertificate(identity.clone())));
+        server.alpn_protocols = vec![
+            Carriage::Http2.alpn().to_vec(),
+            Carriage::Tcp.alpn().to_vec(),
+        ];
+        Ok(MeshTls {
+            identity,
+            provider,
+            acceptor: TlsAcceptor::from(Arc::new(server)),
+            sessions: Arc::new(ClientSessionMemoryCache::new(1024)),
+            clients: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.identity
+    }
+
+    pub fn acceptor(&self) -> &TlsAcceptor {
+        &self.acceptor
+    }
+
+    /// The SPIFFE ID of `namespace`/`service_account` in our trust domain.
+    pub fn peer_id(&self, namespace: &str, service_account: &str) -> Option<SpiffeId> {
+        SpiffeId::new(
+            self.identity.id().trust_domain(),
+            namespace,
+            service_account,
+        )
+        .ok()
+    }
+
+    fn client_config(
+        &self,
+        expected: &SpiffeId,
+        carriage: Carriage,
+    ) -> Result<Arc<ClientConfig>, Error> {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(config) = clients.get(&(expected.clone(), carriage)) {
+            return Ok(config.clone());
+        }
+        let verifier = ExpectedPeer {
+            expected: expected.clone(),
+            roots: self.identity.roots(),
+            algorithms: self.provider.signature_verification_algorithms,
+        };
+        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_cert_resolver(Arc::new(CurrentCertificate(self.identity.clone())));
+        config.alpn_protocols = vec![carriage.alpn().to_vec()];
+        config.resumption = Resumption::store(self.sessions.clone());
+        let config = Arc::new(config);
+        clients.insert((expected.clone(), carriage), config.clone());
+        Ok(config)
+    }
+
+    /// The client side of a handshake with the sidecar at `ip`, which must be `expected`.
+    pub async fn connect(
+        &self,
+        tcp: TcpStream,
+        ip: IpAddr,
+        expected: &SpiffeId,
+        carriage: Carriage,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let config = self
+            .client_config(expected, carriage)
+            .map_err(std::io::Error::other)?;
+        TlsConnector::from(config)
+            .connect(ServerName::IpAddress(ip.into()), tcp)
+            .await
+    }
+}
+
+/// The SPIFFE ID the peer proved in a finished handshake.
+pub fn peer_identity(conn: &rustls::CommonState) -> Option<SpiffeId> {
+    conn.peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|leaf| spiffe_id(leaf))
+}
