@@ -3,7 +3,10 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let descriptors = protox::compile(["mesh/ca/v1/ca.proto"], ["proto"])?;
+    let descriptors = protox::compile(
+        ["mesh/ca/v1/ca.proto", "mesh/security/v1/security.proto"],
+        ["proto"],
+    )?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -12,6 +12,7 @@ pub mod node;
 pub mod parse;
 pub mod registry;
 pub mod resource;
+pub mod security;
 pub mod server;
 pub mod snapshot;
 pub mod state;

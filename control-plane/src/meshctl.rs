@@ -391,6 +391,36 @@ fn resources_table(kind: Kind, items: &Value) -> String {
                 })
                 .collect(),
         ),
+        Kind::PeerAuthentication => table(
+            &["NAMESPACE", "NAME", "MODE", "SELECTOR"],
+            items
+                .iter()
+                .map(|r| {
+                    vec![
+                        s(&r["metadata"]["namespace"]),
+                        s(&r["metadata"]["name"]),
+                        s(&r["spec"]["mtls"]["mode"]),
+                        labels(&r["spec"]["selector"]["matchLabels"]),
+                    ]
+                })
+                .collect(),
+        ),
+        Kind::AuthorizationPolicy => table(
+            &["NAMESPACE", "NAME", "ACTION", "RULES", "SELECTOR"],
+            items
+                .iter()
+                .map(|r| {
+                    let rules = r["spec"]["rules"].as_array().map_or(0, Vec::len);
+                    vec![
+                        s(&r["metadata"]["namespace"]),
+                        s(&r["metadata"]["name"]),
+                        r["spec"]["action"].as_str().unwrap_or("ALLOW").to_string(),
+                        rules.to_string(),
+                        labels(&r["spec"]["selector"]["matchLabels"]),
+                    ]
+                })
+                .collect(),
+        ),
         Kind::BackendPolicy => table(
             &["NAMESPACE", "NAME", "TARGET", "ALGORITHM"],
             items

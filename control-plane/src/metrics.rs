@@ -8,8 +8,8 @@ use crate::snapshot::XdsType;
 
 #[derive(Debug, Default)]
 pub struct Metrics {
-    pushes: [AtomicU64; 4],
-    nacks: [AtomicU64; 4],
+    pushes: [AtomicU64; XdsType::ALL.len()],
+    nacks: [AtomicU64; XdsType::ALL.len()],
     push_latency_us_sum: AtomicU64,
     push_latency_count: AtomicU64,
     push_latency_us_max: AtomicU64,

@@ -97,7 +97,7 @@ pub fn parse_value(number: usize, value: Value) -> Result<Resource, ResourceErro
         None => {
             return Err(err(
                 "kind",
-                "missing (one of Service, Workload, HTTPRoute, BackendPolicy)".into(),
+                "missing (one of Service, Workload, HTTPRoute, BackendPolicy, PeerAuthentication, AuthorizationPolicy)".into(),
             ));
         }
     };
@@ -106,17 +106,19 @@ pub fn parse_value(number: usize, value: Value) -> Result<Resource, ResourceErro
         "Workload" => Kind::Workload,
         "HTTPRoute" => Kind::HttpRoute,
         "BackendPolicy" => Kind::BackendPolicy,
+        "PeerAuthentication" => Kind::PeerAuthentication,
+        "AuthorizationPolicy" => Kind::AuthorizationPolicy,
         other => {
             return Err(err(
                 "kind",
                 format!(
-                    "unknown kind `{other}` (expected Service, Workload, HTTPRoute or BackendPolicy)"
+                    "unknown kind `{other}` (expected Service, Workload, HTTPRoute, BackendPolicy, PeerAuthentication or AuthorizationPolicy)"
                 ),
             ));
         }
     };
     match map.get("apiVersion") {
-        Some(Value::String(v)) if v == kind.api_version() => {}
+        Some(Value::String(v)) if kind.accepts_api_version(v) => {}
         Some(other) => {
             return Err(err(
                 "apiVersion",
@@ -139,6 +141,8 @@ pub fn parse_value(number: usize, value: Value) -> Result<Resource, ResourceErro
         Kind::Workload => Resource::Workload(typed(number, value)?),
         Kind::HttpRoute => Resource::HttpRoute(typed(number, value)?),
         Kind::BackendPolicy => Resource::BackendPolicy(typed(number, value)?),
+        Kind::PeerAuthentication => Resource::PeerAuthentication(typed(number, value)?),
+        Kind::AuthorizationPolicy => Resource::AuthorizationPolicy(typed(number, value)?),
     };
     crate::validate::check_resource(&resource).map_err(|(field, message)| {
         ResourceError::new(number, Some(resource.key().to_string()), field, message)

@@ -7,22 +7,24 @@ use std::sync::Arc;
 use mesh_proto::google::protobuf::Any;
 use mesh_proto::type_url;
 
-/// The four resource types meshd serves.
+/// The resource types meshd serves: Envoy's four, and the mesh's workload security policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum XdsType {
     Cluster,
     Endpoint,
     Listener,
     Route,
+    Policy,
 }
 
 impl XdsType {
-    /// In push order: clusters before endpoints, listeners before routes.
-    pub const ALL: [XdsType; 4] = [
+    /// In push order: clusters before endpoints, listeners before routes; policies last.
+    pub const ALL: [XdsType; 5] = [
         XdsType::Cluster,
         XdsType::Endpoint,
         XdsType::Listener,
         XdsType::Route,
+        XdsType::Policy,
     ];
 
     pub fn url(self) -> &'static str {
@@ -31,6 +33,7 @@ impl XdsType {
             XdsType::Endpoint => type_url::ENDPOINT,
             XdsType::Listener => type_url::LISTENER,
             XdsType::Route => type_url::ROUTE,
+            XdsType::Policy => type_url::WORKLOAD_POLICY,
         }
     }
 
@@ -49,6 +52,7 @@ impl XdsType {
             XdsType::Endpoint => "EDS",
             XdsType::Listener => "LDS",
             XdsType::Route => "RDS",
+            XdsType::Policy => "POLICY",
         }
     }
 }

@@ -196,6 +196,20 @@ impl State {
         }
     }
 
+    pub fn peer_authentications(&self) -> impl Iterator<Item = &PeerAuthentication> {
+        self.resources.values().filter_map(|r| match r {
+            Resource::PeerAuthentication(p) => Some(p),
+            _ => None,
+        })
+    }
+
+    pub fn authorization_policies(&self) -> impl Iterator<Item = &AuthorizationPolicy> {
+        self.resources.values().filter_map(|r| match r {
+            Resource::AuthorizationPolicy(p) => Some(p),
+            _ => None,
+        })
+    }
+
     pub fn policies(&self) -> impl Iterator<Item = &BackendPolicy> {
         self.resources.values().filter_map(|r| match r {
             Resource::BackendPolicy(p) => Some(p),

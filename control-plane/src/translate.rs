@@ -126,6 +126,15 @@ pub fn translate(state: &State, registered: &[Workload], generation: u64) -> Sna
             snapshot.insert(XdsType::Endpoint, name, to_any(type_url::ENDPOINT, &cla));
         }
     }
+    // Each sidecar's inbound security policy, under its workload's name.
+    for workload in registered {
+        let policy = crate::security::workload_policy(state, workload);
+        snapshot.insert(
+            XdsType::Policy,
+            policy.name.clone(),
+            to_any(type_url::WORKLOAD_POLICY, &policy),
+        );
+    }
     snapshot
 }
 

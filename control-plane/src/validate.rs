@@ -23,7 +23,91 @@ pub fn check_resource(r: &Resource) -> Result<(), FieldProblem> {
                 format!("`{other}` is not supported (only Service)"),
             ),
         },
+        Resource::PeerAuthentication(p) => check_peer_authentication(&p.spec),
+        Resource::AuthorizationPolicy(a) => check_authorization(&a.spec),
     }
+}
+
+fn check_peer_authentication(spec: &PeerAuthenticationSpec) -> Result<(), FieldProblem> {
+    match spec.mtls.as_ref().map(|m| m.mode) {
+        Some(MtlsMode::Disable) => problem(
+            "spec.mtls.mode",
+            "DISABLE is not supported: sidecars always accept mutual TLS from the mesh (use PERMISSIVE to accept plaintext as well)",
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// A principal pattern: `*`, or a SPIFFE ID path with at most one `*`, at its start or end.
+fn principal_ok(p: &str) -> bool {
+    let p = p.strip_prefix("spiffe://").unwrap_or(p);
+    let stars = p.matches('*').count();
+    !p.is_empty()
+        && (stars == 0 || (stars == 1 && (p.starts_with('*') || p.ends_with('*'))))
+        && !p.contains(char::is_whitespace)
+}
+
+fn check_authorization(spec: &AuthorizationPolicySpec) -> Result<(), FieldProblem> {
+    for (i, rule) in spec.rules.iter().enumerate() {
+        for (j, from) in rule.from.iter().enumerate() {
+            let f = format!("spec.rules[{i}].from[{j}].source");
+            if from.source.principals.is_empty() && from.source.namespaces.is_empty() {
+                return problem(f, "a source needs principals or namespaces");
+            }
+            for (k, p) in from.source.principals.iter().enumerate() {
+                if !principal_ok(p) {
+                    return problem(
+                        format!("{f}.principals[{k}]"),
+                        format!(
+                            "`{p}` is not a principal (<trust-domain>/ns/<ns>/sa/<sa>, `*` only at its start or end)"
+                        ),
+                    );
+                }
+            }
+            for (k, ns) in from.source.namespaces.iter().enumerate() {
+                if ns != "*" {
+                    dns_label(&format!("{f}.namespaces[{k}]"), ns)?;
+                }
+            }
+        }
+        for (j, to) in rule.to.iter().enumerate() {
+            let f = format!("spec.rules[{i}].to[{j}].operation");
+            let op = &to.operation;
+            if op.ports.is_empty() && op.methods.is_empty() && op.paths.is_empty() {
+                return problem(f, "an operation needs ports, methods or paths");
+            }
+            for (k, port) in op.ports.iter().enumerate() {
+                if !port.parse::<u16>().is_ok_and(|p| p > 0) {
+                    return problem(
+                        format!("{f}.ports[{k}]"),
+                        format!("`{port}` is not a port (1-65535, as a string)"),
+                    );
+                }
+            }
+            for (k, m) in op.methods.iter().enumerate() {
+                if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+                    return problem(
+                        format!("{f}.methods[{k}]"),
+                        format!("`{m}` is not an HTTP method (uppercase, e.g. GET)"),
+                    );
+                }
+            }
+            for (k, path) in op.paths.iter().enumerate() {
+                let stars = path.matches('*').count();
+                let shape = path.starts_with('/') || path.starts_with('*');
+                if !shape
+                    || stars > 1
+                    || (stars == 1 && !(path.starts_with('*') || path.ends_with('*')))
+                {
+                    return problem(
+                        format!("{f}.paths[{k}]"),
+                        format!("`{path}` is not a path pattern (/exact, /prefix*, *suffix or *)"),
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn problem(field: impl Into<String>, message: impl Into<String>) -> Result<(), FieldProblem> {

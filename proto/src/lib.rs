@@ -30,6 +30,12 @@ pub mod mesh {
             tonic::include_proto!("mesh.ca.v1");
         }
     }
+    pub mod security {
+        #[allow(missing_docs, clippy::all, clippy::pedantic)]
+        pub mod v1 {
+            tonic::include_proto!("mesh.security.v1");
+        }
+    }
 }
 
 /// Type URLs of the xDS resources the mesh serves and consumes.
@@ -40,6 +46,8 @@ pub mod type_url {
     pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
     pub const HTTP_CONNECTION_MANAGER: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
     pub const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+    /// The mesh's own type: one workload's inbound security policy.
+    pub const WORKLOAD_POLICY: &str = "type.googleapis.com/mesh.security.v1.WorkloadPolicy";
 
     /// The order in which updates are pushed: clusters before their endpoints, listeners before
     /// their routes (the xDS "make before break" order).

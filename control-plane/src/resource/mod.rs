@@ -3,6 +3,7 @@
 
 mod httproute;
 mod policy;
+mod security;
 mod service;
 mod workload;
 
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub use httproute::*;
 pub use policy::*;
+pub use security::*;
 pub use service::*;
 pub use workload::*;
 
@@ -20,6 +22,12 @@ pub use workload::*;
 pub const MESH_API_VERSION: &str = "mesh.dev/v1";
 /// `apiVersion` of the Gateway API kinds.
 pub const GATEWAY_API_VERSION: &str = "gateway.networking.k8s.io/v1";
+/// `apiVersion` of the security kinds; Istio's `security.istio.io/v1` is accepted too, so Istio
+/// users' PeerAuthentication and AuthorizationPolicy files apply unchanged.
+pub const SECURITY_API_VERSION: &str = "security.mesh.dev/v1";
+pub const ISTIO_SECURITY_API_VERSION: &str = "security.istio.io/v1";
+/// The root namespace: security resources here without a selector are mesh-wide.
+pub const ROOT_NAMESPACE: &str = "mesh-system";
 
 /// The kinds of resource meshd stores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -29,14 +37,18 @@ pub enum Kind {
     #[serde(rename = "HTTPRoute")]
     HttpRoute,
     BackendPolicy,
+    PeerAuthentication,
+    AuthorizationPolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Service,
         Kind::Workload,
         Kind::HttpRoute,
         Kind::BackendPolicy,
+        Kind::PeerAuthentication,
+        Kind::AuthorizationPolicy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -45,6 +57,8 @@ impl Kind {
             Kind::Workload => "Workload",
             Kind::HttpRoute => "HTTPRoute",
             Kind::BackendPolicy => "BackendPolicy",
+            Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
         }
     }
 
@@ -52,7 +66,15 @@ impl Kind {
         match self {
             Kind::Service | Kind::Workload | Kind::BackendPolicy => MESH_API_VERSION,
             Kind::HttpRoute => GATEWAY_API_VERSION,
+            Kind::PeerAuthentication | Kind::AuthorizationPolicy => SECURITY_API_VERSION,
         }
+    }
+
+    /// Whether `api_version` is served for this kind.
+    pub fn accepts_api_version(self, api_version: &str) -> bool {
+        api_version == self.api_version()
+            || (self.api_version() == SECURITY_API_VERSION
+                && api_version == ISTIO_SECURITY_API_VERSION)
     }
 
     /// Parses a kind as users type it: `Service`, `services`, `svc`, `httproute`, ...
@@ -63,6 +85,10 @@ impl Kind {
             "httproute" | "httproutes" | "route" | "routes" => Some(Kind::HttpRoute),
             "backendpolicy" | "backendpolicies" | "policy" | "policies" => {
                 Some(Kind::BackendPolicy)
+            }
+            "peerauthentication" | "peerauthentications" | "pa" => Some(Kind::PeerAuthentication),
+            "authorizationpolicy" | "authorizationpolicies" | "ap" => {
+                Some(Kind::AuthorizationPolicy)
             }
             _ => None,
         }
@@ -104,6 +130,8 @@ pub type Service = Object<ServiceSpec>;
 pub type Workload = Object<WorkloadSpec>;
 pub type HttpRoute = Object<HttpRouteSpec>;
 pub type BackendPolicy = Object<BackendPolicySpec>;
+pub type PeerAuthentication = Object<PeerAuthenticationSpec>;
+pub type AuthorizationPolicy = Object<AuthorizationPolicySpec>;
 
 /// Any stored resource.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -113,6 +141,8 @@ pub enum Resource {
     Workload(Workload),
     HttpRoute(HttpRoute),
     BackendPolicy(BackendPolicy),
+    PeerAuthentication(PeerAuthentication),
+    AuthorizationPolicy(AuthorizationPolicy),
 }
 
 impl Resource {
@@ -122,6 +152,8 @@ impl Resource {
             Resource::Workload(o) => &o.metadata,
             Resource::HttpRoute(o) => &o.metadata,
             Resource::BackendPolicy(o) => &o.metadata,
+            Resource::PeerAuthentication(o) => &o.metadata,
+            Resource::AuthorizationPolicy(o) => &o.metadata,
         }
     }
 
@@ -131,6 +163,8 @@ impl Resource {
             Resource::Workload(_) => Kind::Workload,
             Resource::HttpRoute(_) => Kind::HttpRoute,
             Resource::BackendPolicy(_) => Kind::BackendPolicy,
+            Resource::PeerAuthentication(_) => Kind::PeerAuthentication,
+            Resource::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
         }
     }
 
