@@ -11,7 +11,12 @@ ensure_tools
 # The metrics test checks the sidecar's /metrics with promtool (Debian's prometheus package).
 if ! command -v promtool >/dev/null; then
   step "installing promtool (for the metrics format test)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  apt_install prometheus
+fi
+# The mTLS test captures the traffic between pods with tcpdump.
+if ! command -v tcpdump >/dev/null; then
+  step "installing tcpdump (to check that no plaintext crosses between meshed pods)"
+  apt_install tcpdump
 fi
 # The interop test runs gRPC's own xDS client (grpcio) against meshd.
 if ! python3 -c "import grpc" 2>/dev/null; then

@@ -58,6 +58,8 @@ pub struct Controller {
     grace: Duration,
     inner: Mutex<Inner>,
     snapshot: watch::Sender<Arc<Snapshot>>,
+    /// Set when meshd stops: open xDS streams end so the servers can finish.
+    stopping: watch::Sender<bool>,
     pub registry: Registry,
     pub metrics: Metrics,
 }
@@ -95,6 +97,7 @@ impl Controller {
                 registered,
             }),
             snapshot: watch::channel(Arc::new(first)).0,
+            stopping: watch::channel(false).0,
             registry: Registry::default(),
             metrics: Metrics::default(),
         }))
@@ -106,6 +109,19 @@ impl Controller {
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.borrow().clone()
+    }
+
+    /// Ends every open xDS stream (meshd is stopping); proxies reconnect to the next meshd.
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Resolves once [`Controller::stop`] was called.
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.stopping.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {

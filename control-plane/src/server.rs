@@ -119,7 +119,7 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
         .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(AdsService::new(controller.clone()).into_server())
-        .add_service(CaService::new(authority, tokens, controller).into_server())
+        .add_service(CaService::new(authority, tokens, controller.clone()).into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_tls), on_stop(stopped));
     let servers = async { tokio::try_join!(plain, secure) };
     tokio::pin!(servers);
@@ -128,6 +128,7 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
         _ = sigint.recv() => tracing::info!("SIGINT: stopping"),
         r = &mut servers => { r?; }
     }
+    controller.stop();
     let _ = stop.send(true);
     servers.await?;
     api_task.abort();

@@ -72,6 +72,9 @@ pub fn respond(method: &Method, path: &str, ctx: &Context, drain: &Drain) -> Res
         (&Method::GET, "/metrics") => {
             let mut body = ctx.metrics.render();
             body.push_str(&ctx.xds.requests.render("outbound"));
+            if let Some(tls) = &ctx.tls {
+                body.push_str(&tls.identity().render());
+            }
             let mut r = text(StatusCode::OK, body);
             r.headers_mut().insert(
                 CONTENT_TYPE,

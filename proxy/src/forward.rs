@@ -10,6 +10,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
+use crate::authz::{Attempt, MtlsMode, Verdict};
 use crate::balance::Endpoint;
 use crate::config::ProxyConfig;
 use crate::detect::{Protocol, detect};
@@ -107,6 +108,40 @@ fn resolve_outbound(xds: &Xds, orig: SocketAddr) -> Result<Outbound, String> {
     }
 }
 
+impl Context {
+    /// Checks `attempt` against this workload's AuthorizationPolicies, and counts the decision.
+    pub fn authorize(&self, attempt: &Attempt<'_>) -> Verdict {
+        let verdict = self.xds.policy.load().check(attempt);
+        self.metrics
+            .authz_decision(attempt.http.is_some(), verdict == Verdict::Allow);
+        verdict
+    }
+}
+
+/// Whether a plaintext inbound connection to app port `port` may go on: not under STRICT, and
+/// allowed by authorization (as a caller without identity).
+fn admit_plaintext(ctx: &Context, port: u16) -> Result<(), (RefuseReason, String)> {
+    let policy = ctx.xds.policy.load();
+    if policy.mode == MtlsMode::Strict {
+        return Err((
+            RefuseReason::Plaintext,
+            format!(
+                "mutual TLS is required ({} says STRICT)",
+                policy.mode_source
+            ),
+        ));
+    }
+    let attempt = Attempt {
+        source: None,
+        port,
+        http: None,
+    };
+    match ctx.authorize(&attempt) {
+        Verdict::Allow => Ok(()),
+        Verdict::Deny(reason) => Err((RefuseReason::Denied, reason)),
+    }
+}
+
 /// Handles one accepted connection to its end.
 pub async fn handle(
     downstream: TcpStream,
@@ -153,7 +188,15 @@ pub async fn handle(
                 }
             }
         }
-        Decision::Forward(target) => target,
+        Decision::Forward(target) => {
+            // Inbound plaintext: from outside the mesh (sidecars come in on the peer port).
+            if let Err(reason) = admit_plaintext(&ctx, target.port()) {
+                inc(metrics.refused(reason.0));
+                tracing::warn!(%peer, port = target.port(), "mesh-proxy inbound: refused plaintext: {}", reason.1);
+                return;
+            }
+            target
+        }
         Decision::Refuse(reason) => {
             inc(metrics.refused(reason));
             tracing::info!(

@@ -207,6 +207,15 @@ impl Identity {
         )
     }
 
+    /// Prometheus text: certificates received, failed requests, and the current expiry.
+    pub fn render(&self) -> String {
+        let (issued, failed) = self.counts();
+        format!(
+            "# HELP mesh_identity_certificates_total Workload certificates received from meshd's CA.\n# TYPE mesh_identity_certificates_total counter\nmesh_identity_certificates_total {issued}\n# HELP mesh_identity_certificate_failures_total Certificate requests that failed.\n# TYPE mesh_identity_certificate_failures_total counter\nmesh_identity_certificate_failures_total {failed}\n# HELP mesh_identity_certificate_expiry_timestamp_seconds When the current certificate expires (Unix seconds; 0: none yet).\n# TYPE mesh_identity_certificate_expiry_timestamp_seconds gauge\nmesh_identity_certificate_expiry_timestamp_seconds {}\n",
+            self.expires()
+        )
+    }
+
     fn install(&self, key: CertifiedKey, expires: u64) {
         self.current.store(Some(Arc::new(key)));
         self.expires.store(expires, Ordering::Relaxed);

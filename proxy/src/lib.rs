@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod authz;
 pub mod balance;
 pub mod config;
 pub mod detect;

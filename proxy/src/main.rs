@@ -194,9 +194,13 @@ fn xds_config(args: &Args) -> anyhow::Result<Option<XdsConfig>> {
         .node_id
         .clone()
         .unwrap_or_else(|| format!("sidecar~{pod_ip}~{workload}"));
+    // A registered workload gets its inbound policy under its name.
+    let policy_name = (!pod_ip.is_empty() && !workload.is_empty())
+        .then(|| format!("{}/{workload}", args.namespace));
     Ok(Some(XdsConfig {
         server: server.clone(),
         tls: tls.flatten(),
+        policy_name,
         node: Node {
             id,
             cluster: args.namespace.clone(),

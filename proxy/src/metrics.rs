@@ -87,6 +87,8 @@ impl TcpMetrics {
 pub struct Metrics {
     pub outbound: TcpMetrics,
     pub inbound: TcpMetrics,
+    /// Inbound authorization decisions: `[protocol][allowed]`, protocol 0 = TCP, 1 = HTTP.
+    authz: [[AtomicU64; 2]; 2],
 }
 
 /// Adds one to a counter.
@@ -100,6 +102,11 @@ type CounterField = fn(&TcpMetrics) -> &AtomicU64;
 const DIRECTIONS: [Direction; 2] = [Direction::Inbound, Direction::Outbound];
 
 impl Metrics {
+    /// Counts one authorization decision on an HTTP request (`http`) or a TCP connection.
+    pub fn authz_decision(&self, http: bool, allowed: bool) {
+        inc(&self.authz[usize::from(http)][usize::from(allowed)]);
+    }
+
     pub fn tcp(&self, direction: Direction) -> &TcpMetrics {
         match direction {
             Direction::Outbound => &self.outbound,
@@ -165,6 +172,21 @@ impl Metrics {
                     "{name}{{direction=\"{}\",reason=\"{}\"}} {v}",
                     d.as_str(),
                     r.as_str()
+                );
+            }
+        }
+        let name = "mesh_authz_decisions_total";
+        header(
+            &mut out,
+            name,
+            "Inbound authorization decisions (AuthorizationPolicy), by protocol and decision.",
+        );
+        for (p, protocol) in ["tcp", "http"].iter().enumerate() {
+            for (a, decision) in ["deny", "allow"].iter().enumerate() {
+                let v = self.authz[p][a].load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "{name}{{protocol=\"{protocol}\",decision=\"{decision}\"}} {v}"
                 );
             }
         }

@@ -21,6 +21,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
+use crate::authz::{Attempt, Verdict};
+use crate::drain::Drain;
 use crate::forward::Context;
 use crate::http::{ProxyBody, side_error};
 use crate::metrics::{Direction, RefuseReason, inc};
@@ -40,7 +42,7 @@ pub const CLIENT_CERT: &str = "x-forwarded-client-cert";
 
 /// Serves one connection from a peer sidecar: mutual TLS first when this proxy has an identity
 /// (then ALPN says HTTP/2 or one opaque stream), plaintext HTTP/2 otherwise.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
+pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, drain: Drain) {
     let Ok(local) = stream.local_addr() else {
         return;
     };
@@ -50,7 +52,17 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
     let counted = ctx.clone();
     async {
         let Some(tls) = ctx.tls.clone() else {
-            serve_http2(stream, local, None, ctx).await;
+            // No identity: plaintext HTTP/2, which STRICT does not accept.
+            let policy = ctx.xds.policy.load();
+            if policy.mode == crate::authz::MtlsMode::Strict {
+                inc(ctx.metrics.tcp(Direction::Inbound).refused(RefuseReason::Plaintext));
+                tracing::warn!(
+                    "mesh-proxy inbound: refused a plaintext peer: {} says STRICT, and this proxy has no identity",
+                    policy.mode_source
+                );
+                return;
+            }
+            serve_http2(stream, local, None, ctx, &drain).await;
             return;
         };
         let accepted =
@@ -80,7 +92,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
         match (caller, carriage) {
             (Some(caller), Some(Carriage::Http2)) => {
                 tracing::debug!(%caller, "peer authenticated (HTTP/2)");
-                serve_http2(stream, local, Some(Arc::new(caller)), ctx).await;
+                serve_http2(stream, local, Some(Arc::new(caller)), ctx, &drain).await;
             }
             (Some(caller), Some(Carriage::Tcp)) => {
                 tracing::debug!(%caller, "peer authenticated (TCP)");
@@ -110,6 +122,7 @@ async fn serve_http2<S>(
     local: SocketAddr,
     caller: Option<Arc<SpiffeId>>,
     ctx: Arc<Context>,
+    drain: &Drain,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -121,10 +134,18 @@ async fn serve_http2<S>(
             Ok::<_, Infallible>(to_app(req, local.ip(), loopback, caller.as_deref(), &ctx).await)
         }
     });
-    if let Err(e) = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(stream), service)
-        .await
-    {
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    // On drain: GOAWAY, so the peer opens its next requests elsewhere while these finish.
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = drain.started() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(error = %e, "peer connection ended with an error");
     }
 }
@@ -146,6 +167,19 @@ where
             .tcp(Direction::Inbound)
             .refused(RefuseReason::NoEndpoint));
         tracing::warn!(%caller, "mesh-proxy inbound: refused a TCP stream: {reason}");
+        return;
+    }
+    let attempt = Attempt {
+        source: Some(&caller),
+        port,
+        http: None,
+    };
+    if let Verdict::Deny(reason) = ctx.authorize(&attempt) {
+        inc(ctx
+            .metrics
+            .tcp(Direction::Inbound)
+            .refused(RefuseReason::Denied));
+        tracing::warn!(%caller, port, "mesh-proxy inbound: refused a TCP stream: {reason}");
         return;
     }
     let app = SocketAddr::new(loopback_of(local), port);
@@ -219,6 +253,21 @@ async fn to_app(
     };
     if let Err(reason) = check_app_port(ctx, pod_ip, port) {
         return inbound_error(StatusCode::FORBIDDEN, &reason);
+    }
+    let attempt = Attempt {
+        source: caller,
+        port,
+        http: Some((parts.method.as_str(), parts.uri.path())),
+    };
+    if let Verdict::Deny(reason) = ctx.authorize(&attempt) {
+        let who = caller.map_or_else(
+            || "a caller without identity".to_string(),
+            |c| c.to_string(),
+        );
+        return inbound_error(
+            StatusCode::FORBIDDEN,
+            &format!("{} {} from {who}: {reason}", parts.method, parts.uri.path()),
+        );
     }
     parts.headers.remove(CLIENT_CERT);
     if let (Some(caller), Some(tls)) = (caller, &ctx.tls) {

@@ -156,6 +156,7 @@ async fn good_updates_are_acked_and_a_bad_one_is_nacked_keeping_the_last_good_co
     let config = XdsConfig {
         server: format!("http://{addr}"),
         tls: None,
+        policy_name: None,
         node: Node {
             id: "test-proxy".into(),
             ..Default::default()

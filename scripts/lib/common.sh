@@ -8,6 +8,17 @@ require_root() {
 }
 
 # Installs the system tools the mesh's pods need when they are missing (Debian/Ubuntu).
+# apt-get install without recommends, refreshing the package lists once per run.
+APT_UPDATED=
+apt_install() {
+  command -v apt-get >/dev/null || die "missing $* and no apt-get: install it with your package manager"
+  if [ -z "$APT_UPDATED" ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
 ensure_tools() {
   local missing=()
   command -v iptables >/dev/null || missing+=(iptables)
@@ -16,9 +27,7 @@ ensure_tools() {
   command -v nsenter >/dev/null || missing+=(util-linux)
   if [ ${#missing[@]} -gt 0 ]; then
     step "installing ${missing[*]}"
-    command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get: install them with your package manager"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    apt_install "${missing[@]}"
   fi
   command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) first"
 }

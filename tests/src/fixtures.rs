@@ -60,3 +60,20 @@ pub fn eventually(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Fails unless `promtool check metrics` accepts `metrics` (written to `dir` for it to read).
+pub fn promtool_check(metrics: &str, dir: &std::path::Path, name: &str) -> anyhow::Result<()> {
+    let file = dir.join(format!("{name}-metrics.txt"));
+    std::fs::write(&file, metrics)?;
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("promtool check metrics < {}", file.display()))
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}

@@ -258,3 +258,73 @@ fn sweep_stale() {
         let _ = run("ip", &["netns", "del", &name]);
     }
 }
+
+/// A packet capture on every port of the bridge (all traffic between pods crosses them).
+#[derive(Debug)]
+pub struct Capture {
+    process: crate::process::Process,
+    file: PathBuf,
+}
+
+impl Network {
+    /// Starts `tcpdump` on the bridge with `filter`, and returns once it is capturing (its file
+    /// header is written when the capture is live).
+    pub fn capture(&self, filter: &str) -> anyhow::Result<Capture> {
+        let file = self.log_dir.join(format!("capture-{}.pcap", self.name));
+        let log_path = self.log_dir.join(format!("capture-{}.log", self.name));
+        let log = std::fs::File::create(&log_path)?;
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &self.bridge_ns,
+            "tcpdump",
+            "-i",
+            "any",
+            "--immediate-mode",
+            "-U",
+            "-nn",
+            "-w",
+        ])
+        .arg(&file)
+        .arg(filter)
+        .stdout(std::process::Stdio::from(log.try_clone()?))
+        .stderr(std::process::Stdio::from(log));
+        let child = cmd
+            .spawn()
+            .context("cannot start tcpdump (apt-get install -y tcpdump)")?;
+        let mut process = crate::process::Process::new("tcpdump".into(), child, log_path);
+        crate::fixtures::eventually(
+            std::time::Duration::from_secs(10),
+            "tcpdump capturing",
+            || {
+                anyhow::ensure!(
+                    process.is_running(),
+                    "tcpdump exited: {}",
+                    process.log_text()
+                );
+                Ok(std::fs::metadata(&file).is_ok_and(|m| m.len() >= 24))
+            },
+        )?;
+        Ok(Capture { process, file })
+    }
+}
+
+impl Capture {
+    /// Stops the capture and returns every packet, headers and payload as text (`tcpdump -A`).
+    pub fn finish(mut self) -> anyhow::Result<String> {
+        self.process.terminate()?;
+        self.process.wait_exit(std::time::Duration::from_secs(10))?;
+        let out = std::process::Command::new("tcpdump")
+            .args(["-nn", "-A", "-r"])
+            .arg(&self.file)
+            .output()
+            .context("cannot run tcpdump -r")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "tcpdump -r failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}

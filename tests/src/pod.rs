@@ -116,6 +116,13 @@ impl Pod {
 
     /// Starts the sidecar as uid 1337 and waits until its admin `/ready` answers 200.
     pub fn start_sidecar(&self, args: &[&str]) -> anyhow::Result<Process> {
+        let mut process = self.spawn_sidecar(args)?;
+        self.wait_http_ok("http://127.0.0.1:15000/ready", &mut process)?;
+        Ok(process)
+    }
+
+    /// Starts `mesh-proxy ARGS` like [`Pod::start_sidecar`], without waiting for it to be ready.
+    pub fn spawn_sidecar(&self, args: &[&str]) -> anyhow::Result<Process> {
         let (log, path) = self.log_file("proxy")?;
         let child = self
             .command_as(PROXY_UID, binary("mesh-proxy")?)
@@ -127,9 +134,11 @@ impl Pod {
             .stderr(Stdio::from(log))
             .spawn()
             .context("cannot start mesh-proxy")?;
-        let mut process = Process::new(format!("{}/mesh-proxy", self.role), child, path);
-        self.wait_http_ok("http://127.0.0.1:15000/ready", &mut process)?;
-        Ok(process)
+        Ok(Process::new(
+            format!("{}/mesh-proxy", self.role),
+            child,
+            path,
+        ))
     }
 
     /// Starts `mesh-test-app ARGS` as root and waits for it to print `ready`.
@@ -172,10 +181,6 @@ impl Pod {
         service_account: &str,
         extra: &[&str],
     ) -> anyhow::Result<Process> {
-        let mut ips = self.ipv4.to_string();
-        if let Some(v6) = self.ipv6 {
-            ips.push_str(&format!(",{v6}"));
-        }
         let token = cp.run(
             binary("meshctl")?.to_str().context("binary path")?,
             &[
@@ -187,14 +192,33 @@ impl Pod {
                 service_account,
             ],
         )?;
+        let mut args = self.meshed_sidecar_args(cp, labels, service_account, &token)?;
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.start_sidecar(&args)
+    }
+
+    /// The flags of a sidecar following the meshd in pod `cp` over TLS, with `token` (given to
+    /// it in a file only it can read) for `service_account`'s certificate.
+    pub fn meshed_sidecar_args(
+        &self,
+        cp: &Pod,
+        labels: &str,
+        service_account: &str,
+        token: &str,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut ips = self.ipv4.to_string();
+        if let Some(v6) = self.ipv6 {
+            ips.push_str(&format!(",{v6}"));
+        }
         let bundle = cp.run(
             binary("meshctl")?.to_str().context("binary path")?,
             &["ca", "bundle"],
         )?;
-        let token_file = self.secret_file("ca-token", &token, PROXY_UID)?;
+        let token_file = self.secret_file("ca-token", token, PROXY_UID)?;
         let bundle_file =
             self.secret_file("trust-bundle.pem", &format!("{bundle}\n"), PROXY_UID)?;
-        let mut args = vec![
+        Ok(vec![
             "--xds-address".to_string(),
             format!("https://{}:15012", cp.ipv4),
             "--trust-bundle".to_string(),
@@ -209,10 +233,7 @@ impl Pod {
             self.role.clone(),
             "--labels".to_string(),
             labels.to_string(),
-        ];
-        args.extend(extra.iter().map(|a| a.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.start_sidecar(&args)
+        ])
     }
 
     /// [`Pod::start_meshed_sidecar_as`] with the service account `default`.
@@ -263,6 +284,28 @@ impl Pod {
     /// Runs `meshctl ARGS` in this pod (where meshd's API is on loopback).
     pub fn meshctl(&self, args: &[&str]) -> anyhow::Result<Output> {
         output(self.command(binary("meshctl")?).args(args))
+    }
+
+    /// `meshctl apply -f` of `yaml` (with `--wait` when `wait`) in this pod, where meshd runs;
+    /// fails unless meshctl succeeds, and returns what it printed.
+    pub fn apply(&self, yaml: &str, wait: bool) -> anyhow::Result<String> {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self.log_dir.join(format!("apply-{}-{n}.yaml", self.role));
+        std::fs::write(&path, yaml)?;
+        let path = path.to_string_lossy().into_owned();
+        let mut args = vec!["apply", "-f", path.as_str()];
+        if wait {
+            args.push("--wait");
+        }
+        let out = self.meshctl(&args)?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        anyhow::ensure!(out.status.success(), "meshctl apply failed: {text}");
+        Ok(text)
     }
 
     /// Runs `mesh-test-app ARGS` to completion (e.g. `send`).

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use mesh_tests::fixtures::eventually;
+use mesh_tests::fixtures::{eventually, promtool_check};
 use mesh_tests::identity::mint;
 use mesh_tests::{IpFamilies, Network, Pod, Process};
 
@@ -97,25 +97,8 @@ fn scene(label: &str) -> anyhow::Result<Scene> {
 }
 
 /// `meshctl apply -f` of `yaml` (through a file); returns meshctl's output or its error text.
-fn apply(cp: &Pod, net: &Network, yaml: &str, wait: bool) -> anyhow::Result<String> {
-    let path = net.log_dir.join(format!(
-        "apply-{}.yaml",
-        std::process::id() as u64 ^ yaml.len() as u64
-    ));
-    std::fs::write(&path, yaml)?;
-    let path = path.to_string_lossy().into_owned();
-    let mut args = vec!["apply", "-f", path.as_str()];
-    if wait {
-        args.push("--wait");
-    }
-    let out = cp.meshctl(&args)?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    anyhow::ensure!(out.status.success(), "meshctl apply failed: {text}");
-    Ok(text)
+fn apply(cp: &Pod, _net: &Network, yaml: &str, wait: bool) -> anyhow::Result<String> {
+    cp.apply(yaml, wait)
 }
 
 /// Curls `url` from `pod` `n` times (new connection each) and counts who answered.
@@ -420,19 +403,7 @@ fn an_upgraded_connection_echoes_through_the_mesh_and_metrics_pass_promtool() ->
         metrics.contains("mesh_request_duration_seconds_bucket"),
         "{metrics}"
     );
-    let file = s.net.log_dir.join("a-metrics.txt");
-    std::fs::write(&file, &metrics)?;
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("promtool check metrics < {}", file.display()))
-        .output()?;
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
+    promtool_check(&metrics, &s.net.log_dir, "a")
 }
 
 #[test]

@@ -38,6 +38,8 @@ pub(crate) async fn drive<S: AdsStream>(
     peer: Option<SocketAddr>,
 ) {
     let mut snapshots = controller.subscribe();
+    let stopped = controller.stopped();
+    tokio::pin!(stopped);
     loop {
         let ok = tokio::select! {
             request = requests.message() => match request {
@@ -58,6 +60,7 @@ pub(crate) async fn drive<S: AdsStream>(
                 let snapshot = snapshots.borrow_and_update().clone();
                 changed.is_ok() && stream.on_snapshot(&snapshot).await
             }
+            () = &mut stopped => false,
         };
         if !ok {
             break;

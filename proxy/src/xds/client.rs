@@ -29,6 +29,9 @@ pub struct XdsConfig {
     /// For `https://`: the trust bundle and the name meshd's certificate carries.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
     pub node: Node,
+    /// This workload's inbound policy resource, `<namespace>/<workload>`; none for a proxy that
+    /// registers no workload.
+    pub policy_name: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +62,7 @@ struct Tracks {
     eds: TypeTrack,
     lds: TypeTrack,
     rds: TypeTrack,
+    policy: TypeTrack,
 }
 
 impl Tracks {
@@ -68,6 +72,7 @@ impl Tracks {
             type_url::ENDPOINT => Some((&mut self.eds, "EDS")),
             type_url::LISTENER => Some((&mut self.lds, "LDS")),
             type_url::ROUTE => Some((&mut self.rds, "RDS")),
+            type_url::WORKLOAD_POLICY => Some((&mut self.policy, "POLICY")),
             _ => None,
         }
     }
@@ -147,7 +152,14 @@ async fn session(
             let _ = tx.send(request(url, track, with_node.then_some(&config.node), None));
         }
     }
-    for url in [type_url::ENDPOINT, type_url::ROUTE] {
+    if let Some(name) = &config.policy_name {
+        tracks.policy.names = std::iter::once(name.clone()).collect();
+    }
+    for url in [
+        type_url::ENDPOINT,
+        type_url::ROUTE,
+        type_url::WORKLOAD_POLICY,
+    ] {
         if let Some((track, _)) = tracks.get(url) {
             track.nonce.clear();
             if !track.names.is_empty() {
@@ -163,13 +175,14 @@ async fn session(
     tracing::info!(server = %config.server, "xDS stream open");
     while let Some(response) = stream.message().await? {
         *got_response = true;
-        on_response(response, xds, resources, tracks, &tx);
+        on_response(response, config, xds, resources, tracks, &tx);
     }
     Err(SessionError::Closed)
 }
 
 fn on_response(
     response: DiscoveryResponse,
+    config: &XdsConfig,
     xds: &Xds,
     resources: &mut Resources,
     tracks: &mut Tracks,
@@ -181,6 +194,14 @@ fn on_response(
         return;
     };
     track.nonce = response.nonce.clone();
+    if url == type_url::WORKLOAD_POLICY {
+        let name = config.policy_name.as_deref().unwrap_or_default();
+        let decoded = resources::workload_policy(&response.resources, name);
+        let applied = decoded.map(|policy| xds.policy.store(Arc::new(policy)));
+        settle(applied, &response, &url, track, short, xds, tx);
+        mark_ready(resources, tracks, xds);
+        return;
+    }
     let mut next = resources.clone();
     let decoded = match url.as_str() {
         type_url::CLUSTER => resources::clusters(&response.resources).map(|c| next.clusters = c),
@@ -191,25 +212,47 @@ fn on_response(
         type_url::LISTENER => resources::listeners(&response.resources).map(|l| next.listeners = l),
         _ => resources::routes(&response.resources).map(|r| next.routes = r),
     };
-    if let Err(message) = decoded {
+    let applied = decoded.map(|()| {
+        *resources = next;
+        xds.routing
+            .store(Arc::new(resources.compile(&xds.requests, &xds.endpoints)));
+    });
+    if settle(applied, &response, &url, track, short, xds, tx) {
+        follow_names(resources, tracks, tx);
+    }
+    mark_ready(resources, tracks, xds);
+}
+
+/// ACKs an applied update or NACKs a refused one; true when applied.
+fn settle(
+    applied: Result<(), String>,
+    response: &DiscoveryResponse,
+    url: &str,
+    track: &mut TypeTrack,
+    short: &'static str,
+    xds: &Xds,
+    tx: &mpsc::UnboundedSender<DiscoveryRequest>,
+) -> bool {
+    if let Err(message) = applied {
         tracing::warn!(ty = short, version = %response.version_info, error = %message, "refusing an xDS update (NACK); keeping the last good config");
         xds.update_type(short, |t| {
             t.last_nack = Some(format!("version {}: {message}", response.version_info))
         });
-        let _ = tx.send(request(&url, track, None, Some(message)));
-        return;
+        let _ = tx.send(request(url, track, None, Some(message)));
+        return false;
     }
     track.version = response.version_info.clone();
     track.received = true;
-    *resources = next;
-    xds.routing
-        .store(Arc::new(resources.compile(&xds.requests, &xds.endpoints)));
     xds.update_type(short, |t| {
         t.acked_version = Some(response.version_info.clone())
     });
     tracing::debug!(ty = short, version = %response.version_info, count = response.resources.len(), "applied xDS update");
-    let _ = tx.send(request(&url, track, None, None));
-    follow_names(resources, tracks, tx);
+    let _ = tx.send(request(url, track, None, None));
+    true
+}
+
+/// Ready once every type the configuration needs has arrived.
+fn mark_ready(resources: &Resources, tracks: &Tracks, xds: &Xds) {
     if !xds.is_ready() && complete(resources, tracks) {
         xds.set_ready();
         tracing::info!(
@@ -244,4 +287,5 @@ fn complete(resources: &Resources, tracks: &Tracks) -> bool {
         && tracks.lds.received
         && (resources.eds_names().is_empty() || tracks.eds.received)
         && (resources.route_names().is_empty() || tracks.rds.received)
+        && (tracks.policy.names.is_empty() || tracks.policy.received)
 }

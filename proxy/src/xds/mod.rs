@@ -29,6 +29,8 @@ pub struct TypeState {
 #[derive(Debug)]
 pub struct Xds {
     pub routing: ArcSwap<Routing>,
+    /// This workload's inbound policy (PERMISSIVE, no rules, until meshd sends one).
+    pub policy: ArcSwap<crate::authz::InboundPolicy>,
     /// Request counters of every route this proxy has routed by.
     pub requests: RequestRegistry,
     /// Balancer state of every endpoint, kept across configuration updates.
@@ -44,6 +46,7 @@ impl Xds {
     pub fn standalone() -> Xds {
         Xds {
             routing: ArcSwap::from_pointee(Routing::default()),
+            policy: ArcSwap::from_pointee(crate::authz::InboundPolicy::default()),
             requests: RequestRegistry::default(),
             endpoints: EndpointRegistry::default(),
             ready: AtomicBool::new(true),
@@ -91,6 +94,7 @@ impl Xds {
                 "lastNack": t.last_nack,
             }))).collect::<serde_json::Map<_, _>>(),
             "services": self.routing.load().dump(),
+            "inboundPolicy": self.policy.load().dump(),
         })
     }
 }

@@ -582,6 +582,28 @@ fn algorithm(c: &Cluster) -> Result<Algorithm, String> {
     }
 }
 
+/// This workload's inbound policy from a policy response: the resource named `name`, or the
+/// default (PERMISSIVE, no rules) when meshd has none for it.
+pub fn workload_policy(anys: &[Any], name: &str) -> Result<crate::authz::InboundPolicy, String> {
+    use mesh_proto::mesh::security::v1::WorkloadPolicy;
+    for any in anys {
+        if any.type_url != mesh_proto::type_url::WORKLOAD_POLICY {
+            return Err(format!(
+                "expected {}, got {}",
+                mesh_proto::type_url::WORKLOAD_POLICY,
+                any.type_url
+            ));
+        }
+        let policy = WorkloadPolicy::decode(any.value.as_slice())
+            .map_err(|e| format!("cannot decode a WorkloadPolicy: {e}"))?;
+        if policy.name == name {
+            return crate::authz::InboundPolicy::compile(&policy)
+                .map_err(|e| format!("policy {name}: {e}"));
+        }
+    }
+    Ok(crate::authz::InboundPolicy::default())
+}
+
 /// Decodes a set of load assignments.
 pub fn endpoints(anys: &[Any]) -> Result<BTreeMap<String, Vec<SocketAddr>>, String> {
     anys.iter()

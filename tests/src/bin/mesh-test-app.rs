@@ -189,18 +189,25 @@ async fn http(mut stream: TcpStream, name: String, delay_ms: u64) -> anyhow::Res
         }
         buf.extend_from_slice(&chunk[..n]);
         while let Some(end) = find(&buf, b"\r\n\r\n") {
-            // Report what arrived: the request target, and x-from-mesh when a route set it.
+            // Report what arrived: the request target, x-from-mesh when a route set it, and the
+            // caller the mesh authenticated (x-forwarded-client-cert).
             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
             let target = head.split(' ').nth(1).unwrap_or("?").to_string();
-            let from_mesh = head
-                .lines()
-                .find_map(|l| {
-                    l.split_once(':')
-                        .filter(|(k, _)| k.eq_ignore_ascii_case("x-from-mesh"))
-                        .map(|(_, v)| v.trim().to_string())
-                })
-                .map(|v| format!("x-seen-x-from-mesh: {v}\r\n"))
-                .unwrap_or_default();
+            let seen = |name: &str, reported: &str| {
+                head.lines()
+                    .find_map(|l| {
+                        l.split_once(':')
+                            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                            .map(|(_, v)| v.trim().to_string())
+                    })
+                    .map(|v| format!("{reported}: {v}\r\n"))
+                    .unwrap_or_default()
+            };
+            let from_mesh = format!(
+                "{}{}",
+                seen("x-from-mesh", "x-seen-x-from-mesh"),
+                seen("x-forwarded-client-cert", "x-seen-client-cert")
+            );
             if delay_ms > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
             }
