@@ -216,7 +216,7 @@ impl Identity {
         )
     }
 
-    fn install(&self, key: CertifiedKey, expires: u64) {
+    pub(crate) fn install(&self, key: CertifiedKey, expires: u64) {
         self.current.store(Some(Arc::new(key)));
         self.expires.store(expires, Ordering::Relaxed);
         self.renewals.fetch_add(1, Ordering::Relaxed);

@@ -236,3 +236,106 @@ pub fn peer_identity(conn: &rustls::CommonState) -> Option<SpiffeId> {
         .and_then(|certs| certs.first())
         .and_then(|leaf| spiffe_id(leaf))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa,
+        Issuer, KeyPair, KeyUsagePurpose, SanType,
+    };
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    fn id(sa: &str) -> SpiffeId {
+        SpiffeId::new("cluster.local", "default", sa).expect("id")
+    }
+
+    /// An identity holding a certificate for `sa` from `issuer`.
+    fn identity(root_pem: &str, issuer: &Issuer<'_, KeyPair>, sa: &str) -> Arc<Identity> {
+        let identity = Identity::new(id(sa), "test", root_pem).expect("bundle");
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = vec![SanType::URI(id(sa).to_string().try_into().expect("uri"))];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, issuer).expect("signed");
+        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let signer = rustls::crypto::aws_lc_rs::sign::any_supported_type(&der).expect("signer");
+        identity.install(
+            CertifiedKey::new(vec![cert.der().clone()], signer),
+            u64::MAX,
+        );
+        Arc::new(identity)
+    }
+
+    #[tokio::test]
+    async fn clients_accept_only_the_published_identity_and_resume_sessions() {
+        let root_key = KeyPair::generate().expect("key");
+        let mut root = CertificateParams::default();
+        root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        root.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let root_pem = root.self_signed(&root_key).expect("root").pem();
+        let issuer = Issuer::new(root, root_key);
+        let server = MeshTls::new(identity(&root_pem, &issuer, "web")).expect("server");
+        let client = MeshTls::new(identity(&root_pem, &issuer, "client")).expect("client");
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let acceptor = server.acceptor().clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = acceptor.accept(tcp).await {
+                        let caller = peer_identity(tls.get_ref().1).map(|c| c.to_string());
+                        let _ = tls.write_all(caller.unwrap_or_default().as_bytes()).await;
+                        let _ = tls.shutdown().await;
+                    }
+                });
+            }
+        });
+        let connect = |expected: SpiffeId| {
+            let client = &client;
+            async move {
+                let tcp = TcpStream::connect(addr).await.expect("tcp");
+                client
+                    .connect(tcp, addr.ip(), &expected, Carriage::Http2)
+                    .await
+            }
+        };
+
+        // Not the identity meshd published for this address: refused in the handshake.
+        let wrong = connect(id("db")).await.expect_err("must fail");
+        assert!(
+            wrong
+                .to_string()
+                .contains("not spiffe://cluster.local/ns/default/sa/db"),
+            "{wrong}"
+        );
+
+        for round in 0..2 {
+            let mut tls = connect(id("web")).await.expect("handshake");
+            let (_, conn) = tls.get_ref();
+            assert_eq!(conn.alpn_protocol(), Some(&b"mesh/h2"[..]));
+            assert_eq!(peer_identity(conn), Some(id("web")));
+            let kind = conn.handshake_kind();
+            let mut seen = String::new();
+            tls.read_to_string(&mut seen).await.expect("read");
+            assert_eq!(
+                seen, "spiffe://cluster.local/ns/default/sa/client",
+                "the server saw the client"
+            );
+            let expected = if round == 0 {
+                rustls::HandshakeKind::Full
+            } else {
+                rustls::HandshakeKind::Resumed
+            };
+            assert_eq!(kind, Some(expected), "round {round}");
+        }
+    }
+}

@@ -384,6 +384,72 @@ mod tests {
     }
 
     #[test]
+    fn a_user_intermediate_signs_and_its_chain_verifies_against_the_root() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = |cn: &str| {
+            let mut p = CertificateParams::default();
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p
+        };
+        let root_key = KeyPair::generate().expect("key");
+        let root = ca("user root");
+        let root_pem = root.self_signed(&root_key).expect("root").pem();
+        let root_issuer = Issuer::new(root, root_key);
+        let mid_key = KeyPair::generate().expect("key");
+        let mid_pem = ca("user intermediate")
+            .signed_by(&mid_key, &root_issuer)
+            .expect("intermediate")
+            .pem();
+        let cert = dir.path().join("chain.pem");
+        let key = dir.path().join("key.pem");
+        fs::write(&cert, format!("{mid_pem}{root_pem}")).expect("write");
+        fs::write(&key, mid_key.serialize_pem()).expect("write");
+        let user = UserCa {
+            cert,
+            key,
+            bundle: None,
+        };
+        let authority = Authority::open(
+            dir.path(),
+            "cluster.local",
+            Some(&user),
+            Duration::from_secs(600),
+        )
+        .expect("opens");
+        assert_eq!(
+            authority.bundle(),
+            std::slice::from_ref(&root_pem),
+            "the root is the trust anchor"
+        );
+        let leaf_key = KeyPair::generate().expect("key");
+        let id = SpiffeId::new("cluster.local", "shop", "web").expect("id");
+        let chain = authority
+            .issue_workload(&id, &leaf_key, Duration::from_secs(600))
+            .expect("issued");
+        assert_eq!(chain.len(), 2, "leaf and intermediate");
+        let der = |pem: &str| {
+            let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("pem");
+            rustls::pki_types::CertificateDer::from(p.contents)
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der(&root_pem)).expect("root");
+        let leaf = der(&chain[0]);
+        let end_entity = rustls::server::ParsedCertificate::try_from(&leaf).expect("parsed");
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &end_entity,
+            &roots,
+            &[der(&chain[1])],
+            rustls::pki_types::UnixTime::now(),
+            rustls::crypto::aws_lc_rs::default_provider()
+                .signature_verification_algorithms
+                .all,
+        )
+        .expect("the chain verifies against the user's root");
+    }
+
+    #[test]
     fn a_user_key_that_does_not_match_its_certificate_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ttl = Duration::from_secs(3600);
