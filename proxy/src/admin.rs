@@ -71,7 +71,10 @@ pub fn respond(method: &Method, path: &str, ctx: &Context, drain: &Drain) -> Res
         }
         (&Method::GET, "/metrics") => {
             let mut body = ctx.metrics.render();
-            body.push_str(&ctx.xds.requests.render("outbound"));
+            body.push_str(&crate::request_metrics::render(&[
+                ("outbound", &ctx.xds.requests),
+                ("inbound", &ctx.xds.inbound_requests),
+            ]));
             if let Some(tls) = &ctx.tls {
                 body.push_str(&tls.identity().render());
             }

@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use crate::detect::Protocol;
 use crate::forward::Context;
 use crate::io::Rewind;
-use crate::peer::{ORIG_HOST, ORIG_PROTO, TARGET_PORT};
+use crate::peer::{ORIG_HOST, ORIG_PROTO, SERVICE, TARGET_PORT};
 use crate::peer_client::PeerConnector;
 use crate::request_metrics::RouteStats;
 use crate::route::RequestView;
@@ -278,11 +278,16 @@ async fn forward(
     // A meshed endpoint is reached over HTTP/2 through its sidecar's peer port (an Upgrade
     // needs HTTP/1.1 end to end, so it goes directly).
     let peer_port = (picked.meshed() && upgrade.is_none()).then_some(ctx.config.peer_addr.port());
-    let upstream =
-        match upstream_request(req, endpoint, upgrade.is_some(), path.as_deref(), peer_port) {
-            Ok(r) => r,
-            Err(reason) => return mesh_error(StatusCode::BAD_REQUEST, &reason),
-        };
+    let upstream = match upstream_request(
+        req,
+        endpoint,
+        upgrade.is_some(),
+        path.as_deref(),
+        peer_port.map(|p| (p, service)),
+    ) {
+        Ok(r) => r,
+        Err(reason) => return mesh_error(StatusCode::BAD_REQUEST, &reason),
+    };
     let sent = ctx.http.send(upstream, peer_port.is_some());
     let result = match route.timeout {
         Some(limit) => match tokio::time::timeout(limit, sent).await {
@@ -361,8 +366,9 @@ fn upstream_request(
     endpoint: SocketAddr,
     upgrade: bool,
     rewritten: Option<&str>,
-    peer_port: Option<u16>,
+    peer: Option<(u16, &str)>,
 ) -> Result<Request<Incoming>, String> {
+    let peer_port = peer.map(|(port, _)| port);
     let (mut parts, body) = req.into_parts();
     let original = parts
         .uri
@@ -387,6 +393,9 @@ fn upstream_request(
         parts
             .headers
             .insert(TARGET_PORT, HeaderValue::from(endpoint.port()));
+        if let Some(service) = peer.and_then(|(_, s)| HeaderValue::from_str(s).ok()) {
+            parts.headers.insert(SERVICE, service);
+        }
         if parts.version != Version::HTTP_2 {
             parts
                 .headers

@@ -34,6 +34,8 @@ pub const TARGET_PORT: &str = "x-mesh-target-port";
 pub const ORIG_PROTO: &str = "x-mesh-orig-proto";
 /// The client's `Host`, for an HTTP/1.1 request.
 pub const ORIG_HOST: &str = "x-mesh-orig-host";
+/// The Service the client addressed (what the inbound side counts the request under).
+pub const SERVICE: &str = "x-mesh-service";
 
 /// The header that tells the app who called: `By=<this pod's identity>;URI=<the caller's>`
 /// (Envoy's format). The mesh sets it on requests from an authenticated peer and removes it from
@@ -131,7 +133,11 @@ async fn serve_http2<S>(
         let ctx = ctx.clone();
         let caller = caller.clone();
         async move {
-            Ok::<_, Infallible>(to_app(req, local.ip(), loopback, caller.as_deref(), &ctx).await)
+            let start = std::time::Instant::now();
+            let stats = inbound_stats(&req, local.ip(), &ctx);
+            let response = to_app(req, local.ip(), loopback, caller.as_deref(), &ctx).await;
+            stats.record(response.status().as_u16(), start.elapsed());
+            Ok::<_, Infallible>(response)
         }
     });
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -206,6 +212,32 @@ where
     }
 }
 
+/// The counters a peer's request is recorded in: the Service its target port is an endpoint
+/// of (route `inbound`).
+fn inbound_stats(
+    req: &Request<Incoming>,
+    pod_ip: IpAddr,
+    ctx: &Context,
+) -> Arc<crate::request_metrics::RouteStats> {
+    let port = req
+        .headers()
+        .get(TARGET_PORT)
+        .and_then(|v| v.to_str().ok().and_then(|p| p.parse::<u16>().ok()));
+    if let Some(service) = req
+        .headers()
+        .get(SERVICE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| s.len() <= 253)
+    {
+        return ctx.xds.inbound_requests.stats(service, "inbound");
+    }
+    let routing = ctx.xds.routing.load();
+    let service = port
+        .and_then(|p| routing.endpoint_services.get(&SocketAddr::new(pod_ip, p)))
+        .map_or("unknown", String::as_str);
+    ctx.xds.inbound_requests.stats(service, "inbound")
+}
+
 fn loopback_of(local: SocketAddr) -> IpAddr {
     match local {
         SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
@@ -276,6 +308,7 @@ async fn to_app(
             parts.headers.insert(CLIENT_CERT, v);
         }
     }
+    parts.headers.remove(SERVICE);
     let http1 = parts.headers.remove(ORIG_PROTO).is_some();
     if let Some(host) = parts.headers.remove(ORIG_HOST) {
         parts.headers.insert(HOST, host);

@@ -41,6 +41,9 @@ impl RouteStats {
     }
 }
 
+/// Counters by (service, route).
+type Routes = BTreeMap<(String, String), Arc<RouteStats>>;
+
 /// Every route's counters, by (service, route).
 #[derive(Debug, Default)]
 pub struct RequestRegistry {
@@ -57,16 +60,24 @@ impl RequestRegistry {
             .clone()
     }
 
-    /// The Prometheus text of every route's counters.
-    pub fn render(&self, direction: &str) -> String {
-        let routes = self
-            .routes
+    fn snapshot(&self) -> Routes {
+        self.routes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let mut out = String::new();
-        out.push_str("# HELP mesh_requests_total HTTP requests by response class.\n# TYPE mesh_requests_total counter\n");
-        for ((service, route), s) in &routes {
+            .clone()
+    }
+}
+
+/// The Prometheus text of the counters of every (direction, registry).
+pub fn render(registries: &[(&str, &RequestRegistry)]) -> String {
+    let all: Vec<(&str, Routes)> = registries
+        .iter()
+        .map(|(direction, r)| (*direction, r.snapshot()))
+        .collect();
+    let mut out = String::new();
+    out.push_str("# HELP mesh_requests_total HTTP requests by response class.\n# TYPE mesh_requests_total counter\n");
+    for (direction, routes) in &all {
+        for ((service, route), s) in routes {
             for (i, class) in CLASSES.iter().enumerate() {
                 let n = s.by_class[i].load(Ordering::Relaxed);
                 if n > 0 {
@@ -79,8 +90,10 @@ impl RequestRegistry {
                 }
             }
         }
-        out.push_str("# HELP mesh_request_duration_seconds Time from a request arriving to its response head.\n# TYPE mesh_request_duration_seconds histogram\n");
-        for ((service, route), s) in &routes {
+    }
+    out.push_str("# HELP mesh_request_duration_seconds Time from a request arriving to its response head.\n# TYPE mesh_request_duration_seconds histogram\n");
+    for (direction, routes) in &all {
+        for ((service, route), s) in routes {
             let labels = format!(
                 "direction=\"{direction}\",service=\"{}\",route=\"{}\"",
                 escape(service),
@@ -109,8 +122,8 @@ impl RequestRegistry {
                 "mesh_request_duration_seconds_count{{{labels}}} {count}"
             );
         }
-        out
     }
+    out
 }
 
 /// Escapes a label value (backslash, quote, newline).
@@ -135,7 +148,7 @@ mod tests {
         s.record(200, Duration::from_micros(800));
         s.record(204, Duration::from_millis(30));
         s.record(503, Duration::from_secs(20));
-        let text = reg.render("outbound");
+        let text = render(&[("outbound", &reg)]);
         let labels = "direction=\"outbound\",service=\"web.default.svc:80\",route=\"default/web\"";
         assert!(
             text.contains(&format!(

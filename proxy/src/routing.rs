@@ -178,6 +178,9 @@ pub struct Routing {
     pub services: HashMap<SocketAddr, Service>,
     /// Every endpoint port, by endpoint address: what a peer may ask this pod's sidecar for.
     pub endpoint_ports: HashMap<std::net::IpAddr, std::collections::HashSet<u16>>,
+    /// The first Service (cluster, by name) each endpoint belongs to: what inbound requests
+    /// are counted under.
+    pub endpoint_services: HashMap<SocketAddr, String>,
     /// The identity of each endpoint address's sidecar, as meshd published it.
     pub sidecars: HashMap<std::net::IpAddr, crate::xds::resources::SidecarName>,
 }

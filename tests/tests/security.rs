@@ -232,6 +232,14 @@ spec:
     assert!(s.b.metric(deny)? >= 3);
     assert!(s.b.metric("mesh_authz_decisions_total{protocol=\"tcp\",decision=\"deny\"}")? >= 2);
     assert!(s.b.metric("mesh_authz_decisions_total{protocol=\"http\",decision=\"allow\"}")? >= 1);
+    // The inbound side counts the requests it answered, under the Service the client called.
+    let inbound = |class: &str| {
+        s.b.metric(&format!(
+            "mesh_requests_total{{direction=\"inbound\",service=\"web.default.svc:80\",route=\"inbound\",code_class=\"{class}\"}}"
+        ))
+    };
+    assert!(inbound("4xx")? >= 3);
+    assert!(inbound("2xx")? >= 1);
     promtool_check(&s.b.admin("/metrics")?, &s.net.log_dir, "b")?;
     Ok(())
 }

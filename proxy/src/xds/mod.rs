@@ -33,6 +33,8 @@ pub struct Xds {
     pub policy: ArcSwap<crate::authz::InboundPolicy>,
     /// Request counters of every route this proxy has routed by.
     pub requests: RequestRegistry,
+    /// Request counters of what peers sent to this pod's apps, by Service.
+    pub inbound_requests: RequestRegistry,
     /// Balancer state of every endpoint, kept across configuration updates.
     pub endpoints: EndpointRegistry,
     ready: AtomicBool,
@@ -48,6 +50,7 @@ impl Xds {
             routing: ArcSwap::from_pointee(Routing::default()),
             policy: ArcSwap::from_pointee(crate::authz::InboundPolicy::default()),
             requests: RequestRegistry::default(),
+            inbound_requests: RequestRegistry::default(),
             endpoints: EndpointRegistry::default(),
             ready: AtomicBool::new(true),
             connected: AtomicBool::new(false),

@@ -797,9 +797,18 @@ impl Resources {
             .iter()
             .map(|(addr, name)| (addr.ip(), name.clone()))
             .collect();
+        let mut endpoint_services = std::collections::HashMap::new();
+        for (name, cluster) in &clusters {
+            for endpoint in &cluster.endpoints {
+                endpoint_services
+                    .entry(endpoint.addr)
+                    .or_insert_with(|| (*name).clone());
+            }
+        }
         Routing {
             services,
             endpoint_ports,
+            endpoint_services,
             sidecars,
         }
     }

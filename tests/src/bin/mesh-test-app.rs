@@ -98,6 +98,26 @@ enum Mode {
         #[arg(long, default_value = "")]
         message: String,
     },
+    /// HTTP/1.1 bulk server: `PUT /upload` (with content-length) checks every byte against the
+    /// pattern and answers `received N`; `GET /download?bytes=N` streams N pattern bytes.
+    Bulk {
+        #[arg(long)]
+        listen: Vec<SocketAddr>,
+    },
+    /// `PUT /upload` of `bytes` pattern bytes to a bulk server; prints its answer.
+    BulkPut {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long)]
+        bytes: u64,
+    },
+    /// `GET /download?bytes=N` from a bulk server, checking every byte; prints `received N`.
+    BulkGet {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long)]
+        bytes: u64,
+    },
     /// Connects to an echo server, prints `ready connected`, waits for a line on stdin, then
     /// sends `ping` and checks that it comes back (keeps a connection open on demand).
     Hold {
@@ -124,6 +144,9 @@ async fn main() -> anyhow::Result<()> {
         Mode::Tally { connect, count } => tally(connect, count).await,
         Mode::Banner { listen, text } => serve(listen, move |s| banner(s, text.clone())).await,
         Mode::ReadLine { connect } => read_line(connect).await,
+        Mode::Bulk { listen } => serve(listen, bulk).await,
+        Mode::BulkPut { connect, bytes } => bulk_put(connect, bytes).await,
+        Mode::BulkGet { connect, bytes } => bulk_get(connect, bytes).await,
         Mode::MtlsTcp {
             connect,
             alpn,
@@ -512,5 +535,152 @@ async fn mtls_tcp(
         Err(_) => bail!("no end of stream from {addr} within 10 s"),
     }
     print!("{}", String::from_utf8_lossy(&got));
+    Ok(())
+}
+
+const BULK_SEED: u64 = 1234;
+
+/// Writes `bytes` pattern bytes.
+async fn write_pattern(w: &mut (impl AsyncWriteExt + Unpin), bytes: u64) -> anyhow::Result<()> {
+    let mut pattern = Pattern::new(BULK_SEED);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        pattern.fill(&mut buf[..n]);
+        w.write_all(&buf[..n]).await?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// Reads exactly `bytes` bytes (after `already`, bytes read with the head), checking each
+/// against the pattern.
+async fn read_pattern(
+    r: &mut (impl AsyncReadExt + Unpin),
+    already: &[u8],
+    bytes: u64,
+) -> anyhow::Result<u64> {
+    let mut expected = Pattern::new(BULK_SEED);
+    let mut want = vec![0u8; 64 * 1024];
+    let mut check = |got: &[u8], at: u64| -> anyhow::Result<()> {
+        for chunk in got.chunks(want.len()) {
+            expected.fill(&mut want[..chunk.len()]);
+            anyhow::ensure!(
+                chunk == &want[..chunk.len()],
+                "byte mismatch near offset {at}"
+            );
+        }
+        Ok(())
+    };
+    let first = already.len().min(bytes as usize);
+    check(&already[..first], 0)?;
+    let mut received = first as u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    while received < bytes {
+        let want_now = (bytes - received).min(buf.len() as u64) as usize;
+        let n = r.read(&mut buf[..want_now]).await?;
+        if n == 0 {
+            bail!("stream ended after {received} of {bytes} bytes");
+        }
+        check(&buf[..n], received)?;
+        received += n as u64;
+    }
+    Ok(received)
+}
+
+/// Reads an HTTP head; returns it and whatever body bytes came with it.
+async fn read_head_and_rest(stream: &mut TcpStream) -> anyhow::Result<Option<(String, Vec<u8>)>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = find(&buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            return Ok(Some((head, buf[end + 4..].to_vec())));
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                bail!("connection closed inside the HTTP head")
+            };
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn content_length(head: &str) -> Option<u64> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse().ok())
+            .flatten()
+    })
+}
+
+async fn bulk(mut stream: TcpStream) -> anyhow::Result<()> {
+    while let Some((head, rest)) = read_head_and_rest(&mut stream).await? {
+        let target = head.split(' ').nth(1).unwrap_or("/").to_string();
+        if head.starts_with("PUT /upload") {
+            let n = content_length(&head).context("PUT /upload needs content-length")?;
+            let got = read_pattern(&mut stream, &rest, n).await?;
+            let body = format!("received {got}\n");
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(response.as_bytes()).await?;
+        } else if let Some(n) = target
+            .strip_prefix("/download?bytes=")
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            let response = format!("HTTP/1.1 200 OK\r\ncontent-length: {n}\r\n\r\n");
+            stream.write_all(response.as_bytes()).await?;
+            write_pattern(&mut stream, n).await?;
+        } else {
+            stream
+                .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn bulk_put(addr: SocketAddr, bytes: u64) -> anyhow::Result<()> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    let head = format!("PUT /upload HTTP/1.1\r\nhost: bulk\r\ncontent-length: {bytes}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    write_pattern(&mut stream, bytes).await?;
+    let (head, rest) = read_head_and_rest(&mut stream)
+        .await?
+        .context("no response to the upload")?;
+    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "upload refused: {head}");
+    let n = content_length(&head).unwrap_or(0) as usize;
+    let mut body = rest;
+    while body.len() < n {
+        let mut chunk = [0u8; 256];
+        let got = stream.read(&mut chunk).await?;
+        anyhow::ensure!(got > 0, "response body cut short");
+        body.extend_from_slice(&chunk[..got]);
+    }
+    print!("{}", String::from_utf8_lossy(&body));
+    Ok(())
+}
+
+async fn bulk_get(addr: SocketAddr, bytes: u64) -> anyhow::Result<()> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    let head = format!("GET /download?bytes={bytes} HTTP/1.1\r\nhost: bulk\r\n\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    let (head, rest) = read_head_and_rest(&mut stream)
+        .await?
+        .context("no response to the download")?;
+    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "download refused: {head}");
+    let got = read_pattern(&mut stream, &rest, bytes).await?;
+    println!("received {got}");
     Ok(())
 }
