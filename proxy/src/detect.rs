@@ -30,6 +30,13 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    pub const ALL: [Protocol; 4] = [
+        Protocol::Http1,
+        Protocol::Http2,
+        Protocol::Tls,
+        Protocol::Opaque,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Http1 => "http1",

@@ -327,6 +327,7 @@ async fn serve_http(
             }
         };
         tracing::debug!(protocol = protocol.as_str(), "detected");
+        ctx.metrics.detected(protocol);
         let _ = downstream.set_nodelay(true);
         if matches!(protocol, Protocol::Http1 | Protocol::Http2) {
             crate::http::serve_outbound(

@@ -3,6 +3,8 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::detect::Protocol;
+
 /// Which listener a connection came in on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -89,6 +91,8 @@ pub struct Metrics {
     pub inbound: TcpMetrics,
     /// Inbound authorization decisions: `[protocol][allowed]`, protocol 0 = TCP, 1 = HTTP.
     authz: [[AtomicU64; 2]; 2],
+    /// Protocol detection outcomes, by [`Protocol::ALL`] index.
+    detected: [AtomicU64; 4],
 }
 
 /// Adds one to a counter.
@@ -102,6 +106,15 @@ type CounterField = fn(&TcpMetrics) -> &AtomicU64;
 const DIRECTIONS: [Direction; 2] = [Direction::Inbound, Direction::Outbound];
 
 impl Metrics {
+    /// Counts one protocol detection outcome.
+    pub fn detected(&self, protocol: Protocol) {
+        let i = Protocol::ALL
+            .iter()
+            .position(|p| *p == protocol)
+            .unwrap_or(3);
+        inc(&self.detected[i]);
+    }
+
     /// Counts one authorization decision on an HTTP request (`http`) or a TCP connection.
     pub fn authz_decision(&self, http: bool, allowed: bool) {
         inc(&self.authz[usize::from(http)][usize::from(allowed)]);
@@ -174,6 +187,16 @@ impl Metrics {
                     r.as_str()
                 );
             }
+        }
+        let name = "mesh_protocol_detections_total";
+        header(
+            &mut out,
+            name,
+            "Outbound connections to HTTP Service ports, by the protocol detected (opaque: not HTTP, or nothing sent in time).",
+        );
+        for (i, protocol) in Protocol::ALL.iter().enumerate() {
+            let v = self.detected[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}{{protocol=\"{}\"}} {v}", protocol.as_str());
         }
         let name = "mesh_authz_decisions_total";
         header(

@@ -403,6 +403,7 @@ fn an_upgraded_connection_echoes_through_the_mesh_and_metrics_pass_promtool() ->
         metrics.contains("mesh_request_duration_seconds_bucket"),
         "{metrics}"
     );
+    assert!(s.a.metric("mesh_protocol_detections_total{protocol=\"http1\"}")? >= 3);
     promtool_check(&metrics, &s.net.log_dir, "a")
 }
 
