@@ -30,6 +30,9 @@ pub struct ProxyConfig {
     pub detect_timeout: Duration,
     /// The control plane to follow; none means passthrough only.
     pub xds: Option<crate::xds::client::XdsConfig>,
+    /// Every outbound connection goes to this destination, as if the app had dialled it: for a
+    /// sidecar without the init step's redirect (an egress point, the benchmarks).
+    pub outbound_destination: Option<SocketAddr>,
     /// The workload identity to get from meshd's CA; none means no mutual TLS.
     pub identity: Option<crate::identity::IdentityConfig>,
 }
@@ -59,6 +62,7 @@ impl Default for ProxyConfig {
             relay_mode: RelayMode::Splice,
             detect_timeout: Duration::from_secs(1),
             xds: None,
+            outbound_destination: None,
             identity: None,
         }
     }

@@ -157,12 +157,11 @@ pub async fn handle(
             return;
         }
     };
-    let decision = decide(
-        direction,
-        original_dst(&downstream),
-        local,
-        &ctx.config.own_ports(),
-    );
+    let orig = match (direction, ctx.config.outbound_destination) {
+        (Direction::Outbound, Some(fixed)) => Ok(fixed),
+        _ => original_dst(&downstream),
+    };
+    let decision = decide(direction, orig, local, &ctx.config.own_ports());
     // An opaque connection to a Service endpoint counts as a request in flight while it lasts.
     let mut in_flight = None;
     // A meshed endpoint is reached through its sidecar, over mutual TLS.

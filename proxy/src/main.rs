@@ -100,6 +100,11 @@ struct Args {
     /// Certificate lifetime to ask the CA for (0: the CA's default).
     #[arg(long, default_value = "0", value_parser = parse_duration)]
     cert_ttl: Duration,
+    /// Send every outbound connection to this address (a Service VIP:port, say) as if the app had
+    /// dialled it, instead of reading the redirected destination: for running without the init
+    /// step, as an egress point or in the benchmarks.
+    #[arg(long)]
+    outbound_destination: Option<SocketAddr>,
     /// Log filter, e.g. `info` or `mesh_proxy=debug`.
     #[arg(long, env = "MESH_LOG", default_value = "info")]
     log: String,
@@ -142,6 +147,7 @@ fn main() -> anyhow::Result<()> {
         detect_timeout: args.detect_timeout,
         xds: xds_config(&args)?,
         identity: identity_config(&args)?,
+        outbound_destination: args.outbound_destination,
     };
     tracing::info!(threads, relay = ?config.relay_mode, "mesh-proxy starting");
     runtime

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The mesh against nginx and haproxy, side by side in one run of the shared harness
+# (../shared/bench): builds the release binaries, installs the harness's tools when missing, and
+# runs every contender, the mesh's from benches/contenders. Extra arguments go to the harness
+# (e.g. --quick, --rounds 5, --modes http). Needs root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/common.sh
+require_root
+BENCH_HOME=${BENCH_HOME:-$(cd ../shared/bench && pwd)}
+[[ -x $BENCH_HOME/run.sh ]] || die "no benchmark harness at $BENCH_HOME (set BENCH_HOME)"
+for tool in wrk oha h2load haproxy nginx iperf3; do
+  command -v "$tool" >/dev/null || { step "installing the harness's tools"; bash "$BENCH_HOME/setup.sh"; break; }
+done
+step "building the release binaries"
+cargo build --release --workspace --bins
+mkdir -p benches/results
+step "running the harness (results under benches/results)"
+BENCH_CONTENDERS_DIRS="$PWD/benches/contenders" exec "$BENCH_HOME/run.sh" \
+  --contenders direct,nginx,haproxy,nginx-mtls,haproxy-mtls,mesh-hop,mesh-pair-mtls \
+  --out "$PWD/benches/results/$(date +%Y%m%d-%H%M%S)" "$@"
