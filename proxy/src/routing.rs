@@ -70,6 +70,8 @@ pub enum Action {
 #[derive(Debug)]
 pub struct Route {
     pub name: String,
+    /// Index of the virtual host (in [`Service::vhosts`]) it belongs to.
+    pub vhost: usize,
     pub matcher: RequestMatch,
     pub action: Action,
     /// Time allowed for the whole request (Gateway API `timeouts.request`).
@@ -89,6 +91,7 @@ impl Route {
     pub fn catch_all(action: Action) -> Route {
         Route {
             name: "default".into(),
+            vhost: 0,
             matcher: RequestMatch::any(),
             action,
             timeout: None,
@@ -105,6 +108,9 @@ impl Route {
 pub struct Service {
     pub name: String,
     pub routes: Vec<Route>,
+    /// The domains of each virtual host (lowercase; `*`, `*.suffix`, `prefix*`, with or without
+    /// a port).
+    pub vhosts: Vec<Arc<Vec<String>>>,
     /// HTTP (routed per request) or opaque TCP (routed per connection, no protocol detection).
     pub http: bool,
 }
@@ -119,13 +125,47 @@ pub enum NoEndpoint {
 impl Service {
     /// The first route that matches the request.
     pub fn route(&self, req: &RequestView<'_>) -> Option<&Route> {
-        self.routes.iter().find(|r| r.matcher.matches(req))
+        let vhost = self.virtual_host(req.authority);
+        self.routes
+            .iter()
+            .find(|r| r.vhost == vhost && r.matcher.matches(req))
+    }
+
+    /// The virtual host for `authority` (`Host` or `:authority`): the first whose domains match
+    /// it, with or without its port; when none does, the first (the connection's original
+    /// destination chose this Service already).
+    pub fn virtual_host(&self, authority: Option<&str>) -> usize {
+        let Some(authority) = authority else {
+            return 0;
+        };
+        let host = match authority.rsplit_once(':') {
+            Some((h, port))
+                if !port.is_empty()
+                    && port.bytes().all(|b| b.is_ascii_digit())
+                    && (!h.contains(':') || h.ends_with(']')) =>
+            {
+                h
+            }
+            _ => authority,
+        };
+        self.vhosts
+            .iter()
+            .position(|domains| {
+                domains
+                    .iter()
+                    .any(|d| domain_matches(d, authority) || domain_matches(d, host))
+            })
+            .unwrap_or(0)
     }
 
     /// For a whole connection (L4): the endpoint chosen by the first route that matches every
     /// request.
     pub fn pick(&self, random: u32) -> Result<(Arc<Endpoint>, &str), NoEndpoint> {
-        match self.routes.iter().find(|r| r.matcher.is_catch_all()) {
+        match self
+            .routes
+            .iter()
+            .find(|r| r.vhost == 0 && r.matcher.is_catch_all())
+        {
             Some(route) => route.action.pick(random),
             None => Err(NoEndpoint::Rejected(format!(
                 "no route of {} matches every request",
@@ -253,6 +293,21 @@ pub fn random_u32() -> u32 {
     })
 }
 
+/// Whether a virtual host domain (lowercase) matches `host` (compared case-insensitively).
+fn domain_matches(domain: &str, host: &str) -> bool {
+    if domain == "*" {
+        return true;
+    }
+    if let Some(suffix) = domain.strip_prefix('*') {
+        return host.len() > suffix.len()
+            && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix);
+    }
+    if let Some(prefix) = domain.strip_suffix('*') {
+        return host.len() > prefix.len() && host[..prefix.len()].eq_ignore_ascii_case(prefix);
+    }
+    domain.eq_ignore_ascii_case(host)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,6 +336,7 @@ mod tests {
         let v2 = Arc::new(Cluster::new("v2".into(), vec![addr("10.0.0.2:80")]));
         let s = Service {
             name: "web".into(),
+            vhosts: vec![],
             routes: vec![Route::catch_all(Action::Forward {
                 backends: vec![(v1, 90), (v2, 10)],
                 total: 100,
@@ -307,6 +363,7 @@ mod tests {
         let empty = Arc::new(Cluster::new("empty".into(), vec![]));
         let s = Service {
             name: "s".into(),
+            vhosts: vec![],
             routes: vec![Route::catch_all(Action::Forward {
                 backends: vec![(empty, 1)],
                 total: 1,
@@ -321,6 +378,7 @@ mod tests {
         );
         let r = Service {
             name: "r".into(),
+            vhosts: vec![],
             routes: vec![Route::catch_all(Action::Reject {
                 reason: "no backends".into(),
             })],

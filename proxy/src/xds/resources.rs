@@ -55,6 +55,9 @@ pub struct RouteDef {
     pub edits: HeaderEdits,
     pub rewrite: Option<PathRewrite>,
     pub host_rewrite: Option<HeaderValue>,
+    /// The virtual host it belongs to (its index), and that host's domains.
+    pub vhost: usize,
+    pub domains: Arc<Vec<String>>,
 }
 
 /// A route table in match order.
@@ -127,6 +130,8 @@ fn catch_all(name: &str, backends: Result<Backends, String>) -> RouteTable {
         edits: HeaderEdits::default(),
         rewrite: None,
         host_rewrite: None,
+        vhost: 0,
+        domains: Arc::new(vec!["*".to_string()]),
     }]
 }
 
@@ -236,11 +241,24 @@ pub fn routes(anys: &[Any]) -> Result<BTreeMap<String, RouteTable>, String> {
         .collect()
 }
 
-/// The routes of the first virtual host, in order.
+/// The routes of every virtual host, in order, each marked with its virtual host.
 fn route_table(rc: &RouteConfiguration) -> Result<RouteTable, String> {
-    let Some(vh) = rc.virtual_hosts.first() else {
-        return Ok(Vec::new());
-    };
+    let mut table = Vec::new();
+    for (index, vh) in rc.virtual_hosts.iter().enumerate() {
+        let domains = Arc::new(vh.domains.iter().map(|d| d.to_ascii_lowercase()).collect());
+        for mut def in virtual_host_routes(vh)? {
+            def.vhost = index;
+            def.domains = Arc::clone(&domains);
+            table.push(def);
+        }
+    }
+    Ok(table)
+}
+
+/// The routes of one virtual host, in order.
+fn virtual_host_routes(
+    vh: &mesh_proto::envoy::config::route::v3::VirtualHost,
+) -> Result<RouteTable, String> {
     vh.routes
         .iter()
         .map(|r| {
@@ -261,6 +279,8 @@ fn route_table(rc: &RouteConfiguration) -> Result<RouteTable, String> {
                 edits,
                 rewrite: None,
                 host_rewrite: None,
+                vhost: 0,
+                domains: Arc::new(Vec::new()),
             };
             match &r.action {
                 Some(route::Action::Route(a)) => {
@@ -737,6 +757,7 @@ impl Resources {
                 },
                 Target::Table(table) => table.clone(),
             };
+            let mut vhosts: Vec<Arc<Vec<String>>> = Vec::new();
             let routes = table
                 .into_iter()
                 .map(|def| {
@@ -771,7 +792,12 @@ impl Resources {
                         }
                     };
                     let stats = requests.stats(name, &def.name);
+                    if vhosts.len() <= def.vhost {
+                        vhosts.resize(def.vhost + 1, Arc::new(Vec::new()));
+                    }
+                    vhosts[def.vhost] = Arc::clone(&def.domains);
                     routing::Route {
+                        vhost: def.vhost,
                         name: def.name,
                         matcher: def.matcher,
                         action,
@@ -788,6 +814,7 @@ impl Resources {
                 routing::Service {
                     name: name.clone(),
                     routes,
+                    vhosts,
                     http: l.http,
                 },
             );
@@ -936,6 +963,81 @@ mod tests {
             lonely.pick(0),
             Err(routing::NoEndpoint::Rejected(_))
         ));
+    }
+
+    #[test]
+    fn virtual_hosts_are_chosen_by_host_then_the_first_by_destination() {
+        use mesh_proto::envoy::config::route::v3::{Route, RouteAction, VirtualHost};
+        let vhost = |domains: &[&str], cluster: &str| VirtualHost {
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+            routes: vec![Route {
+                name: cluster.into(),
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(route::Action::Route(RouteAction {
+                    cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                        cluster.into(),
+                    )),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let rc = RouteConfiguration {
+            name: "web".into(),
+            virtual_hosts: vec![
+                vhost(&["web", "web.default.svc:80", "10.96.0.1"], "v1"),
+                vhost(&["Admin.Example", "*.internal"], "v2"),
+            ],
+            ..Default::default()
+        };
+        let mut r = Resources::default();
+        let vip: SocketAddr = "10.96.0.1:80".parse().unwrap_or_else(|e| panic!("{e}"));
+        r.listeners.insert(
+            "web".into(),
+            ListenerDef {
+                address: vip,
+                target: Target::Route("web".into()),
+                http: true,
+            },
+        );
+        r.routes = routes(&[to_any(type_url::ROUTE, &rc)]).unwrap_or_else(|e| panic!("{e}"));
+        let routing = r.compile(&RequestRegistry::default(), &EndpointRegistry::default());
+        let service = routing
+            .service(&vip)
+            .unwrap_or_else(|| panic!("no service"));
+        let headers = hyper::HeaderMap::new();
+        let pick = |authority: Option<&str>| {
+            let view = crate::route::RequestView {
+                method: &hyper::Method::GET,
+                authority,
+                path: "/",
+                query: None,
+                headers: &headers,
+            };
+            service.route(&view).map(|route| route.name.clone())
+        };
+        assert_eq!(pick(Some("web")).as_deref(), Some("v1"));
+        assert_eq!(pick(Some("web.default.svc:80")).as_deref(), Some("v1"));
+        assert_eq!(
+            pick(Some("admin.example:8080")).as_deref(),
+            Some("v2"),
+            "port and case"
+        );
+        assert_eq!(
+            pick(Some("db.internal")).as_deref(),
+            Some("v2"),
+            "suffix wildcard"
+        );
+        assert_eq!(
+            pick(Some("elsewhere")).as_deref(),
+            Some("v1"),
+            "no match: the first"
+        );
+        assert_eq!(pick(None).as_deref(), Some("v1"));
     }
 
     #[test]
