@@ -12,6 +12,8 @@ pub struct SpiffeId {
     trust_domain: String,
     namespace: String,
     service_account: String,
+    /// The whole ID, made once: compared and printed per request.
+    uri: String,
 }
 
 /// Why a string is not a mesh SPIFFE ID.
@@ -45,6 +47,7 @@ impl SpiffeId {
             trust_domain: trust_domain.to_string(),
             namespace: namespace.to_string(),
             service_account: service_account.to_string(),
+            uri: format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"),
         };
         for (part, why) in [
             (trust_domain, "bad trust domain"),
@@ -72,15 +75,17 @@ impl SpiffeId {
     pub fn service_account(&self) -> &str {
         &self.service_account
     }
+
+    /// The ID without its scheme, `<trust-domain>/ns/<namespace>/sa/<service-account>`: how
+    /// Istio's AuthorizationPolicy names principals.
+    pub fn principal(&self) -> &str {
+        &self.uri["spiffe://".len()..]
+    }
 }
 
 impl fmt::Display for SpiffeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "spiffe://{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.service_account
-        )
+        f.write_str(&self.uri)
     }
 }
 
@@ -115,6 +120,7 @@ mod tests {
         assert_eq!(id.service_account(), "web");
         assert_eq!(id.trust_domain(), "cluster.local");
         assert_eq!(id.to_string(), s);
+        assert_eq!(id.principal(), "cluster.local/ns/shop/sa/web");
     }
 
     #[test]

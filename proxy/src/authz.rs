@@ -110,13 +110,7 @@ impl Source {
         let Some(id) = source else {
             return false;
         };
-        let principal = format!(
-            "{}/ns/{}/sa/{}",
-            id.trust_domain(),
-            id.namespace(),
-            id.service_account()
-        );
-        (self.principals.is_empty() || self.principals.iter().any(|p| p.matches(&principal)))
+        (self.principals.is_empty() || self.principals.iter().any(|p| p.matches(id.principal())))
             && (self.namespaces.is_empty()
                 || self.namespaces.iter().any(|n| n.matches(id.namespace())))
     }

@@ -28,7 +28,7 @@ use crate::peer::{ORIG_HOST, ORIG_PROTO, SERVICE, TARGET_PORT};
 use crate::peer_client::PeerConnector;
 use crate::request_metrics::RouteStats;
 use crate::route::RequestView;
-use crate::routing::{Action, NoEndpoint, Route, random_u32};
+use crate::routing::{Action, NoEndpoint, Route, Service, random_u32};
 
 /// Response bodies: the upstream's, streamed, or a short one the proxy made.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -213,7 +213,7 @@ async fn dispatch(
             Some(stats),
         );
     }
-    (forward(req, route, &service.name, ctx).await, Some(stats))
+    (forward(req, route, service, ctx).await, Some(stats))
 }
 
 /// A redirect the route answers with itself (not an error: no `x-mesh-error`).
@@ -243,7 +243,7 @@ fn redirect_response(status: u16, location: &str, route: &Route) -> Response<Pro
 async fn forward(
     mut req: Request<Incoming>,
     route: &Route,
-    service: &str,
+    service: &Service,
     ctx: &Context,
 ) -> Response<ProxyBody> {
     // An Upgrade (e.g. WebSocket): keep its headers, and join both sides after a 101.
@@ -252,8 +252,8 @@ async fn forward(
         Ok(picked) => picked,
         Err(NoEndpoint::Empty { cluster }) => {
             let reason = format!(
-                "no endpoints in {cluster} (route {} of {service})",
-                route.name
+                "no endpoints in {cluster} (route {} of {})",
+                route.name, service.name
             );
             return mesh_error(StatusCode::SERVICE_UNAVAILABLE, &reason);
         }
@@ -283,7 +283,7 @@ async fn forward(
         endpoint,
         upgrade.is_some(),
         path.as_deref(),
-        peer_port.map(|p| (p, service)),
+        peer_port.map(|p| (p, service.name_header.as_ref())),
     ) {
         Ok(r) => r,
         Err(reason) => return mesh_error(StatusCode::BAD_REQUEST, &reason),
@@ -366,7 +366,7 @@ fn upstream_request(
     endpoint: SocketAddr,
     upgrade: bool,
     rewritten: Option<&str>,
-    peer: Option<(u16, &str)>,
+    peer: Option<(u16, Option<&HeaderValue>)>,
 ) -> Result<Request<Incoming>, String> {
     let peer_port = peer.map(|(port, _)| port);
     let (mut parts, body) = req.into_parts();
@@ -393,8 +393,8 @@ fn upstream_request(
         parts
             .headers
             .insert(TARGET_PORT, HeaderValue::from(endpoint.port()));
-        if let Some(service) = peer.and_then(|(_, s)| HeaderValue::from_str(s).ok()) {
-            parts.headers.insert(SERVICE, service);
+        if let Some(service) = peer.and_then(|(_, s)| s) {
+            parts.headers.insert(SERVICE, service.clone());
         }
         if parts.version != Version::HTTP_2 {
             parts

@@ -102,14 +102,10 @@ pub struct Identity {
 
 /// Parses PEM certificates into DER.
 pub fn pem_certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let mut out = Vec::new();
-    let mut rest = pem.as_bytes();
-    while !rest.iter().all(u8::is_ascii_whitespace) {
-        let (remaining, block) = x509_parser::pem::parse_x509_pem(rest)
-            .map_err(|e| format!("bad PEM certificate: {e}"))?;
-        out.push(CertificateDer::from(block.contents));
-        rest = remaining;
-    }
+    use rustls::pki_types::pem::PemObject;
+    let out = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("bad PEM certificate: {e}"))?;
     if out.is_empty() {
         return Err("no certificate in it".into());
     }

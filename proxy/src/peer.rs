@@ -42,6 +42,23 @@ pub const SERVICE: &str = "x-mesh-service";
 /// every other request, so the app can trust it.
 pub const CLIENT_CERT: &str = "x-forwarded-client-cert";
 
+/// An authenticated peer, and the `x-forwarded-client-cert` its requests get (made once per
+/// connection).
+#[derive(Debug)]
+struct Caller {
+    id: SpiffeId,
+    client_cert: Option<HeaderValue>,
+}
+
+impl Caller {
+    fn new(id: SpiffeId, ctx: &Context) -> Caller {
+        let client_cert = ctx.tls.as_ref().and_then(|tls| {
+            HeaderValue::from_str(&format!("By={};URI={id}", tls.identity().id())).ok()
+        });
+        Caller { id, client_cert }
+    }
+}
+
 /// Serves one connection from a peer sidecar: mutual TLS first when this proxy has an identity
 /// (then ALPN says HTTP/2 or one opaque stream), plaintext HTTP/2 otherwise.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, drain: Drain) {
@@ -94,6 +111,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, drain
         match (caller, carriage) {
             (Some(caller), Some(Carriage::Http2)) => {
                 tracing::debug!(%caller, "peer authenticated (HTTP/2)");
+                let caller = Caller::new(caller, &ctx);
                 serve_http2(stream, local, Some(Arc::new(caller)), ctx, &drain).await;
             }
             (Some(caller), Some(Carriage::Tcp)) => {
@@ -122,7 +140,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, drain
 async fn serve_http2<S>(
     stream: S,
     local: SocketAddr,
-    caller: Option<Arc<SpiffeId>>,
+    caller: Option<Arc<Caller>>,
     ctx: Arc<Context>,
     drain: &Drain,
 ) where
@@ -269,7 +287,7 @@ async fn to_app(
     req: Request<Incoming>,
     pod_ip: IpAddr,
     loopback: IpAddr,
-    caller: Option<&SpiffeId>,
+    caller: Option<&Caller>,
     ctx: &Context,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
@@ -287,12 +305,12 @@ async fn to_app(
         return inbound_error(StatusCode::FORBIDDEN, &reason);
     }
     let attempt = Attempt {
-        source: caller,
+        source: caller.map(|c| &c.id),
         port,
         http: Some((parts.method.as_str(), parts.uri.path())),
     };
     if let Verdict::Deny(reason) = ctx.authorize(&attempt) {
-        let who = caller.map_or_else(
+        let who = caller.map(|c| &c.id).map_or_else(
             || "a caller without identity".to_string(),
             |c| c.to_string(),
         );
@@ -302,11 +320,8 @@ async fn to_app(
         );
     }
     parts.headers.remove(CLIENT_CERT);
-    if let (Some(caller), Some(tls)) = (caller, &ctx.tls) {
-        let value = format!("By={};URI={caller}", tls.identity().id());
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            parts.headers.insert(CLIENT_CERT, v);
-        }
+    if let Some(value) = caller.and_then(|c| c.client_cert.clone()) {
+        parts.headers.insert(CLIENT_CERT, value);
     }
     parts.headers.remove(SERVICE);
     let http1 = parts.headers.remove(ORIG_PROTO).is_some();

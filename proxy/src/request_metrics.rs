@@ -44,27 +44,38 @@ impl RouteStats {
 /// Counters by (service, route).
 type Routes = BTreeMap<(String, String), Arc<RouteStats>>;
 
-/// Every route's counters, by (service, route).
+/// Every route's counters, by service, then route.
 #[derive(Debug, Default)]
 pub struct RequestRegistry {
-    routes: Mutex<BTreeMap<(String, String), Arc<RouteStats>>>,
+    routes: Mutex<BTreeMap<String, BTreeMap<String, Arc<RouteStats>>>>,
 }
 
 impl RequestRegistry {
-    /// The counters of (service, route), made on first use.
+    /// The counters of (service, route), made on first use; finding existing ones allocates
+    /// nothing (the inbound side asks once per request).
     pub fn stats(&self, service: &str, route: &str) -> Arc<RouteStats> {
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(stats) = routes.get(service).and_then(|r| r.get(route)) {
+            return stats.clone();
+        }
         routes
-            .entry((service.to_string(), route.to_string()))
+            .entry(service.to_string())
+            .or_default()
+            .entry(route.to_string())
             .or_default()
             .clone()
     }
 
     fn snapshot(&self) -> Routes {
-        self.routes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes
+            .iter()
+            .flat_map(|(service, by_route)| {
+                by_route
+                    .iter()
+                    .map(move |(route, s)| ((service.clone(), route.clone()), s.clone()))
+            })
+            .collect()
     }
 }
 

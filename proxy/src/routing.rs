@@ -107,6 +107,8 @@ impl Route {
 #[derive(Debug)]
 pub struct Service {
     pub name: String,
+    /// `name` as a header value, made once (sent to peers as `x-mesh-service`).
+    pub name_header: Option<hyper::header::HeaderValue>,
     pub routes: Vec<Route>,
     /// The domains of each virtual host (lowercase; `*`, `*.suffix`, `prefix*`, with or without
     /// a port).
@@ -336,6 +338,7 @@ mod tests {
         let v2 = Arc::new(Cluster::new("v2".into(), vec![addr("10.0.0.2:80")]));
         let s = Service {
             name: "web".into(),
+            name_header: None,
             vhosts: vec![],
             routes: vec![Route::catch_all(Action::Forward {
                 backends: vec![(v1, 90), (v2, 10)],
@@ -363,6 +366,7 @@ mod tests {
         let empty = Arc::new(Cluster::new("empty".into(), vec![]));
         let s = Service {
             name: "s".into(),
+            name_header: None,
             vhosts: vec![],
             routes: vec![Route::catch_all(Action::Forward {
                 backends: vec![(empty, 1)],
@@ -378,6 +382,7 @@ mod tests {
         );
         let r = Service {
             name: "r".into(),
+            name_header: None,
             vhosts: vec![],
             routes: vec![Route::catch_all(Action::Reject {
                 reason: "no backends".into(),

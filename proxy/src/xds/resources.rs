@@ -813,6 +813,7 @@ impl Resources {
                 l.address,
                 routing::Service {
                     name: name.clone(),
+                    name_header: HeaderValue::from_str(name).ok(),
                     routes,
                     vhosts,
                     http: l.http,
@@ -965,6 +966,22 @@ mod tests {
         ));
     }
 
+    /// Resources with one HTTP listener `web` at 10.96.0.1:80 whose routes are `rc`.
+    fn http_listener_with(rc: &RouteConfiguration) -> (Resources, SocketAddr) {
+        let mut r = Resources::default();
+        let vip: SocketAddr = "10.96.0.1:80".parse().unwrap_or_else(|e| panic!("{e}"));
+        r.listeners.insert(
+            "web".into(),
+            ListenerDef {
+                address: vip,
+                target: Target::Route("web".into()),
+                http: true,
+            },
+        );
+        r.routes = routes(&[to_any(type_url::ROUTE, rc)]).unwrap_or_else(|e| panic!("{e}"));
+        (r, vip)
+    }
+
     #[test]
     fn virtual_hosts_are_chosen_by_host_then_the_first_by_destination() {
         use mesh_proto::envoy::config::route::v3::{Route, RouteAction, VirtualHost};
@@ -994,17 +1011,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let mut r = Resources::default();
-        let vip: SocketAddr = "10.96.0.1:80".parse().unwrap_or_else(|e| panic!("{e}"));
-        r.listeners.insert(
-            "web".into(),
-            ListenerDef {
-                address: vip,
-                target: Target::Route("web".into()),
-                http: true,
-            },
-        );
-        r.routes = routes(&[to_any(type_url::ROUTE, &rc)]).unwrap_or_else(|e| panic!("{e}"));
+        let (r, vip) = http_listener_with(&rc);
         let routing = r.compile(&RequestRegistry::default(), &EndpointRegistry::default());
         let service = routing
             .service(&vip)
@@ -1079,17 +1086,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let mut r = Resources::default();
-        let vip: SocketAddr = "10.96.0.1:80".parse().unwrap_or_else(|e| panic!("{e}"));
-        r.listeners.insert(
-            "web".into(),
-            ListenerDef {
-                address: vip,
-                target: Target::Route("web".into()),
-                http: true,
-            },
-        );
-        r.routes = routes(&[to_any(type_url::ROUTE, &rc)]).unwrap_or_else(|e| panic!("{e}"));
+        let (mut r, vip) = http_listener_with(&rc);
         r.clusters.insert("v1".into(), ClusterDef::default());
         r.clusters.insert("v2".into(), ClusterDef::default());
         r.endpoints = endpoints(&[
