@@ -15,7 +15,9 @@ use std::time::Instant;
 use anyhow::Context as _;
 use mesh_proto::envoy::config::cluster::v3::Cluster;
 use mesh_proto::envoy::config::core::v3::Node;
+use mesh_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use mesh_proto::envoy::config::listener::v3::{Listener, filter};
+use mesh_proto::envoy::config::route::v3::RouteConfiguration;
 use mesh_proto::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager::RouteSpecifier,
 };
@@ -289,6 +291,7 @@ async fn sotw(i: usize, mut client: Client, services: usize, fleet: &Fleet) -> a
         .into_inner();
     let mut wants = Wants::default();
     let (mut eds_subscribed, mut rds_subscribed) = (BTreeSet::new(), BTreeSet::new());
+    let (mut eds_held, mut rds_held) = (BTreeSet::<String>::new(), BTreeSet::<String>::new());
     // Per type: the names subscribed when the last ACKed response came, and how many it held.
     let mut complete: BTreeMap<String, bool> = BTreeMap::new();
     while let Some(resp) = stream.message().await? {
@@ -325,9 +328,24 @@ async fn sotw(i: usize, mut client: Client, services: usize, fleet: &Fleet) -> a
             &resp.nonce,
             None,
         ));
+        // RDS and EDS responses may carry only what changed: hold the names received.
         let full = match resp.type_url.as_str() {
-            type_url::ENDPOINT => resp.resources.len() == eds_subscribed.len(),
-            type_url::ROUTE => resp.resources.len() == rds_subscribed.len(),
+            type_url::ENDPOINT => {
+                for any in &resp.resources {
+                    let cla = ClusterLoadAssignment::decode(any.value.as_slice())
+                        .context("undecodable ClusterLoadAssignment")?;
+                    eds_held.insert(cla.cluster_name);
+                }
+                eds_subscribed.iter().all(|n| eds_held.contains(n))
+            }
+            type_url::ROUTE => {
+                for any in &resp.resources {
+                    let rc = RouteConfiguration::decode(any.value.as_slice())
+                        .context("undecodable RouteConfiguration")?;
+                    rds_held.insert(rc.name);
+                }
+                rds_subscribed.iter().all(|n| rds_held.contains(n))
+            }
             _ => true,
         };
         complete.insert(resp.type_url.clone(), full);

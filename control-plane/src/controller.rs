@@ -136,10 +136,11 @@ impl Controller {
     fn rebuild(&self, inner: &Inner) -> u64 {
         let current = self.snapshot();
         let registered: Vec<Workload> = inner.registered.values().map(|(w, _)| w.clone()).collect();
-        let next = translate(&inner.state, &registered, current.generation + 1);
+        let mut next = translate(&inner.state, &registered, current.generation + 1);
         if next.same_content(&current) {
             return current.generation;
         }
+        next.diff_from(&current);
         let generation = next.generation;
         self.snapshot.send_replace(Arc::new(next));
         generation

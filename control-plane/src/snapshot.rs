@@ -82,6 +82,21 @@ pub struct Snapshot {
     /// When it was built, to measure how long pushes take.
     pub created: std::time::Instant,
     resources: BTreeMap<XdsType, BTreeMap<String, Arc<Entry>>>,
+    /// What differs from the snapshot before it, so that a stream that holds that one can find
+    /// what to push without comparing everything it subscribes to (see [`Snapshot::diff_from`]).
+    changes: Option<Changes>,
+}
+
+/// The names whose content changed (added, altered or removed) since generation `from`.
+#[derive(Debug)]
+struct Changes {
+    from: u64,
+    by_type: BTreeMap<XdsType, TypeChanges>,
+}
+
+#[derive(Debug)]
+struct TypeChanges {
+    names: Vec<String>,
 }
 
 impl Snapshot {
@@ -90,7 +105,36 @@ impl Snapshot {
             generation,
             created: std::time::Instant::now(),
             resources: BTreeMap::new(),
+            changes: None,
         }
+    }
+
+    /// Records what differs from `previous` (the snapshot this one replaces), per type.
+    pub fn diff_from(&mut self, previous: &Snapshot) {
+        let mut by_type = BTreeMap::new();
+        for ty in XdsType::ALL {
+            let empty = BTreeMap::new();
+            let old = previous.resources.get(&ty).unwrap_or(&empty);
+            let new = self.resources.get(&ty).unwrap_or(&empty);
+            let mut names: Vec<String> = new
+                .iter()
+                .filter(|(n, e)| old.get(*n).is_none_or(|o| o.hash != e.hash))
+                .map(|(n, _)| n.clone())
+                .collect();
+            names.extend(old.keys().filter(|n| !new.contains_key(*n)).cloned());
+            by_type.insert(ty, TypeChanges { names });
+        }
+        self.changes = Some(Changes {
+            from: previous.generation,
+            by_type,
+        });
+    }
+
+    /// The names of `ty` that changed since `generation`, when this snapshot knows (it was built
+    /// right after that generation); an empty slice means the type did not change at all.
+    pub fn changed_since(&self, ty: XdsType, generation: u64) -> Option<&[String]> {
+        let changes = self.changes.as_ref().filter(|c| c.from == generation)?;
+        Some(changes.by_type.get(&ty).map_or(&[][..], |t| &t.names))
     }
 
     pub fn insert(&mut self, ty: XdsType, name: String, any: Any) {

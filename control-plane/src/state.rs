@@ -51,26 +51,36 @@ impl State {
         self.resources.is_empty()
     }
 
+    /// The resources of one kind, by namespace and name. Keys sort by kind first, so this
+    /// visits only that kind (translation calls it per Service: it must not scan everything).
     pub fn list(&self, kind: Kind) -> impl Iterator<Item = &Resource> {
-        self.resources.values().filter(move |r| r.kind() == kind)
+        let from = Key {
+            kind,
+            namespace: String::new(),
+            name: String::new(),
+        };
+        self.resources
+            .range(from..)
+            .take_while(move |(k, _)| k.kind == kind)
+            .map(|(_, r)| r)
     }
 
     pub fn services(&self) -> impl Iterator<Item = &Service> {
-        self.resources.values().filter_map(|r| match r {
+        self.list(Kind::Service).filter_map(|r| match r {
             Resource::Service(s) => Some(s),
             _ => None,
         })
     }
 
     pub fn workloads(&self) -> impl Iterator<Item = &Workload> {
-        self.resources.values().filter_map(|r| match r {
+        self.list(Kind::Workload).filter_map(|r| match r {
             Resource::Workload(w) => Some(w),
             _ => None,
         })
     }
 
     pub fn routes(&self) -> impl Iterator<Item = &HttpRoute> {
-        self.resources.values().filter_map(|r| match r {
+        self.list(Kind::HttpRoute).filter_map(|r| match r {
             Resource::HttpRoute(h) => Some(h),
             _ => None,
         })
@@ -197,21 +207,22 @@ impl State {
     }
 
     pub fn peer_authentications(&self) -> impl Iterator<Item = &PeerAuthentication> {
-        self.resources.values().filter_map(|r| match r {
+        self.list(Kind::PeerAuthentication).filter_map(|r| match r {
             Resource::PeerAuthentication(p) => Some(p),
             _ => None,
         })
     }
 
     pub fn authorization_policies(&self) -> impl Iterator<Item = &AuthorizationPolicy> {
-        self.resources.values().filter_map(|r| match r {
-            Resource::AuthorizationPolicy(p) => Some(p),
-            _ => None,
-        })
+        self.list(Kind::AuthorizationPolicy)
+            .filter_map(|r| match r {
+                Resource::AuthorizationPolicy(p) => Some(p),
+                _ => None,
+            })
     }
 
     pub fn policies(&self) -> impl Iterator<Item = &BackendPolicy> {
-        self.resources.values().filter_map(|r| match r {
+        self.list(Kind::BackendPolicy).filter_map(|r| match r {
             Resource::BackendPolicy(p) => Some(p),
             _ => None,
         })

@@ -11,7 +11,7 @@
 //! - a `ClusterLoadAssignment`: the workloads whose labels match the selector, on the target port.
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
 use mesh_proto::envoy::config::cluster::v3::{Cluster, cluster};
@@ -75,11 +75,13 @@ pub fn is_opaque(port: &ServicePort) -> bool {
 pub fn translate(state: &State, registered: &[Workload], generation: u64) -> Snapshot {
     let mut snapshot = Snapshot::new(generation);
     // (workload, has a sidecar): registered workloads came from sidecars.
-    let workloads: Vec<(&Workload, bool)> = state
-        .workloads()
-        .map(|w| (w, false))
-        .chain(registered.iter().map(|w| (w, true)))
-        .collect();
+    let workloads = WorkloadIndex::new(
+        state
+            .workloads()
+            .map(|w| (w, false))
+            .chain(registered.iter().map(|w| (w, true)))
+            .collect(),
+    );
     for service in state.services() {
         let Some(vip) = service.spec.vip else {
             continue;
@@ -350,23 +352,63 @@ fn selects(selector: &std::collections::BTreeMap<String, String>, workload: &Wor
             .all(|(k, v)| workload.metadata.labels.get(k) == Some(v))
 }
 
+/// Workloads (and whether each has a sidecar) indexed by namespace and label, so that finding a
+/// Service's endpoints looks only at workloads that carry one of its selector's labels.
+struct WorkloadIndex<'a> {
+    all: Vec<(&'a Workload, bool)>,
+    by_label: HashMap<(&'a str, &'a str, &'a str), Vec<usize>>,
+}
+
+impl<'a> WorkloadIndex<'a> {
+    fn new(all: Vec<(&'a Workload, bool)>) -> WorkloadIndex<'a> {
+        let mut by_label: HashMap<_, Vec<usize>> = HashMap::new();
+        for (i, (w, _)) in all.iter().enumerate() {
+            for (k, v) in &w.metadata.labels {
+                by_label
+                    .entry((w.metadata.namespace.as_str(), k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(i);
+            }
+        }
+        WorkloadIndex { all, by_label }
+    }
+
+    /// The workloads in `service`'s namespace that its selector selects.
+    fn selected<'s>(
+        &'s self,
+        service: &'s Service,
+    ) -> impl Iterator<Item = &'s (&'a Workload, bool)> + 's {
+        let candidates = service
+            .spec
+            .selector
+            .iter()
+            .next()
+            .and_then(|(k, v)| {
+                self.by_label
+                    .get(&(service.metadata.namespace.as_str(), k.as_str(), v.as_str()))
+            })
+            .map_or(&[][..], Vec::as_slice);
+        candidates
+            .iter()
+            .filter_map(|&i| self.all.get(i))
+            .filter(|(w, _)| selects(&service.spec.selector, w))
+    }
+}
+
 fn load_assignment(
     name: &str,
     service: &Service,
     port: &ServicePort,
-    workloads: &[(&Workload, bool)],
+    workloads: &WorkloadIndex<'_>,
 ) -> ClusterLoadAssignment {
     // By address; an address with a sidecar counts as meshed, with its sidecar's identity.
     let mut addrs: BTreeMap<SocketAddr, Option<&Workload>> = BTreeMap::new();
-    for (w, sidecar) in workloads {
-        if w.metadata.namespace == service.metadata.namespace && selects(&service.spec.selector, w)
-        {
-            let entry = addrs
-                .entry(SocketAddr::new(w.spec.address, port.target()))
-                .or_default();
-            if *sidecar {
-                *entry = Some(w);
-            }
+    for (w, sidecar) in workloads.selected(service) {
+        let entry = addrs
+            .entry(SocketAddr::new(w.spec.address, port.target()))
+            .or_default();
+        if *sidecar {
+            *entry = Some(w);
         }
     }
     let lb_endpoints = addrs

@@ -37,6 +37,9 @@ struct Subscription {
     pending: Option<Pending>,
     acked: bool,
     view_generation: u64,
+    /// `known` is exactly the view at `view_generation`: no NACK or subscription change since,
+    /// so the next push need look only at what the next snapshot changed.
+    exact: bool,
 }
 
 impl Subscription {
@@ -128,6 +131,7 @@ impl Stream {
                                 for name in &p.updated {
                                     sub.known.remove(name);
                                 }
+                                sub.exact = false;
                                 session.nacked(ty, &p.version, &error.message);
                             }
                             None => {
@@ -162,6 +166,7 @@ impl Stream {
             }
         }
         if first || changed {
+            sub.exact = false;
             return self.push(ty, snapshot, first).await;
         }
         true
@@ -172,8 +177,19 @@ impl Stream {
         let Some(sub) = self.subs.get_mut(&ty) else {
             return true;
         };
-        let wanted: BTreeMap<&String, _> =
-            snapshot.of_type(ty).filter(|(n, _)| sub.wants(n)).collect();
+        // A stream at the previous snapshot looks only at the names that changed since.
+        let changed = (!force && sub.exact)
+            .then(|| snapshot.changed_since(ty, sub.view_generation))
+            .flatten();
+        sub.exact = true;
+        let wanted: BTreeMap<&String, _> = match changed {
+            Some(names) => names
+                .iter()
+                .filter(|n| sub.wants(n) || sub.known.contains_key(*n))
+                .filter_map(|n| snapshot.get(ty, n).filter(|_| sub.wants(n)).map(|e| (n, e)))
+                .collect(),
+            None => snapshot.of_type(ty).filter(|(n, _)| sub.wants(n)).collect(),
+        };
         let updated: Vec<Resource> = wanted
             .iter()
             .filter(|(name, entry)| sub.known.get(name.as_str()) != Some(&entry.hash))
@@ -185,12 +201,19 @@ impl Stream {
             })
             .collect();
         // Gone from the snapshot, or explicitly subscribed but absent: tell the proxy.
-        let mut removed: Vec<String> = sub
-            .known
-            .keys()
-            .filter(|n| !wanted.contains_key(n))
-            .cloned()
-            .collect();
+        let mut removed: Vec<String> = match changed {
+            Some(names) => names
+                .iter()
+                .filter(|n| sub.known.contains_key(*n) && !wanted.contains_key(n))
+                .cloned()
+                .collect(),
+            None => sub
+                .known
+                .keys()
+                .filter(|n| !wanted.contains_key(n))
+                .cloned()
+                .collect(),
+        };
         if force {
             let absent: Vec<String> = sub
                 .names

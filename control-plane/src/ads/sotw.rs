@@ -17,14 +17,15 @@ use tonic::{Status, Streaming};
 use super::session::Session;
 use super::stream::{AdsStream, drive};
 use crate::controller::Controller;
-use crate::snapshot::{Snapshot, XdsType};
+use crate::snapshot::{Entry, Snapshot, XdsType};
 use mesh_proto::envoy::config::core::v3::Node;
 
 #[derive(Debug)]
 struct Sent {
     nonce: String,
     version: String,
-    fingerprint: u64,
+    /// Of the whole view, when the response carried all of it.
+    fingerprint: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -129,31 +130,79 @@ impl Stream {
     }
 
     /// Sends the view of `ty` if it changed (or always, with `force`).
+    ///
+    /// A stream that holds the previous snapshot looks only at the names that snapshot changed:
+    /// nothing it subscribes to changed, nothing is sent; route tables and endpoint sets that
+    /// changed are sent alone (state of the world lets RDS and EDS responses carry a subset; only
+    /// LDS and CDS must be complete). Otherwise the whole view is compared and sent.
     async fn push(&mut self, ty: XdsType, snapshot: &Snapshot, force: bool) -> bool {
         let Some(sub) = self.subs.get_mut(&ty) else {
             return true;
         };
+        let changed = (!force && sub.sent.is_some())
+            .then(|| snapshot.changed_since(ty, sub.view_generation))
+            .flatten();
+        if let Some(changed) = changed {
+            let touched: Vec<&String> = changed
+                .iter()
+                .filter(|n| sub.names.as_ref().is_none_or(|set| set.contains(*n)))
+                .collect();
+            if touched.is_empty() {
+                self.unchanged(ty, snapshot.generation);
+                return true;
+            }
+            let present: Vec<(&String, &Arc<Entry>)> = touched
+                .iter()
+                .filter_map(|n| snapshot.get(ty, n).map(|e| (*n, e)))
+                .collect();
+            if partial_allowed(ty) && present.len() == touched.len() {
+                return self.send(ty, snapshot, &present, None).await;
+            }
+        }
         let (view, fingerprint) = snapshot.view(ty, sub.names.as_ref());
         if !force
             && sub
                 .sent
                 .as_ref()
-                .is_some_and(|s| s.fingerprint == fingerprint)
+                .is_some_and(|s| s.fingerprint == Some(fingerprint))
         {
-            sub.view_generation = snapshot.generation;
-            if sub.acked {
-                if let Some(session) = self.session.as_ref() {
-                    session.still_synced(ty, snapshot.generation);
-                }
-            }
+            self.unchanged(ty, snapshot.generation);
             return true;
         }
+        self.send(ty, snapshot, &view, Some(fingerprint)).await
+    }
+
+    /// Nothing of `ty` that the proxy holds changed in `generation`.
+    fn unchanged(&mut self, ty: XdsType, generation: u64) {
+        let Some(sub) = self.subs.get_mut(&ty) else {
+            return;
+        };
+        sub.view_generation = generation;
+        if sub.acked {
+            if let Some(session) = self.session.as_ref() {
+                session.still_synced(ty, generation);
+            }
+        }
+    }
+
+    /// Sends `resources` of `ty` at `snapshot`'s generation; `fingerprint` is that of the whole
+    /// view when they are all of it.
+    async fn send(
+        &mut self,
+        ty: XdsType,
+        snapshot: &Snapshot,
+        resources: &[(&String, &Arc<Entry>)],
+        fingerprint: Option<u64>,
+    ) -> bool {
+        let Some(sub) = self.subs.get_mut(&ty) else {
+            return true;
+        };
         self.nonce += 1;
         let version = snapshot.generation.to_string();
         let nonce = self.nonce.to_string();
         let response = DiscoveryResponse {
             version_info: version.clone(),
-            resources: view.iter().map(|(_, e)| e.any.clone()).collect(),
+            resources: resources.iter().map(|(_, e)| e.any.clone()).collect(),
             type_url: ty.url().to_string(),
             nonce: nonce.clone(),
             control_plane: Some(ControlPlane {
@@ -161,7 +210,6 @@ impl Stream {
             }),
             ..Default::default()
         };
-        let count = view.len();
         sub.sent = Some(Sent {
             nonce,
             version: version.clone(),
@@ -170,7 +218,7 @@ impl Stream {
         sub.acked = false;
         sub.view_generation = snapshot.generation;
         let wildcard = sub.names.is_none();
-        let subscribed = sub.names.as_ref().map_or(count, BTreeSet::len);
+        let subscribed = sub.names.as_ref().map_or(resources.len(), BTreeSet::len);
         if let Some(session) = self.session() {
             session.sent(ty, &version, wildcard, subscribed);
             session
@@ -180,6 +228,12 @@ impl Stream {
         }
         self.tx.send(Ok(response)).await.is_ok()
     }
+}
+
+/// Whether a state-of-the-world response of `ty` may carry only some of the subscribed
+/// resources (the xDS protocol requires complete sets for LDS and CDS only).
+fn partial_allowed(ty: XdsType) -> bool {
+    matches!(ty, XdsType::Route | XdsType::Endpoint)
 }
 
 /// The names a request subscribes to; `None` means all of the type.

@@ -1,15 +1,17 @@
 //! The ADS client: one state-of-the-world stream carrying CDS and LDS (wildcard), and EDS and
-//! RDS for the names those need. Each response is decoded whole; a bad one is NACKed with the
+//! RDS for the names those need (an RDS or EDS response may carry only the resources that
+//! changed; they are merged into those held). Each response is decoded whole; a bad one is NACKed with the
 //! reason and the proxy stays on its last good configuration. A good one is ACKed and the
 //! routing table is rebuilt and swapped in atomically. When the stream breaks, the client
 //! reconnects with jittered exponential backoff and resubscribes; the last good configuration
 //! stays in force meanwhile.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_proto::envoy::config::core::v3::Node;
+use mesh_proto::google::protobuf::Any;
 use mesh_proto::google::rpc::Status as RpcStatus;
 use mesh_proto::{AggregatedDiscoveryServiceClient, DiscoveryRequest, DiscoveryResponse, type_url};
 use tokio::sync::mpsc;
@@ -78,10 +80,46 @@ impl Tracks {
     }
 }
 
+/// The route tables and endpoint sets held, as received: a state-of-the-world RDS or EDS
+/// response may carry only the resources that changed (only LDS and CDS responses are complete),
+/// so each is merged into what is held, and what is no longer subscribed is dropped.
+#[derive(Debug, Default)]
+struct Held {
+    routes: BTreeMap<String, Any>,
+    endpoints: BTreeMap<String, Any>,
+}
+
+impl Held {
+    /// What would be held after `anys` of `url` arrived, with `subscribed` names: the held
+    /// resources of that type, in name order.
+    fn merged(
+        &self,
+        url: &str,
+        anys: &[Any],
+        subscribed: &BTreeSet<String>,
+    ) -> Result<BTreeMap<String, Any>, String> {
+        let held = if url == type_url::ROUTE {
+            &self.routes
+        } else {
+            &self.endpoints
+        };
+        let mut next: BTreeMap<String, Any> = held
+            .iter()
+            .filter(|(name, _)| subscribed.contains(*name))
+            .map(|(n, a)| (n.clone(), a.clone()))
+            .collect();
+        for any in anys {
+            next.insert(resources::resource_name(url, any)?, any.clone());
+        }
+        Ok(next)
+    }
+}
+
 /// Follows the control plane forever.
 pub async fn run(config: XdsConfig, xds: Arc<Xds>) {
     let mut resources = Resources::default();
     let mut tracks = Tracks::default();
+    let mut held = Held::default();
     let mut backoff = MIN_BACKOFF;
     loop {
         let mut got_response = false;
@@ -90,6 +128,7 @@ pub async fn run(config: XdsConfig, xds: Arc<Xds>) {
             &xds,
             &mut resources,
             &mut tracks,
+            &mut held,
             &mut got_response,
         )
         .await;
@@ -135,6 +174,7 @@ async fn session(
     xds: &Xds,
     resources: &mut Resources,
     tracks: &mut Tracks,
+    held: &mut Held,
     got_response: &mut bool,
 ) -> Result<(), SessionError> {
     let channel = crate::meshd::MeshdEndpoint {
@@ -175,7 +215,7 @@ async fn session(
     tracing::info!(server = %config.server, "xDS stream open");
     while let Some(response) = stream.message().await? {
         *got_response = true;
-        on_response(response, config, xds, resources, tracks, &tx);
+        on_response(response, config, xds, resources, tracks, held, &tx);
     }
     Err(SessionError::Closed)
 }
@@ -186,6 +226,7 @@ fn on_response(
     xds: &Xds,
     resources: &mut Resources,
     tracks: &mut Tracks,
+    held: &mut Held,
     tx: &mpsc::UnboundedSender<DiscoveryRequest>,
 ) {
     let url = response.type_url.clone();
@@ -203,16 +244,35 @@ fn on_response(
         return;
     }
     let mut next = resources.clone();
+    let merged = match url.as_str() {
+        type_url::ENDPOINT | type_url::ROUTE => {
+            match held.merged(&url, &response.resources, &track.names) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    let applied = Err(e);
+                    settle(applied, &response, &url, track, short, xds, tx);
+                    return;
+                }
+            }
+        }
+        _ => None,
+    };
+    let all: Vec<Any> = merged.iter().flat_map(|m| m.values().cloned()).collect();
     let decoded = match url.as_str() {
         type_url::CLUSTER => resources::clusters(&response.resources).map(|c| next.clusters = c),
-        type_url::ENDPOINT => resources::endpoints(&response.resources).map(|e| {
+        type_url::ENDPOINT => resources::endpoints(&all).map(|e| {
             next.endpoints = e;
-            next.sidecars = resources::sidecar_endpoints(&response.resources);
+            next.sidecars = resources::sidecar_endpoints(&all);
         }),
         type_url::LISTENER => resources::listeners(&response.resources).map(|l| next.listeners = l),
-        _ => resources::routes(&response.resources).map(|r| next.routes = r),
+        _ => resources::routes(&all).map(|r| next.routes = r),
     };
     let applied = decoded.map(|()| {
+        match (url.as_str(), merged) {
+            (type_url::ROUTE, Some(m)) => held.routes = m,
+            (type_url::ENDPOINT, Some(m)) => held.endpoints = m,
+            _ => {}
+        }
         *resources = next;
         xds.routing
             .store(Arc::new(resources.compile(&xds.requests, &xds.endpoints)));

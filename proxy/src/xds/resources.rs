@@ -638,6 +638,15 @@ pub fn endpoints(anys: &[Any]) -> Result<BTreeMap<String, Vec<SocketAddr>>, Stri
 
 /// The endpoint addresses marked as having a sidecar in a set of load assignments, with the
 /// sidecar's identity.
+/// The name of a route table (RDS) or endpoint set (EDS) resource.
+pub fn resource_name(type_url: &str, any: &Any) -> Result<String, String> {
+    if type_url == mesh_proto::type_url::ROUTE {
+        decode::<RouteConfiguration>(any).map(|r| r.name)
+    } else {
+        decode::<ClusterLoadAssignment>(any).map(|c| c.cluster_name)
+    }
+}
+
 pub fn sidecar_endpoints(anys: &[Any]) -> BTreeMap<SocketAddr, SidecarName> {
     let mut out = BTreeMap::new();
     for any in anys {
