@@ -47,9 +47,11 @@ apply_service() {
 }
 
 # sidecar NAME ARGS...: one mesh-proxy on $BENCH_THREADS threads, logging warnings only.
+# MESH_PROXY_ARGS adds flags to every sidecar, for experiments (e.g. "--relay copy").
 sidecar() {
   local name=$1; shift
-  "$MESH_BIN_DIR/mesh-proxy" --threads "$BENCH_THREADS" --log warn "$@" >"$W/$name.log" 2>&1 &
+  # shellcheck disable=SC2086 # word splitting of MESH_PROXY_ARGS is the point
+  "$MESH_BIN_DIR/mesh-proxy" --threads "$BENCH_THREADS" --log warn ${MESH_PROXY_ARGS:-} "$@" >"$W/$name.log" 2>&1 &
   add_pid $!
 }
 

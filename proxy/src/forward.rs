@@ -291,7 +291,14 @@ async fn to_peer_tcp(
             return;
         }
     }
-    match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+    match tokio::io::copy_bidirectional_with_sizes(
+        &mut downstream,
+        &mut upstream,
+        crate::relay::TLS_CHUNK,
+        crate::relay::TLS_CHUNK,
+    )
+    .await
+    {
         Ok((up, down)) => {
             metrics
                 .received_bytes
