@@ -183,3 +183,40 @@ impl Snapshot {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn any(v: u8) -> Any {
+        Any {
+            type_url: type_url::ROUTE.into(),
+            value: vec![v],
+        }
+    }
+
+    #[test]
+    fn a_snapshot_knows_what_changed_since_the_one_before() {
+        let mut old = Snapshot::new(1);
+        old.insert(XdsType::Route, "a".into(), any(1));
+        old.insert(XdsType::Route, "b".into(), any(1));
+        old.insert(XdsType::Route, "gone".into(), any(1));
+        old.insert(XdsType::Cluster, "c".into(), any(1));
+        let mut new = Snapshot::new(2);
+        new.insert(XdsType::Route, "a".into(), any(1));
+        new.insert(XdsType::Route, "b".into(), any(2));
+        new.insert(XdsType::Route, "added".into(), any(1));
+        new.insert(XdsType::Cluster, "c".into(), any(1));
+        new.diff_from(&old);
+        assert_eq!(
+            new.changed_since(XdsType::Route, 1),
+            Some(&["added".to_string(), "b".to_string(), "gone".to_string()][..])
+        );
+        assert_eq!(new.changed_since(XdsType::Cluster, 1), Some(&[][..]));
+        assert_eq!(
+            new.changed_since(XdsType::Route, 0),
+            None,
+            "only the generation it was built after"
+        );
+    }
+}

@@ -339,3 +339,99 @@ async fn delta_sends_changes_and_removals_and_workloads_leave_after_grace() {
             .expect("alive");
     }
 }
+
+/// State of the world: a route change sends only the route table that changed (RDS may carry a
+/// subset; LDS and CDS stay complete), and unrelated tables are not resent.
+#[tokio::test]
+async fn state_of_the_world_rds_pushes_only_the_changed_route_table() {
+    let f = start(Duration::from_secs(60)).await;
+    f.controller
+        .apply(&format!(
+            "{SERVICES}---\napiVersion: mesh.dev/v1\nkind: Service\nmetadata: {{name: api}}\nspec: {{ports: [{{port: 80, targetPort: 8080}}], selector: {{app: api}}}}\n"
+        ))
+        .expect("apply");
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", f.addr))
+        .await
+        .expect("connect");
+    let (tx, rx) = mpsc::channel(8);
+    let mut responses = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    let names = ["api.default.svc:80", "web.default.svc:80"];
+    tx.send(request(
+        type_url::ROUTE,
+        &names,
+        "",
+        "",
+        Some(node("sidecar-r", "10.0.0.9")),
+    ))
+    .await
+    .expect("subscribe");
+    let rds = next(&mut responses).await;
+    assert_eq!(rds.resources.len(), 2, "the first response has every table");
+    tx.send(request(
+        type_url::ROUTE,
+        &names,
+        &rds.version_info,
+        &rds.nonce,
+        None,
+    ))
+    .await
+    .expect("ack");
+
+    let outcome = f
+        .controller
+        .apply("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web-to-api}\nspec:\n  parentRefs: [{name: web, port: 80}]\n  rules:\n  - backendRefs: [{name: api, port: 80}]\n")
+        .expect("apply route");
+    let push = next(&mut responses).await;
+    assert_eq!(push.type_url, type_url::ROUTE);
+    assert_eq!(push.version_info, outcome.generation.to_string());
+    let pushed: Vec<String> = push
+        .resources
+        .iter()
+        .map(|a| {
+            mesh_proto::envoy::config::route::v3::RouteConfiguration::decode(a.value.as_slice())
+                .expect("route configuration")
+                .name
+        })
+        .collect();
+    assert_eq!(pushed, vec!["web.default.svc:80".to_string()]);
+    tx.send(request(
+        type_url::ROUTE,
+        &names,
+        &push.version_info,
+        &push.nonce,
+        None,
+    ))
+    .await
+    .expect("ack");
+
+    // A change that touches no route table (a new opaque Service) pushes no RDS at all, and the
+    // proxy counts as synced with it.
+    let outcome = f
+        .controller
+        .apply("apiVersion: mesh.dev/v1\nkind: Service\nmetadata: {name: db}\nspec: {ports: [{port: 5432, appProtocol: tcp}], selector: {app: db}}\n")
+        .expect("apply db");
+    let mut changes = f.controller.registry.subscribe();
+    loop {
+        if wait_outcome(&f.controller.registry.list(), outcome.generation)
+            .synced
+            .len()
+            == 1
+        {
+            break;
+        }
+        tokio::time::timeout(STEP, changes.changed())
+            .await
+            .expect("the proxy is synced with a change it does not subscribe to")
+            .expect("registry alive");
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), responses.message())
+            .await
+            .is_err(),
+        "nothing is pushed for a change outside the subscription"
+    );
+}

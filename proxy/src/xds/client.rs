@@ -349,3 +349,53 @@ fn complete(resources: &Resources, tracks: &Tracks) -> bool {
         && (resources.route_names().is_empty() || tracks.rds.received)
         && (tracks.policy.names.is_empty() || tracks.policy.received)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_proto::envoy::config::route::v3::RouteConfiguration;
+    use mesh_proto::to_any;
+
+    fn table(name: &str, vhost: &str) -> Any {
+        let rc = RouteConfiguration {
+            name: name.into(),
+            virtual_hosts: vec![mesh_proto::envoy::config::route::v3::VirtualHost {
+                name: vhost.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        to_any(type_url::ROUTE, &rc)
+    }
+
+    #[test]
+    fn partial_rds_responses_merge_into_what_is_held_and_unsubscribed_tables_go() {
+        let mut held = Held::default();
+        let both: BTreeSet<String> = ["a".to_string(), "b".to_string()].into();
+        held.routes = held
+            .merged(
+                type_url::ROUTE,
+                &[table("a", "a1"), table("b", "b1")],
+                &both,
+            )
+            .expect("first response");
+        // Only `b` changed: `a` stays as it was.
+        let next = held
+            .merged(type_url::ROUTE, &[table("b", "b2")], &both)
+            .expect("partial response");
+        assert_eq!(next.get("a"), Some(&table("a", "a1")));
+        assert_eq!(next.get("b"), Some(&table("b", "b2")));
+        // `a` is no longer subscribed (its listener went): dropped.
+        let only_b: BTreeSet<String> = ["b".to_string()].into();
+        let next = held
+            .merged(type_url::ROUTE, &[], &only_b)
+            .expect("empty response");
+        assert_eq!(next.keys().collect::<Vec<_>>(), vec!["b"]);
+        // An undecodable resource refuses the whole response.
+        let bad = Any {
+            type_url: type_url::ROUTE.into(),
+            value: vec![0xff, 0xff],
+        };
+        assert!(held.merged(type_url::ROUTE, &[bad], &both).is_err());
+    }
+}
