@@ -111,14 +111,16 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
     let on_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    // One service for both ports, so that their streams share subscriptions.
+    let ads = AdsService::new(controller.clone());
     let plain = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(AdsService::new(controller.clone()).into_server())
+        .add_service(ads.clone().into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), on_stop(stopped.clone()));
     let secure = tonic::transport::Server::builder()
         .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(AdsService::new(controller.clone()).into_server())
+        .add_service(ads.into_server())
         .add_service(CaService::new(authority, tokens, controller.clone()).into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_tls), on_stop(stopped));
     let servers = async { tokio::try_join!(plain, secure) };

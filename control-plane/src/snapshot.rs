@@ -109,16 +109,25 @@ impl Snapshot {
         }
     }
 
-    /// Records what differs from `previous` (the snapshot this one replaces), per type.
+    /// Records what differs from `previous` (the snapshot this one replaces), per type, and
+    /// shares with it every resource whose content did not change: a snapshot then holds only
+    /// what changed, however many older snapshots streams still hold.
     pub fn diff_from(&mut self, previous: &Snapshot) {
         let mut by_type = BTreeMap::new();
         for ty in XdsType::ALL {
             let empty = BTreeMap::new();
             let old = previous.resources.get(&ty).unwrap_or(&empty);
+            if let Some(new) = self.resources.get_mut(&ty) {
+                for (name, entry) in new.iter_mut() {
+                    if let Some(same) = old.get(name).filter(|o| o.hash == entry.hash) {
+                        *entry = same.clone();
+                    }
+                }
+            }
             let new = self.resources.get(&ty).unwrap_or(&empty);
             let mut names: Vec<String> = new
                 .iter()
-                .filter(|(n, e)| old.get(*n).is_none_or(|o| o.hash != e.hash))
+                .filter(|(n, e)| old.get(*n).is_none_or(|o| !Arc::ptr_eq(o, e)))
                 .map(|(n, _)| n.clone())
                 .collect();
             names.extend(old.keys().filter(|n| !new.contains_key(*n)).cloned());
@@ -213,6 +222,13 @@ mod tests {
             Some(&["added".to_string(), "b".to_string(), "gone".to_string()][..])
         );
         assert_eq!(new.changed_since(XdsType::Cluster, 1), Some(&[][..]));
+        assert!(
+            Arc::ptr_eq(
+                new.get(XdsType::Route, "a").expect("a"),
+                old.get(XdsType::Route, "a").expect("a")
+            ),
+            "an unchanged resource is shared with the older snapshot"
+        );
         assert_eq!(
             new.changed_since(XdsType::Route, 0),
             None,

@@ -2,6 +2,7 @@
 //! ([`delta`]) streams over the same snapshots.
 
 pub mod delta;
+pub mod names;
 mod session;
 pub mod sotw;
 mod stream;
@@ -21,15 +22,25 @@ use crate::controller::Controller;
 /// Responses queued per stream before the stream task waits for the client to read.
 const STREAM_BUFFER: usize = 16;
 
+/// What all streams share besides the controller: the subscriptions (state of the world).
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub names: names::NameSets,
+}
+
 /// The gRPC service; each stream runs as its own task.
 #[derive(Debug, Clone)]
 pub struct AdsService {
     controller: Arc<Controller>,
+    shared: Arc<Shared>,
 }
 
 impl AdsService {
     pub fn new(controller: Arc<Controller>) -> AdsService {
-        AdsService { controller }
+        AdsService {
+            controller,
+            shared: Arc::default(),
+        }
     }
 
     pub fn into_server(self) -> AggregatedDiscoveryServiceServer<AdsService> {
@@ -50,6 +61,7 @@ impl AggregatedDiscoveryService for AdsService {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(sotw::serve(
             self.controller.clone(),
+            self.shared.clone(),
             request.into_inner(),
             tx,
             peer,

@@ -5,7 +5,7 @@
 //! whose nonce is not the latest of its type is stale and ignored. A new snapshot is pushed only
 //! to types whose view changed, in the order CDS, EDS, LDS, RDS.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -14,6 +14,8 @@ use mesh_proto::{DiscoveryRequest, DiscoveryResponse};
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
+use super::Shared;
+use super::names::{Names, same_names};
 use super::session::Session;
 use super::stream::{AdsStream, drive};
 use crate::controller::Controller;
@@ -30,8 +32,8 @@ struct Sent {
 
 #[derive(Debug, Default)]
 struct Subscription {
-    /// `None`: everything of the type.
-    names: Option<BTreeSet<String>>,
+    /// `None`: everything of the type. Shared with every stream that asks for the same names.
+    names: Option<Names>,
     sent: Option<Sent>,
     acked: bool,
     /// Latest generation whose view equals the content last sent.
@@ -45,11 +47,13 @@ struct Stream {
     subs: BTreeMap<XdsType, Subscription>,
     nonce: u64,
     tx: Tx,
+    shared: Arc<Shared>,
 }
 
 /// Serves one stream until the proxy goes away.
 pub async fn serve(
     controller: Arc<Controller>,
+    shared: Arc<Shared>,
     requests: Streaming<DiscoveryRequest>,
     tx: Tx,
     peer: Option<SocketAddr>,
@@ -59,6 +63,7 @@ pub async fn serve(
         subs: BTreeMap::new(),
         nonce: 0,
         tx,
+        shared,
     };
     drive(controller, requests, stream, peer).await
 }
@@ -120,9 +125,16 @@ impl Stream {
                 }
             }
         }
-        let names = requested_names(ty, &request.resource_names);
-        let changed_subscription = names != sub.names;
-        sub.names = names;
+        // Every ACK repeats the names: compare them before building anything.
+        let asked = &request.resource_names;
+        let changed_subscription = match &sub.names {
+            Some(held) => is_wildcard(ty, asked) || !same_names(held, asked),
+            None => !is_wildcard(ty, asked),
+        };
+        if changed_subscription {
+            sub.names = (!is_wildcard(ty, asked))
+                .then(|| self.shared.names.intern(asked.iter().cloned().collect()));
+        }
         if request.response_nonce.is_empty() || changed_subscription {
             return self.push(ty, snapshot, true).await;
         }
@@ -159,7 +171,7 @@ impl Stream {
                 return self.send(ty, snapshot, &present, None).await;
             }
         }
-        let (view, fingerprint) = snapshot.view(ty, sub.names.as_ref());
+        let (view, fingerprint) = snapshot.view(ty, sub.names.as_deref());
         if !force
             && sub
                 .sent
@@ -218,7 +230,7 @@ impl Stream {
         sub.acked = false;
         sub.view_generation = snapshot.generation;
         let wildcard = sub.names.is_none();
-        let subscribed = sub.names.as_ref().map_or(resources.len(), BTreeSet::len);
+        let subscribed = sub.names.as_ref().map_or(resources.len(), |n| n.len());
         if let Some(session) = self.session() {
             session.sent(ty, &version, wildcard, subscribed);
             session
@@ -236,13 +248,9 @@ fn partial_allowed(ty: XdsType) -> bool {
     matches!(ty, XdsType::Route | XdsType::Endpoint)
 }
 
-/// The names a request subscribes to; `None` means all of the type.
-fn requested_names(ty: XdsType, names: &[String]) -> Option<BTreeSet<String>> {
-    if (names.is_empty() && ty.wildcard_by_default()) || names.iter().any(|n| n == "*") {
-        None
-    } else {
-        Some(names.iter().cloned().collect())
-    }
+/// Whether a request's names subscribe to all of the type.
+fn is_wildcard(ty: XdsType, names: &[String]) -> bool {
+    (names.is_empty() && ty.wildcard_by_default()) || names.iter().any(|n| n == "*")
 }
 
 #[cfg(test)]
@@ -251,16 +259,9 @@ mod tests {
 
     #[test]
     fn wildcard_rules() {
-        assert_eq!(requested_names(XdsType::Listener, &[]), None);
-        assert_eq!(
-            requested_names(XdsType::Route, &[]),
-            Some(BTreeSet::new()),
-            "RDS needs names"
-        );
-        assert_eq!(requested_names(XdsType::Route, &["*".into()]), None);
-        assert_eq!(
-            requested_names(XdsType::Endpoint, &["a".into()]).map(|s| s.len()),
-            Some(1)
-        );
+        assert!(is_wildcard(XdsType::Listener, &[]));
+        assert!(!is_wildcard(XdsType::Route, &[]), "RDS needs names");
+        assert!(is_wildcard(XdsType::Route, &["*".into()]));
+        assert!(!is_wildcard(XdsType::Endpoint, &["a".into()]));
     }
 }
