@@ -95,6 +95,17 @@ fn request(
     }
 }
 
+/// Waits (on the registry's change signal) until every proxy has synced `generation` or NACKed it.
+async fn wait_done(f: &Fixture, generation: u64) {
+    let mut changes = f.controller.registry.subscribe();
+    while !wait_outcome(&f.controller.registry.list(), generation).done() {
+        tokio::time::timeout(STEP, changes.changed())
+            .await
+            .expect("synced in time")
+            .expect("registry alive");
+    }
+}
+
 fn endpoint_count(resp: &DiscoveryResponse) -> usize {
     resp.resources
         .iter()
@@ -257,13 +268,7 @@ async fn wait_sees_unaffected_proxies_as_synced_at_once() {
         .controller
         .apply("apiVersion: mesh.dev/v1\nkind: Service\nmetadata: {name: other}\nspec: {ports: [{port: 80}], selector: {app: other}}\n")
         .expect("apply");
-    let mut changes = f.controller.registry.subscribe();
-    while !wait_outcome(&f.controller.registry.list(), outcome.generation).done() {
-        tokio::time::timeout(STEP, changes.changed())
-            .await
-            .expect("synced in time")
-            .expect("registry alive");
-    }
+    wait_done(&f, outcome.generation).await;
     assert_eq!(
         wait_outcome(&f.controller.registry.list(), outcome.generation).synced,
         vec!["only-eds"]
@@ -414,20 +419,12 @@ async fn state_of_the_world_rds_pushes_only_the_changed_route_table() {
         .controller
         .apply("apiVersion: mesh.dev/v1\nkind: Service\nmetadata: {name: db}\nspec: {ports: [{port: 5432, appProtocol: tcp}], selector: {app: db}}\n")
         .expect("apply db");
-    let mut changes = f.controller.registry.subscribe();
-    loop {
-        if wait_outcome(&f.controller.registry.list(), outcome.generation)
-            .synced
-            .len()
-            == 1
-        {
-            break;
-        }
-        tokio::time::timeout(STEP, changes.changed())
-            .await
-            .expect("the proxy is synced with a change it does not subscribe to")
-            .expect("registry alive");
-    }
+    wait_done(&f, outcome.generation).await;
+    assert_eq!(
+        wait_outcome(&f.controller.registry.list(), outcome.generation).synced,
+        vec!["sidecar-r"],
+        "synced with a change it does not subscribe to"
+    );
     assert!(
         tokio::time::timeout(Duration::from_millis(200), responses.message())
             .await

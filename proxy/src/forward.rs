@@ -291,14 +291,7 @@ async fn to_peer_tcp(
             return;
         }
     }
-    match tokio::io::copy_bidirectional_with_sizes(
-        &mut downstream,
-        &mut upstream,
-        crate::relay::TLS_CHUNK,
-        crate::relay::TLS_CHUNK,
-    )
-    .await
-    {
+    match crate::relay::copy_through_tls(&mut downstream, &mut upstream).await {
         Ok((up, down)) => {
             metrics
                 .received_bytes

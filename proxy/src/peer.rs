@@ -216,14 +216,7 @@ where
     };
     let _ = upstream.set_nodelay(true);
     let metrics = ctx.metrics.tcp(Direction::Inbound);
-    match tokio::io::copy_bidirectional_with_sizes(
-        &mut stream,
-        &mut upstream,
-        crate::relay::TLS_CHUNK,
-        crate::relay::TLS_CHUNK,
-    )
-    .await
-    {
+    match crate::relay::copy_through_tls(&mut stream, &mut upstream).await {
         Ok((from_peer, to_peer)) => {
             metrics
                 .received_bytes

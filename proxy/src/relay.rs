@@ -22,9 +22,19 @@ const CHUNK: usize = 64 * 1024;
 /// fills them; when it refuses the size (`/proc/sys/fs/pipe-max-size`), the default stays.
 const PIPE_SIZE: i32 = 1024 * 1024;
 
-/// Buffer size per direction for relays through TLS (`copy_bidirectional_with_sizes`): several
-/// 16 KiB records per read and write instead of tokio's default 8 KiB.
-pub const TLS_CHUNK: usize = 64 * 1024;
+/// Buffer size per direction for relays through TLS: several 16 KiB records per read and write
+/// instead of tokio's default 8 KiB.
+const TLS_CHUNK: usize = 64 * 1024;
+
+/// Relays both ways between `a` and `b` when one of them is a TLS stream (no splice possible);
+/// returns the bytes moved a → b and b → a.
+pub async fn copy_through_tls<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    tokio::io::copy_bidirectional_with_sizes(a, b, TLS_CHUNK, TLS_CHUNK).await
+}
 
 /// Counters that the relay adds to as bytes move (they may be shared, e.g. per direction).
 #[derive(Debug, Clone, Copy)]
