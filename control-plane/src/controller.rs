@@ -137,10 +137,10 @@ impl Controller {
         let current = self.snapshot();
         let registered: Vec<Workload> = inner.registered.values().map(|(w, _)| w.clone()).collect();
         let mut next = translate(&inner.state, &registered, current.generation + 1);
-        if next.same_content(&current) {
+        next.diff_from(&current);
+        if next.unchanged() {
             return current.generation;
         }
-        next.diff_from(&current);
         let generation = next.generation;
         self.snapshot.send_replace(Arc::new(next));
         generation

@@ -91,12 +91,7 @@ pub struct Snapshot {
 #[derive(Debug)]
 struct Changes {
     from: u64,
-    by_type: BTreeMap<XdsType, TypeChanges>,
-}
-
-#[derive(Debug)]
-struct TypeChanges {
-    names: Vec<String>,
+    by_type: BTreeMap<XdsType, Vec<String>>,
 }
 
 impl Snapshot {
@@ -131,7 +126,7 @@ impl Snapshot {
                 .map(|(n, _)| n.clone())
                 .collect();
             names.extend(old.keys().filter(|n| !new.contains_key(*n)).cloned());
-            by_type.insert(ty, TypeChanges { names });
+            by_type.insert(ty, names);
         }
         self.changes = Some(Changes {
             from: previous.generation,
@@ -143,7 +138,15 @@ impl Snapshot {
     /// right after that generation); an empty slice means the type did not change at all.
     pub fn changed_since(&self, ty: XdsType, generation: u64) -> Option<&[String]> {
         let changes = self.changes.as_ref().filter(|c| c.from == generation)?;
-        Some(changes.by_type.get(&ty).map_or(&[][..], |t| &t.names))
+        Some(changes.by_type.get(&ty).map_or(&[][..], Vec::as_slice))
+    }
+
+    /// Whether [`Snapshot::diff_from`] found nothing changed: the same resources by name and
+    /// content, whatever the generations.
+    pub fn unchanged(&self) -> bool {
+        self.changes
+            .as_ref()
+            .is_some_and(|c| c.by_type.values().all(Vec::is_empty))
     }
 
     pub fn insert(&mut self, ty: XdsType, name: String, any: Any) {
@@ -182,15 +185,6 @@ impl Snapshot {
     pub fn names(&self, ty: XdsType) -> Vec<String> {
         self.of_type(ty).map(|(n, _)| n.clone()).collect()
     }
-
-    /// Same resources (by name and content) as `other`, whatever the generations.
-    pub fn same_content(&self, other: &Snapshot) -> bool {
-        XdsType::ALL.iter().all(|t| {
-            let a: Vec<_> = self.of_type(*t).map(|(n, e)| (n, e.hash)).collect();
-            let b: Vec<_> = other.of_type(*t).map(|(n, e)| (n, e.hash)).collect();
-            a == b
-        })
-    }
 }
 
 #[cfg(test)]
@@ -222,6 +216,17 @@ mod tests {
             Some(&["added".to_string(), "b".to_string(), "gone".to_string()][..])
         );
         assert_eq!(new.changed_since(XdsType::Cluster, 1), Some(&[][..]));
+        assert!(!new.unchanged());
+        let mut same = Snapshot::new(3);
+        same.insert(XdsType::Route, "a".into(), any(1));
+        same.insert(XdsType::Route, "b".into(), any(2));
+        same.insert(XdsType::Route, "added".into(), any(1));
+        same.insert(XdsType::Cluster, "c".into(), any(1));
+        same.diff_from(&new);
+        assert!(
+            same.unchanged(),
+            "the same resources under another generation"
+        );
         assert!(
             Arc::ptr_eq(
                 new.get(XdsType::Route, "a").expect("a"),

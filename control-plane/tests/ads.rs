@@ -95,6 +95,32 @@ fn request(
     }
 }
 
+/// A state-of-the-world stream to the fixture's meshd: where to send requests, and the responses.
+async fn open_sotw(f: &Fixture) -> (mpsc::Sender<DiscoveryRequest>, Streaming<DiscoveryResponse>) {
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", f.addr))
+        .await
+        .expect("connect");
+    let (tx, rx) = mpsc::channel(8);
+    let responses = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    (tx, responses)
+}
+
+/// ACKs `resp` (of type `ty`, subscribed to `names`).
+async fn ack(
+    tx: &mpsc::Sender<DiscoveryRequest>,
+    ty: &str,
+    names: &[&str],
+    resp: &DiscoveryResponse,
+) {
+    tx.send(request(ty, names, &resp.version_info, &resp.nonce, None))
+        .await
+        .expect("ack");
+}
+
 /// Waits (on the registry's change signal) until every proxy has synced `generation` or NACKed it.
 async fn wait_done(f: &Fixture, generation: u64) {
     let mut changes = f.controller.registry.subscribe();
@@ -124,15 +150,7 @@ fn endpoint_count(resp: &DiscoveryResponse) -> usize {
 async fn state_of_the_world_ack_push_and_nack() {
     let f = start(Duration::from_secs(60)).await;
     f.controller.apply(SERVICES).expect("apply");
-    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", f.addr))
-        .await
-        .expect("connect");
-    let (tx, rx) = mpsc::channel(8);
-    let mut responses = client
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .expect("stream")
-        .into_inner();
+    let (tx, mut responses) = open_sotw(&f).await;
 
     // CDS wildcard, with the node that registers workload 10.0.0.3.
     tx.send(request(
@@ -147,15 +165,7 @@ async fn state_of_the_world_ack_push_and_nack() {
     let cds = next(&mut responses).await;
     assert_eq!(cds.type_url, type_url::CLUSTER);
     assert_eq!(cds.resources.len(), 1);
-    tx.send(request(
-        type_url::CLUSTER,
-        &[],
-        &cds.version_info,
-        &cds.nonce,
-        None,
-    ))
-    .await
-    .expect("ack");
+    ack(&tx, type_url::CLUSTER, &[], &cds).await;
 
     // EDS by name: the sidecar's own registration is an endpoint of `web`.
     tx.send(request(
@@ -170,15 +180,7 @@ async fn state_of_the_world_ack_push_and_nack() {
     let eds = next(&mut responses).await;
     assert_eq!(eds.type_url, type_url::ENDPOINT);
     assert_eq!(endpoint_count(&eds), 1);
-    tx.send(request(
-        type_url::ENDPOINT,
-        &["web.default.svc:80"],
-        &eds.version_info,
-        &eds.nonce,
-        None,
-    ))
-    .await
-    .expect("ack");
+    ack(&tx, type_url::ENDPOINT, &["web.default.svc:80"], &eds).await;
 
     // A new Service changes CDS only; EDS of the subscribed cluster is unchanged and not resent.
     let outcome = f
@@ -234,15 +236,7 @@ async fn state_of_the_world_ack_push_and_nack() {
 async fn wait_sees_unaffected_proxies_as_synced_at_once() {
     let f = start(Duration::from_secs(60)).await;
     f.controller.apply(SERVICES).expect("apply");
-    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", f.addr))
-        .await
-        .expect("connect");
-    let (tx, rx) = mpsc::channel(8);
-    let mut responses = client
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .expect("stream")
-        .into_inner();
+    let (tx, mut responses) = open_sotw(&f).await;
     tx.send(request(
         type_url::ENDPOINT,
         &["web.default.svc:80"],
@@ -253,15 +247,7 @@ async fn wait_sees_unaffected_proxies_as_synced_at_once() {
     .await
     .expect("send");
     let eds = next(&mut responses).await;
-    tx.send(request(
-        type_url::ENDPOINT,
-        &["web.default.svc:80"],
-        &eds.version_info,
-        &eds.nonce,
-        None,
-    ))
-    .await
-    .expect("ack");
+    ack(&tx, type_url::ENDPOINT, &["web.default.svc:80"], &eds).await;
 
     // A change elsewhere (a new Service) does not touch this proxy's view: synced without a push.
     let outcome = f
@@ -355,15 +341,7 @@ async fn state_of_the_world_rds_pushes_only_the_changed_route_table() {
             "{SERVICES}---\napiVersion: mesh.dev/v1\nkind: Service\nmetadata: {{name: api}}\nspec: {{ports: [{{port: 80, targetPort: 8080}}], selector: {{app: api}}}}\n"
         ))
         .expect("apply");
-    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", f.addr))
-        .await
-        .expect("connect");
-    let (tx, rx) = mpsc::channel(8);
-    let mut responses = client
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .expect("stream")
-        .into_inner();
+    let (tx, mut responses) = open_sotw(&f).await;
     let names = ["api.default.svc:80", "web.default.svc:80"];
     tx.send(request(
         type_url::ROUTE,
@@ -376,15 +354,7 @@ async fn state_of_the_world_rds_pushes_only_the_changed_route_table() {
     .expect("subscribe");
     let rds = next(&mut responses).await;
     assert_eq!(rds.resources.len(), 2, "the first response has every table");
-    tx.send(request(
-        type_url::ROUTE,
-        &names,
-        &rds.version_info,
-        &rds.nonce,
-        None,
-    ))
-    .await
-    .expect("ack");
+    ack(&tx, type_url::ROUTE, &names, &rds).await;
 
     let outcome = f
         .controller
@@ -403,15 +373,7 @@ async fn state_of_the_world_rds_pushes_only_the_changed_route_table() {
         })
         .collect();
     assert_eq!(pushed, vec!["web.default.svc:80".to_string()]);
-    tx.send(request(
-        type_url::ROUTE,
-        &names,
-        &push.version_info,
-        &push.nonce,
-        None,
-    ))
-    .await
-    .expect("ack");
+    ack(&tx, type_url::ROUTE, &names, &push).await;
 
     // A change that touches no route table (a new opaque Service) pushes no RDS at all, and the
     // proxy counts as synced with it.

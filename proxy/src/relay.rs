@@ -14,17 +14,14 @@ use tokio::net::TcpStream;
 
 use crate::config::RelayMode;
 
-/// Buffer size of the copy path (and of the mTLS relays, see [`TLS_CHUNK`]).
+/// Buffer size per direction of the copy paths (the plain fallback and the relays through TLS):
+/// several 16 KiB TLS records per read and write instead of tokio's default 8 KiB.
 const CHUNK: usize = 64 * 1024;
 
 /// Capacity asked for each splice pipe: a larger pipe moves more per splice(2) call, so a bulk
 /// transfer costs fewer syscalls and wakeups. The kernel allocates pipe pages only as data
 /// fills them; when it refuses the size (`/proc/sys/fs/pipe-max-size`), the default stays.
 const PIPE_SIZE: i32 = 1024 * 1024;
-
-/// Buffer size per direction for relays through TLS: several 16 KiB records per read and write
-/// instead of tokio's default 8 KiB.
-const TLS_CHUNK: usize = 64 * 1024;
 
 /// Relays both ways between `a` and `b` when one of them is a TLS stream (no splice possible);
 /// returns the bytes moved a → b and b → a.
@@ -33,7 +30,7 @@ where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
 {
-    tokio::io::copy_bidirectional_with_sizes(a, b, TLS_CHUNK, TLS_CHUNK).await
+    tokio::io::copy_bidirectional_with_sizes(a, b, CHUNK, CHUNK).await
 }
 
 /// Counters that the relay adds to as bytes move (they may be shared, e.g. per direction).

@@ -185,8 +185,8 @@ impl Stream {
         let wanted: BTreeMap<&String, _> = match changed {
             Some(names) => names
                 .iter()
-                .filter(|n| sub.wants(n) || sub.known.contains_key(*n))
-                .filter_map(|n| snapshot.get(ty, n).filter(|_| sub.wants(n)).map(|e| (n, e)))
+                .filter(|n| sub.wants(n))
+                .filter_map(|n| snapshot.get(ty, n).map(|e| (n, e)))
                 .collect(),
             None => snapshot.of_type(ty).filter(|(n, _)| sub.wants(n)).collect(),
         };

@@ -22,24 +22,19 @@ use crate::controller::Controller;
 /// Responses queued per stream before the stream task waits for the client to read.
 const STREAM_BUFFER: usize = 16;
 
-/// What all streams share besides the controller: the subscriptions (state of the world).
-#[derive(Debug, Default)]
-pub struct Shared {
-    pub names: names::NameSets,
-}
-
 /// The gRPC service; each stream runs as its own task.
 #[derive(Debug, Clone)]
 pub struct AdsService {
     controller: Arc<Controller>,
-    shared: Arc<Shared>,
+    /// The state-of-the-world subscriptions, shared between streams.
+    names: Arc<names::NameSets>,
 }
 
 impl AdsService {
     pub fn new(controller: Arc<Controller>) -> AdsService {
         AdsService {
             controller,
-            shared: Arc::default(),
+            names: Arc::default(),
         }
     }
 
@@ -61,7 +56,7 @@ impl AggregatedDiscoveryService for AdsService {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(sotw::serve(
             self.controller.clone(),
-            self.shared.clone(),
+            self.names.clone(),
             request.into_inner(),
             tx,
             peer,

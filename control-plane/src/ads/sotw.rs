@@ -14,8 +14,7 @@ use mesh_proto::{DiscoveryRequest, DiscoveryResponse};
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
-use super::Shared;
-use super::names::{Names, same_names};
+use super::names::{NameSets, Names, same_names};
 use super::session::Session;
 use super::stream::{AdsStream, drive};
 use crate::controller::Controller;
@@ -47,13 +46,13 @@ struct Stream {
     subs: BTreeMap<XdsType, Subscription>,
     nonce: u64,
     tx: Tx,
-    shared: Arc<Shared>,
+    name_sets: Arc<NameSets>,
 }
 
 /// Serves one stream until the proxy goes away.
 pub async fn serve(
     controller: Arc<Controller>,
-    shared: Arc<Shared>,
+    name_sets: Arc<NameSets>,
     requests: Streaming<DiscoveryRequest>,
     tx: Tx,
     peer: Option<SocketAddr>,
@@ -63,7 +62,7 @@ pub async fn serve(
         subs: BTreeMap::new(),
         nonce: 0,
         tx,
-        shared,
+        name_sets,
     };
     drive(controller, requests, stream, peer).await
 }
@@ -133,7 +132,7 @@ impl Stream {
         };
         if changed_subscription {
             sub.names = (!is_wildcard(ty, asked))
-                .then(|| self.shared.names.intern(asked.iter().cloned().collect()));
+                .then(|| self.name_sets.intern(asked.iter().cloned().collect()));
         }
         if request.response_nonce.is_empty() || changed_subscription {
             return self.push(ty, snapshot, true).await;

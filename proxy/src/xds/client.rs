@@ -1,7 +1,7 @@
 //! The ADS client: one state-of-the-world stream carrying CDS and LDS (wildcard), and EDS and
 //! RDS for the names those need (an RDS or EDS response may carry only the resources that
-//! changed; they are merged into those held). Each response is decoded whole; a bad one is NACKed with the
-//! reason and the proxy stays on its last good configuration. A good one is ACKed and the
+//! changed; they are merged into those held). Each response is decoded whole; a bad one is
+//! NACKed with the reason and the proxy stays on its last good configuration. A good one is ACKed and the
 //! routing table is rebuilt and swapped in atomically. When the stream breaks, the client
 //! reconnects with jittered exponential backoff and resubscribes; the last good configuration
 //! stays in force meanwhile.
@@ -249,8 +249,7 @@ fn on_response(
             match held.merged(&url, &response.resources, &track.names) {
                 Ok(m) => Some(m),
                 Err(e) => {
-                    let applied = Err(e);
-                    settle(applied, &response, &url, track, short, xds, tx);
+                    settle(Err(e), &response, &url, track, short, xds, tx);
                     return;
                 }
             }
