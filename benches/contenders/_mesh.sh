@@ -26,7 +26,7 @@ meshctl() { "$MESH_BIN_DIR/meshctl" --server "$MESHD_API" "$@"; }
 
 wait_http() { # url what
   local i
-  for i in $(seq 1 100); do curl -sf -o /dev/null --max-time 1 "$1" && return 0; sleep 0.1; done
+  for i in $(seq 1 "${MESH_READY_TRIES:-100}"); do curl -sf -o /dev/null --max-time 1 "$1" && return 0; sleep 0.1; done
   echo "$2 not ready ($1)" >&2; return 1
 }
 
@@ -47,11 +47,13 @@ apply_service() {
 }
 
 # sidecar NAME ARGS...: one mesh-proxy on $BENCH_THREADS threads, logging warnings only.
-# MESH_PROXY_ARGS adds flags to every sidecar, for experiments (e.g. "--relay copy").
+# MESH_PROXY_ARGS adds flags to every sidecar, for experiments (e.g. "--relay copy");
+# MESH_PROXY_WRAPPER runs each under a tool (e.g. "valgrind --tool=callgrind", with
+# MESH_READY_TRIES raised for its slower start).
 sidecar() {
   local name=$1; shift
-  # shellcheck disable=SC2086 # word splitting of MESH_PROXY_ARGS is the point
-  "$MESH_BIN_DIR/mesh-proxy" --threads "$BENCH_THREADS" --log warn ${MESH_PROXY_ARGS:-} "$@" >"$W/$name.log" 2>&1 &
+  # shellcheck disable=SC2086 # word splitting of MESH_PROXY_WRAPPER and MESH_PROXY_ARGS is the point
+  ${MESH_PROXY_WRAPPER:-} "$MESH_BIN_DIR/mesh-proxy" --threads "$BENCH_THREADS" --log warn ${MESH_PROXY_ARGS:-} "$@" >"$W/$name.log" 2>&1 &
   add_pid $!
 }
 
