@@ -9,11 +9,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use mesh_proto::envoy::config::core::v3::ControlPlane;
-use mesh_proto::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
-use tokio::sync::mpsc;
+use mesh_proto::DeltaDiscoveryRequest;
 use tonic::{Status, Streaming};
 
+use super::response::{Budget, Delta, DeltaResource};
 use super::session::Session;
 use super::stream::{AdsStream, drive};
 use crate::controller::Controller;
@@ -48,18 +47,20 @@ impl Subscription {
     }
 }
 
-type Tx = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
+type Tx = super::Responses;
 
 struct Stream {
     session: Option<Session>,
     subs: BTreeMap<XdsType, Subscription>,
     nonce: u64,
     tx: Tx,
+    budget: Arc<Budget>,
 }
 
 /// Serves one stream until the proxy goes away.
 pub async fn serve(
     controller: Arc<Controller>,
+    budget: Arc<Budget>,
     requests: Streaming<DeltaDiscoveryRequest>,
     tx: Tx,
     peer: Option<SocketAddr>,
@@ -69,6 +70,7 @@ pub async fn serve(
         subs: BTreeMap::new(),
         nonce: 0,
         tx,
+        budget,
     };
     drive(controller, requests, stream, peer).await
 }
@@ -190,14 +192,16 @@ impl Stream {
                 .collect(),
             None => snapshot.of_type(ty).filter(|(n, _)| sub.wants(n)).collect(),
         };
-        let updated: Vec<Resource> = wanted
+        let updated: Vec<(&String, u64, DeltaResource<'_>)> = wanted
             .iter()
             .filter(|(name, entry)| sub.known.get(name.as_str()) != Some(&entry.hash))
-            .map(|(name, entry)| Resource {
-                name: (*name).clone(),
-                version: version_of(entry.hash),
-                resource: Some(entry.any.clone()),
-                ..Default::default()
+            .map(|(name, entry)| {
+                let resource = DeltaResource {
+                    name: name.as_str(),
+                    version: version_of(entry.hash),
+                    any: &entry.any,
+                };
+                (*name, entry.hash, resource)
             })
             .collect();
         // Gone from the snapshot, or explicitly subscribed but absent: tell the proxy.
@@ -232,10 +236,8 @@ impl Stream {
             }
             return true;
         }
-        for r in &updated {
-            if let Some(entry) = wanted.get(&r.name) {
-                sub.known.insert(r.name.clone(), entry.hash);
-            }
+        for (name, hash, _) in &updated {
+            sub.known.insert((*name).clone(), *hash);
         }
         for name in &removed {
             sub.known.remove(name);
@@ -246,22 +248,22 @@ impl Stream {
         sub.pending = Some(Pending {
             nonce: nonce.clone(),
             version: version.clone(),
-            updated: updated.iter().map(|r| r.name.clone()).collect(),
+            updated: updated.iter().map(|(name, _, _)| (*name).clone()).collect(),
         });
         sub.acked = false;
         sub.view_generation = snapshot.generation;
         let (wildcard, subscribed) = (sub.wildcard, sub.known.len());
-        let response = DeltaDiscoveryResponse {
-            system_version_info: version.clone(),
-            resources: updated,
-            type_url: ty.url().to_string(),
-            removed_resources: removed,
-            nonce,
-            control_plane: Some(ControlPlane {
-                identifier: "meshd".into(),
-            }),
-            ..Default::default()
-        };
+        let resources: Vec<DeltaResource<'_>> = updated.into_iter().map(|(_, _, r)| r).collect();
+        let response = Delta {
+            system_version_info: &version,
+            type_url: ty.url(),
+            nonce: &nonce,
+            resources: &resources,
+            removed_resources: &removed,
+        }
+        .encode(&self.budget)
+        .await
+        .map_err(|e| Status::resource_exhausted(e.to_string()));
         if let Some(session) = self.session.as_ref() {
             session.sent(ty, &version, wildcard, subscribed);
             session
@@ -269,6 +271,6 @@ impl Stream {
                 .metrics
                 .pushed(ty, snapshot.created.elapsed());
         }
-        self.tx.send(Ok(response)).await.is_ok()
+        self.tx.send(response).await.is_ok()
     }
 }

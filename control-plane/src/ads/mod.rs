@@ -2,32 +2,38 @@
 //! ([`delta`]) streams over the same snapshots.
 
 pub mod delta;
+mod grpc;
 pub mod names;
+mod response;
 mod session;
 pub mod sotw;
 mod stream;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use mesh_proto::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer, DeltaDiscoveryRequest,
-    DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use mesh_proto::{DeltaDiscoveryRequest, DiscoveryRequest};
+use tonic::Streaming;
+
+pub use grpc::AdsServer;
+pub(crate) use grpc::Responses;
+pub use response::Budget;
 
 use crate::controller::Controller;
 
 /// Responses queued per stream before the stream task waits for the client to read.
 const STREAM_BUFFER: usize = 16;
+/// The response bytes in flight across all streams (see [`response`]): enough for a few dozen
+/// first syncs of a 1000-Service mesh at once, and a small part of meshd's memory.
+pub const RESPONSE_BUDGET: usize = 32 * 1024 * 1024;
 
-/// The gRPC service; each stream runs as its own task.
+/// The two kinds of ADS streams; each stream runs as its own task.
 #[derive(Debug, Clone)]
 pub struct AdsService {
     controller: Arc<Controller>,
     /// The state-of-the-world subscriptions, shared between streams.
     names: Arc<names::NameSets>,
+    budget: Arc<Budget>,
 }
 
 impl AdsService {
@@ -35,47 +41,42 @@ impl AdsService {
         AdsService {
             controller,
             names: Arc::default(),
+            budget: Arc::new(Budget::new(RESPONSE_BUDGET)),
         }
     }
 
-    pub fn into_server(self) -> AggregatedDiscoveryServiceServer<AdsService> {
-        AggregatedDiscoveryServiceServer::new(self)
+    pub fn into_server(self) -> AdsServer {
+        AdsServer::new(self)
     }
-}
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsService {
-    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-
-    async fn stream_aggregated_resources(
+    fn spawn_sotw(
         &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let peer = request.remote_addr();
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        requests: Streaming<DiscoveryRequest>,
+        tx: Responses,
+        peer: Option<SocketAddr>,
+    ) {
         tokio::spawn(sotw::serve(
             self.controller.clone(),
             self.names.clone(),
-            request.into_inner(),
+            self.budget.clone(),
+            requests,
             tx,
             peer,
         ));
-        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn delta_aggregated_resources(
+    fn spawn_delta(
         &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let peer = request.remote_addr();
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        requests: Streaming<DeltaDiscoveryRequest>,
+        tx: Responses,
+        peer: Option<SocketAddr>,
+    ) {
         tokio::spawn(delta::serve(
             self.controller.clone(),
-            request.into_inner(),
+            self.budget.clone(),
+            requests,
             tx,
             peer,
         ));
-        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -9,12 +9,12 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use mesh_proto::envoy::config::core::v3::ControlPlane;
-use mesh_proto::{DiscoveryRequest, DiscoveryResponse};
-use tokio::sync::mpsc;
+use mesh_proto::DiscoveryRequest;
+use mesh_proto::google::protobuf::Any;
 use tonic::{Status, Streaming};
 
 use super::names::{NameSets, Names, same_names};
+use super::response::{Budget, Sotw};
 use super::session::Session;
 use super::stream::{AdsStream, drive};
 use crate::controller::Controller;
@@ -39,7 +39,7 @@ struct Subscription {
     view_generation: u64,
 }
 
-type Tx = mpsc::Sender<Result<DiscoveryResponse, Status>>;
+type Tx = super::Responses;
 
 struct Stream {
     session: Option<Session>,
@@ -47,12 +47,14 @@ struct Stream {
     nonce: u64,
     tx: Tx,
     name_sets: Arc<NameSets>,
+    budget: Arc<Budget>,
 }
 
 /// Serves one stream until the proxy goes away.
 pub async fn serve(
     controller: Arc<Controller>,
     name_sets: Arc<NameSets>,
+    budget: Arc<Budget>,
     requests: Streaming<DiscoveryRequest>,
     tx: Tx,
     peer: Option<SocketAddr>,
@@ -63,6 +65,7 @@ pub async fn serve(
         nonce: 0,
         tx,
         name_sets,
+        budget,
     };
     drive(controller, requests, stream, peer).await
 }
@@ -211,16 +214,15 @@ impl Stream {
         self.nonce += 1;
         let version = snapshot.generation.to_string();
         let nonce = self.nonce.to_string();
-        let response = DiscoveryResponse {
-            version_info: version.clone(),
-            resources: resources.iter().map(|(_, e)| e.any.clone()).collect(),
-            type_url: ty.url().to_string(),
-            nonce: nonce.clone(),
-            control_plane: Some(ControlPlane {
-                identifier: "meshd".into(),
-            }),
-            ..Default::default()
-        };
+        let anys: Vec<&Any> = resources.iter().map(|(_, e)| &e.any).collect();
+        let response = Sotw {
+            version_info: &version,
+            type_url: ty.url(),
+            nonce: &nonce,
+            resources: &anys,
+        }
+        .encode(&self.budget)
+        .await;
         sub.sent = Some(Sent {
             nonce,
             version: version.clone(),
@@ -237,7 +239,8 @@ impl Stream {
                 .metrics
                 .pushed(ty, snapshot.created.elapsed());
         }
-        self.tx.send(Ok(response)).await.is_ok()
+        let response = response.map_err(|e| Status::resource_exhausted(e.to_string()));
+        self.tx.send(response).await.is_ok()
     }
 }
 

@@ -1,0 +1,405 @@
+//! Responses on the wire. Each is encoded straight from the snapshot's resources into one
+//! gRPC message buffer of exactly its size (no intermediate copy of the resources), and counts
+//! against meshd's [`Budget`] of response bytes in flight until HTTP/2 has sent it and dropped it.
+//!
+//! Why a budget: a thousand proxies connecting at once each need their whole configuration
+//! (about 2 MB with 1000 Services), and they read it slower than meshd can encode it. Without a
+//! bound, all of it sits in send buffers at once: hundreds of megabytes of peak memory that the
+//! allocator then keeps. With the budget, the first syncs go out a few dozen at a time, as fast
+//! as the proxies take them; the others wait their turn, in order. A proxy that does not read
+//! cannot stall the others: a response gives its budget back after [`HOLD_LIMIT`] even if it is
+//! still unsent (and says so in the log). Responses under [`SMALL`] do not wait.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use mesh_proto::envoy::config::core::v3::ControlPlane;
+use mesh_proto::google::protobuf::Any;
+use mesh_proto::prost::Message;
+use mesh_proto::prost::encoding::{self, WireType, encoded_len_varint, key_len};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The gRPC message header: a compressed flag and a 4-byte length.
+pub(crate) const HEADER_LEN: usize = 5;
+/// How long a response holds its budget at most.
+pub(crate) const HOLD_LIMIT: Duration = Duration::from_secs(30);
+/// Responses smaller than this (the pushes of a change, ACK-sized) take no budget.
+pub(crate) const SMALL: usize = 16 * 1024;
+/// The budget counts KiB, so that a semaphore's permits cover any response.
+const UNIT: usize = 1024;
+
+/// The bytes of responses in flight across all streams: encoded, queued or in HTTP/2's buffers.
+#[derive(Debug)]
+pub struct Budget {
+    units: Arc<Semaphore>,
+    total_units: u32,
+}
+
+/// Budget taken by one response, given back when the response is dropped or at [`HOLD_LIMIT`].
+#[derive(Debug)]
+struct Held {
+    _permit: Arc<Mutex<Option<OwnedSemaphorePermit>>>,
+}
+
+impl Budget {
+    pub fn new(bytes: usize) -> Budget {
+        let total_units = u32::try_from(bytes.div_ceil(UNIT).max(1)).unwrap_or(u32::MAX >> 4);
+        Budget {
+            units: Arc::new(Semaphore::new(total_units as usize)),
+            total_units,
+        }
+    }
+
+    /// Waits for budget for `bytes` (the whole budget, for a response larger than it).
+    async fn reserve(&self, bytes: usize) -> Option<Held> {
+        if bytes < SMALL {
+            return None;
+        }
+        let units = u32::try_from(bytes.div_ceil(UNIT))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.total_units);
+        // The semaphore is never closed.
+        let permit = self.units.clone().acquire_many_owned(units).await.ok()?;
+        let held = Arc::new(Mutex::new(Some(permit)));
+        let expiring = Arc::downgrade(&held);
+        tokio::spawn(async move {
+            tokio::time::sleep(HOLD_LIMIT).await;
+            let Some(held) = expiring.upgrade() else {
+                return;
+            };
+            let permit = held.lock().unwrap_or_else(PoisonError::into_inner).take();
+            if permit.is_some() {
+                tracing::warn!(
+                    bytes,
+                    "an xDS response is still unsent after {}s: its proxy is not reading; its budget goes to the others",
+                    HOLD_LIMIT.as_secs()
+                );
+            }
+        });
+        Some(Held { _permit: held })
+    }
+
+    /// KiB of the budget not in use.
+    #[cfg(test)]
+    pub fn free_kib(&self) -> usize {
+        self.units.available_permits()
+    }
+}
+
+/// One framed message and the budget it holds until HTTP/2 drops it.
+struct Framed {
+    buf: Vec<u8>,
+    _budget: Option<Held>,
+}
+
+impl AsRef<[u8]> for Framed {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+/// A message under construction: the gRPC header, then the fields.
+struct Writer {
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn new(len: usize) -> Writer {
+        let mut buf = Vec::with_capacity(HEADER_LEN + len);
+        buf.push(0);
+        // Responses are far below gRPC's 4 GiB: `frame_len` refuses larger ones first.
+        buf.extend_from_slice(&(len as u32).to_be_bytes());
+        Writer { buf }
+    }
+
+    /// A string field; proto3 leaves out an empty one unless it is an element of a list.
+    fn string(&mut self, tag: u32, value: &str, repeated: bool) {
+        if repeated || !value.is_empty() {
+            encoding::encode_key(tag, WireType::LengthDelimited, &mut self.buf);
+            encoding::encode_varint(value.len() as u64, &mut self.buf);
+            self.buf.extend_from_slice(value.as_bytes());
+        }
+    }
+
+    fn message(&mut self, tag: u32, value: &impl Message) {
+        encoding::message::encode(tag, value, &mut self.buf);
+    }
+
+    fn finish(self, budget: Option<Held>) -> Bytes {
+        Bytes::from_owner(Framed {
+            buf: self.buf,
+            _budget: budget,
+        })
+    }
+}
+
+fn string_len(tag: u32, value: &str, repeated: bool) -> usize {
+    if repeated || !value.is_empty() {
+        key_len(tag) + encoded_len_varint(value.len() as u64) + value.len()
+    } else {
+        0
+    }
+}
+
+fn message_len(tag: u32, value: &impl Message) -> usize {
+    encoding::message::encoded_len(tag, value)
+}
+
+fn control_plane() -> ControlPlane {
+    ControlPlane {
+        identifier: "meshd".into(),
+    }
+}
+
+/// Why a response cannot be sent.
+#[derive(Debug, thiserror::Error)]
+#[error("a response of {0} bytes is over gRPC's 4 GiB")]
+pub struct TooLarge(usize);
+
+fn frame_len(len: usize) -> Result<usize, TooLarge> {
+    u32::try_from(len).map(|_| len).map_err(|_| TooLarge(len))
+}
+
+/// The fields of a state-of-the-world `DiscoveryResponse`.
+#[derive(Clone, Copy)]
+pub(crate) struct Sotw<'a> {
+    pub version_info: &'a str,
+    pub type_url: &'a str,
+    pub nonce: &'a str,
+    pub resources: &'a [&'a Any],
+}
+
+impl Sotw<'_> {
+    fn encoded_len(&self, control_plane: &ControlPlane) -> usize {
+        let resources: usize = self.resources.iter().map(|any| message_len(2, *any)).sum();
+        string_len(1, self.version_info, false)
+            + resources
+            + string_len(4, self.type_url, false)
+            + string_len(5, self.nonce, false)
+            + message_len(6, control_plane)
+    }
+
+    /// The framed `DiscoveryResponse`, once there is budget for it.
+    pub async fn encode(&self, budget: &Budget) -> Result<Bytes, TooLarge> {
+        let control_plane = control_plane();
+        let len = frame_len(self.encoded_len(&control_plane))?;
+        let permit = budget.reserve(HEADER_LEN + len).await;
+        let mut w = Writer::new(len);
+        w.string(1, self.version_info, false);
+        for any in self.resources {
+            w.message(2, *any);
+        }
+        w.string(4, self.type_url, false);
+        w.string(5, self.nonce, false);
+        w.message(6, &control_plane);
+        Ok(w.finish(permit))
+    }
+}
+
+/// One resource of a delta response.
+pub(crate) struct DeltaResource<'a> {
+    pub name: &'a str,
+    pub version: String,
+    pub any: &'a Any,
+}
+
+impl DeltaResource<'_> {
+    /// The length of the `Resource` message: name (3), version (1), resource (2).
+    fn body_len(&self) -> usize {
+        string_len(3, self.name, false)
+            + string_len(1, &self.version, false)
+            + message_len(2, self.any)
+    }
+}
+
+/// The fields of a `DeltaDiscoveryResponse`.
+pub(crate) struct Delta<'a> {
+    pub system_version_info: &'a str,
+    pub type_url: &'a str,
+    pub nonce: &'a str,
+    pub resources: &'a [DeltaResource<'a>],
+    pub removed_resources: &'a [String],
+}
+
+impl Delta<'_> {
+    fn encoded_len(&self, control_plane: &ControlPlane) -> usize {
+        let resources: usize = self
+            .resources
+            .iter()
+            .map(|r| {
+                let body = r.body_len();
+                key_len(2) + encoded_len_varint(body as u64) + body
+            })
+            .sum();
+        let removed: usize = self
+            .removed_resources
+            .iter()
+            .map(|n| string_len(6, n, true))
+            .sum();
+        string_len(1, self.system_version_info, false)
+            + resources
+            + string_len(4, self.type_url, false)
+            + string_len(5, self.nonce, false)
+            + removed
+            + message_len(7, control_plane)
+    }
+
+    /// The framed `DeltaDiscoveryResponse`, once there is budget for it.
+    pub async fn encode(&self, budget: &Budget) -> Result<Bytes, TooLarge> {
+        let control_plane = control_plane();
+        let len = frame_len(self.encoded_len(&control_plane))?;
+        let permit = budget.reserve(HEADER_LEN + len).await;
+        let mut w = Writer::new(len);
+        w.string(1, self.system_version_info, false);
+        for r in self.resources {
+            encoding::encode_key(2, WireType::LengthDelimited, &mut w.buf);
+            encoding::encode_varint(r.body_len() as u64, &mut w.buf);
+            w.string(3, r.name, false);
+            w.string(1, &r.version, false);
+            w.message(2, r.any);
+        }
+        w.string(4, self.type_url, false);
+        w.string(5, self.nonce, false);
+        for name in self.removed_resources {
+            w.string(6, name, true);
+        }
+        w.message(7, &control_plane);
+        Ok(w.finish(permit))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_proto::{DeltaDiscoveryResponse, DiscoveryResponse, Resource};
+
+    fn any(type_url: &str, value: &[u8]) -> Any {
+        Any {
+            type_url: type_url.into(),
+            value: value.to_vec(),
+        }
+    }
+
+    /// The message of a frame, after checking its header.
+    fn message(frame: &Bytes) -> &[u8] {
+        assert_eq!(frame[0], 0, "uncompressed");
+        let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
+        assert_eq!(frame.len(), HEADER_LEN + len, "the header gives the length");
+        &frame[HEADER_LEN..]
+    }
+
+    #[tokio::test]
+    async fn sotw_is_what_prost_encodes() {
+        let budget = Budget::new(1 << 20);
+        let (a, b) = (any("t/a", b"alpha"), any("t/b", &[0u8; 300]));
+        let (version, type_url, nonce) = ("7".to_string(), "t".to_string(), "3".to_string());
+        let frame = Sotw {
+            version_info: &version,
+            type_url: &type_url,
+            nonce: &nonce,
+            resources: &[&a, &b],
+        }
+        .encode(&budget)
+        .await
+        .expect("encodes");
+        let expected = DiscoveryResponse {
+            version_info: version,
+            resources: vec![a, b],
+            type_url,
+            nonce,
+            control_plane: Some(control_plane()),
+            ..Default::default()
+        };
+        assert_eq!(message(&frame), expected.encode_to_vec().as_slice());
+    }
+
+    #[tokio::test]
+    async fn delta_is_what_prost_encodes() {
+        let budget = Budget::new(1 << 20);
+        let a = any("t/a", &[1u8; 200]);
+        let (version, type_url, nonce, name) = (
+            "9".to_string(),
+            "t".to_string(),
+            "4".to_string(),
+            "a".to_string(),
+        );
+        let removed = vec!["gone".to_string(), String::new()];
+        let frame = Delta {
+            system_version_info: &version,
+            type_url: &type_url,
+            nonce: &nonce,
+            resources: &[DeltaResource {
+                name: &name,
+                version: "h1".into(),
+                any: &a,
+            }],
+            removed_resources: &removed,
+        }
+        .encode(&budget)
+        .await
+        .expect("encodes");
+        let decoded = DeltaDiscoveryResponse::decode(message(&frame)).expect("decodes");
+        let expected = DeltaDiscoveryResponse {
+            system_version_info: version,
+            resources: vec![Resource {
+                name,
+                version: "h1".into(),
+                resource: Some(a),
+                ..Default::default()
+            }],
+            type_url,
+            removed_resources: removed,
+            nonce,
+            control_plane: Some(control_plane()),
+            ..Default::default()
+        };
+        assert_eq!(decoded, expected);
+    }
+
+    #[tokio::test]
+    async fn a_response_holds_its_budget_until_it_is_dropped() {
+        let budget = Budget::new(64 * 1024);
+        let payload = any("t/a", &[7u8; 20 * 1024]);
+        let response = Sotw {
+            version_info: "1",
+            type_url: "t",
+            nonce: "1",
+            resources: &[&payload],
+        };
+        let first = response.encode(&budget).await.expect("encodes");
+        assert_eq!(budget.free_kib(), 64 - 21, "20 KiB and the fields, in KiB");
+        let shared = first.clone();
+        drop(first);
+        assert_eq!(budget.free_kib(), 64 - 21, "a clone still holds it");
+        drop(shared);
+        assert_eq!(budget.free_kib(), 64);
+        let small = any("t/a", &[7u8; 100]);
+        let _small = Sotw {
+            resources: &[&small],
+            ..response
+        }
+        .encode(&budget)
+        .await
+        .expect("encodes");
+        assert_eq!(budget.free_kib(), 64, "a small response takes none");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn responses_wait_in_turn_and_an_unread_one_gives_its_budget_back() {
+        let budget = Arc::new(Budget::new(64 * 1024));
+        let unread = budget.reserve(64 * 1024).await.expect("the whole budget");
+        let started = tokio::time::Instant::now();
+        let waiting = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.reserve(100 * 1024).await.map(|_| started.elapsed()) }
+        });
+        let waited = waiting.await.expect("joins").expect("budget, in the end");
+        assert_eq!(
+            waited, HOLD_LIMIT,
+            "the unread response's budget came back at the limit"
+        );
+        drop(unread);
+        assert_eq!(budget.free_kib(), 64);
+    }
+}
