@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mesh_proto::DeltaDiscoveryRequest;
-use tonic::{Status, Streaming};
+use tonic::Status;
+
+use super::requests::Requests;
 
 use super::response::{Budget, Delta, DeltaResource};
 use super::session::Session;
@@ -58,10 +60,10 @@ struct Stream {
 }
 
 /// Serves one stream until the proxy goes away.
-pub async fn serve(
+pub(crate) async fn serve(
     controller: Arc<Controller>,
     budget: Arc<Budget>,
-    requests: Streaming<DeltaDiscoveryRequest>,
+    requests: Requests<DeltaDiscoveryRequest>,
     tx: Tx,
     peer: Option<SocketAddr>,
 ) {

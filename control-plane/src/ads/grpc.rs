@@ -1,6 +1,6 @@
 //! The ADS methods over gRPC: routes a request to [`sotw`](super::sotw) or
-//! [`delta`](super::delta), decodes its requests with tonic, and sends the responses the stream
-//! task framed ([`response`](super::response)).
+//! [`delta`](super::delta), hands it its [`requests`](super::requests), and sends the responses
+//! the stream task framed ([`response`](super::response)).
 //!
 //! Why not tonic's generated server: its response encoder keeps one growing buffer per stream
 //! and splits each message off it, so every stream holds on to an allocation as large as its
@@ -19,16 +19,15 @@ use http_body::Frame;
 use mesh_proto::{DeltaDiscoveryRequest, DiscoveryRequest};
 use tokio::sync::mpsc;
 use tonic::body::Body;
-use tonic::codec::{Codec, Streaming};
 use tonic::codegen::Service;
 use tonic::codegen::http::{self, HeaderMap, HeaderValue, header};
 use tonic::metadata::GRPC_CONTENT_TYPE;
 use tonic::server::NamedService;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Code, Status};
-use tonic_prost::ProstCodec;
 
 use super::AdsService;
+use super::requests::Requests;
 
 /// The service's gRPC name, as in Envoy's protos.
 const SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
@@ -36,9 +35,6 @@ const SOTW_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 const DELTA_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
-/// The largest request a proxy may send (tonic's default): a subscription to every resource of
-/// a large mesh is well under it.
-const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
 /// [`AdsService`] as a tonic-router service.
 #[derive(Debug, Clone)]
@@ -62,11 +58,11 @@ impl AdsServer {
         let peer = remote_addr(&request);
         match request.uri().path() {
             SOTW_PATH => {
-                let requests = decode::<DiscoveryRequest>(request.into_body());
+                let requests = Requests::<DiscoveryRequest>::new(request.into_body());
                 streaming(|tx| self.ads.spawn_sotw(requests, tx, peer))
             }
             DELTA_PATH => {
-                let requests = decode::<DeltaDiscoveryRequest>(request.into_body());
+                let requests = Requests::<DeltaDiscoveryRequest>::new(request.into_body());
                 streaming(|tx| self.ads.spawn_delta(requests, tx, peer))
             }
             path => trailers_only(&Status::unimplemented(format!(
@@ -105,11 +101,6 @@ fn remote_addr<B>(request: &http::Request<B>) -> Option<SocketAddr> {
                 .get::<TlsConnectInfo<TcpConnectInfo>>()
                 .and_then(|info| info.get_ref().remote_addr())
         })
-}
-
-fn decode<T: mesh_proto::prost::Message + Default + Send + 'static>(body: Body) -> Streaming<T> {
-    let decoder = ProstCodec::<T, T>::default().decoder();
-    Streaming::new_request(decoder, body, None, Some(MAX_REQUEST_BYTES))
 }
 
 /// The framed responses a stream task sends, or the status that ends the stream.

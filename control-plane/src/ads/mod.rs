@@ -4,6 +4,7 @@
 pub mod delta;
 mod grpc;
 pub mod names;
+mod requests;
 mod response;
 mod session;
 pub mod sotw;
@@ -13,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mesh_proto::{DeltaDiscoveryRequest, DiscoveryRequest};
-use tonic::Streaming;
+use requests::Requests;
 
 pub use grpc::AdsServer;
 pub(crate) use grpc::Responses;
@@ -51,7 +52,7 @@ impl AdsService {
 
     fn spawn_sotw(
         &self,
-        requests: Streaming<DiscoveryRequest>,
+        requests: Requests<DiscoveryRequest>,
         tx: Responses,
         peer: Option<SocketAddr>,
     ) {
@@ -67,7 +68,7 @@ impl AdsService {
 
     fn spawn_delta(
         &self,
-        requests: Streaming<DeltaDiscoveryRequest>,
+        requests: Requests<DeltaDiscoveryRequest>,
         tx: Responses,
         peer: Option<SocketAddr>,
     ) {

@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use mesh_proto::DiscoveryRequest;
 use mesh_proto::google::protobuf::Any;
-use tonic::{Status, Streaming};
+use tonic::Status;
+
+use super::requests::Requests;
 
 use super::names::{NameSets, Names, same_names};
 use super::response::{Budget, Sotw};
@@ -51,11 +53,11 @@ struct Stream {
 }
 
 /// Serves one stream until the proxy goes away.
-pub async fn serve(
+pub(crate) async fn serve(
     controller: Arc<Controller>,
     name_sets: Arc<NameSets>,
     budget: Arc<Budget>,
-    requests: Streaming<DiscoveryRequest>,
+    requests: Requests<DiscoveryRequest>,
     tx: Tx,
     peer: Option<SocketAddr>,
 ) {

@@ -5,8 +5,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use super::requests::Requests;
 use mesh_proto::envoy::config::core::v3::Node;
-use tonic::Streaming;
 
 use super::session::Session;
 use crate::controller::Controller;
@@ -14,7 +14,7 @@ use crate::snapshot::Snapshot;
 
 /// What differs between state-of-the-world and delta streams.
 pub(crate) trait AdsStream: Send {
-    type Request: Send + 'static;
+    type Request: mesh_proto::prost::Message + Default + Send + 'static;
     /// `sotw` or `delta`, as `meshctl proxies` shows it.
     const PROTOCOL: &'static str;
 
@@ -33,7 +33,7 @@ pub(crate) trait AdsStream: Send {
 /// Serves one stream until the proxy goes away or a response cannot be sent.
 pub(crate) async fn drive<S: AdsStream>(
     controller: Arc<Controller>,
-    mut requests: Streaming<S::Request>,
+    mut requests: Requests<S::Request>,
     mut stream: S,
     peer: Option<SocketAddr>,
 ) {
