@@ -167,7 +167,7 @@ impl Snapshot {
             .insert(name, Arc::new(Entry::new(any)));
     }
 
-    pub fn of_type(&self, ty: XdsType) -> impl Iterator<Item = (&String, &Arc<Entry>)> {
+    pub fn of_type(&self, ty: XdsType) -> impl Iterator<Item = (&String, &Arc<Entry>)> + Clone {
         self.resources.get(&ty).into_iter().flat_map(|m| m.iter())
     }
 
@@ -175,22 +175,29 @@ impl Snapshot {
         self.resources.get(&ty).and_then(|m| m.get(name))
     }
 
-    /// The resources of `ty` selected by `names` (`None`: all), with a fingerprint of the set.
-    pub fn view(
+    /// The resources of `ty` selected by `names` (`None`: all), in name order. The iterator can
+    /// be cloned, to size a response before encoding it without collecting anything.
+    pub fn view<'a>(
+        &'a self,
+        ty: XdsType,
+        names: Option<&'a std::collections::BTreeSet<String>>,
+    ) -> impl Iterator<Item = (&'a String, &'a Arc<Entry>)> + Clone + 'a {
+        self.of_type(ty)
+            .filter(move |(n, _)| names.is_none_or(|set| set.contains(*n)))
+    }
+
+    /// A fingerprint of [`Snapshot::view`]: names and contents.
+    pub fn fingerprint(
         &self,
         ty: XdsType,
         names: Option<&std::collections::BTreeSet<String>>,
-    ) -> (Vec<(&String, &Arc<Entry>)>, u64) {
-        let selected: Vec<_> = self
-            .of_type(ty)
-            .filter(|(n, _)| names.is_none_or(|set| set.contains(*n)))
-            .collect();
+    ) -> u64 {
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        for (name, entry) in &selected {
+        for (name, entry) in self.view(ty, names) {
             name.hash(&mut h);
             entry.hash.hash(&mut h);
         }
-        (selected, h.finish())
+        h.finish()
     }
 
     pub fn names(&self, ty: XdsType) -> Vec<String> {

@@ -26,7 +26,7 @@ use crate::controller::Controller;
 const STREAM_BUFFER: usize = 16;
 /// The response bytes in flight across all streams (see [`response`]): enough for a few dozen
 /// first syncs of a 1000-Service mesh at once, and a small part of meshd's memory.
-pub const RESPONSE_BUDGET: usize = 32 * 1024 * 1024;
+pub const RESPONSE_BUDGET: usize = 16 * 1024 * 1024;
 
 /// The two kinds of ADS streams; each stream runs as its own task.
 #[derive(Debug, Clone)]

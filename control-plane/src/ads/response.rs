@@ -161,18 +161,18 @@ fn frame_len(len: usize) -> Result<usize, TooLarge> {
     u32::try_from(len).map(|_| len).map_err(|_| TooLarge(len))
 }
 
-/// The fields of a state-of-the-world `DiscoveryResponse`.
-#[derive(Clone, Copy)]
-pub(crate) struct Sotw<'a> {
+/// The fields of a state-of-the-world `DiscoveryResponse`; the resources are walked twice, to
+/// size the response and to encode it, so that nothing is collected while it waits for budget.
+pub(crate) struct Sotw<'a, I> {
     pub version_info: &'a str,
     pub type_url: &'a str,
     pub nonce: &'a str,
-    pub resources: &'a [&'a Any],
+    pub resources: I,
 }
 
-impl Sotw<'_> {
+impl<'a, I: Iterator<Item = &'a Any> + Clone> Sotw<'a, I> {
     fn encoded_len(&self, control_plane: &ControlPlane) -> usize {
-        let resources: usize = self.resources.iter().map(|any| message_len(2, *any)).sum();
+        let resources: usize = self.resources.clone().map(|any| message_len(2, any)).sum();
         string_len(1, self.version_info, false)
             + resources
             + string_len(4, self.type_url, false)
@@ -187,8 +187,8 @@ impl Sotw<'_> {
         let permit = budget.reserve(HEADER_LEN + len).await;
         let mut w = Writer::new(len);
         w.string(1, self.version_info, false);
-        for any in self.resources {
-            w.message(2, *any);
+        for any in self.resources.clone() {
+            w.message(2, any);
         }
         w.string(4, self.type_url, false);
         w.string(5, self.nonce, false);
@@ -298,7 +298,7 @@ mod tests {
             version_info: &version,
             type_url: &type_url,
             nonce: &nonce,
-            resources: &[&a, &b],
+            resources: [&a, &b].into_iter(),
         }
         .encode(&budget)
         .await
@@ -361,13 +361,13 @@ mod tests {
     async fn a_response_holds_its_budget_until_it_is_dropped() {
         let budget = Budget::new(64 * 1024);
         let payload = any("t/a", &[7u8; 20 * 1024]);
-        let response = Sotw {
+        let response = |any| Sotw {
             version_info: "1",
             type_url: "t",
             nonce: "1",
-            resources: &[&payload],
+            resources: std::iter::once(any),
         };
-        let first = response.encode(&budget).await.expect("encodes");
+        let first = response(&payload).encode(&budget).await.expect("encodes");
         assert_eq!(budget.free_kib(), 64 - 21, "20 KiB and the fields, in KiB");
         let shared = first.clone();
         drop(first);
@@ -375,13 +375,7 @@ mod tests {
         drop(shared);
         assert_eq!(budget.free_kib(), 64);
         let small = any("t/a", &[7u8; 100]);
-        let _small = Sotw {
-            resources: &[&small],
-            ..response
-        }
-        .encode(&budget)
-        .await
-        .expect("encodes");
+        let _small = response(&small).encode(&budget).await.expect("encodes");
         assert_eq!(budget.free_kib(), 64, "a small response takes none");
     }
 

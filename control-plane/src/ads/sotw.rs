@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mesh_proto::DiscoveryRequest;
-use mesh_proto::google::protobuf::Any;
 use tonic::Status;
 
 use super::requests::Requests;
@@ -172,10 +171,12 @@ impl Stream {
                 .filter_map(|n| snapshot.get(ty, n).map(|e| (*n, e)))
                 .collect();
             if partial_allowed(ty) && present.len() == touched.len() {
-                return self.send(ty, snapshot, &present, None).await;
+                let resources = present.iter().map(|(_, e)| *e);
+                return self.send(ty, snapshot, resources, None).await;
             }
         }
-        let (view, fingerprint) = snapshot.view(ty, sub.names.as_deref());
+        let names = sub.names.clone();
+        let fingerprint = snapshot.fingerprint(ty, names.as_deref());
         if !force
             && sub
                 .sent
@@ -185,7 +186,8 @@ impl Stream {
             self.unchanged(ty, snapshot.generation);
             return true;
         }
-        self.send(ty, snapshot, &view, Some(fingerprint)).await
+        let view = snapshot.view(ty, names.as_deref()).map(|(_, e)| e);
+        self.send(ty, snapshot, view, Some(fingerprint)).await
     }
 
     /// Nothing of `ty` that the proxy holds changed in `generation`.
@@ -203,11 +205,11 @@ impl Stream {
 
     /// Sends `resources` of `ty` at `snapshot`'s generation; `fingerprint` is that of the whole
     /// view when they are all of it.
-    async fn send(
+    async fn send<'s>(
         &mut self,
         ty: XdsType,
-        snapshot: &Snapshot,
-        resources: &[(&String, &Arc<Entry>)],
+        snapshot: &'s Snapshot,
+        resources: impl Iterator<Item = &'s Arc<Entry>> + Clone + Send,
         fingerprint: Option<u64>,
     ) -> bool {
         let Some(sub) = self.subs.get_mut(&ty) else {
@@ -216,12 +218,12 @@ impl Stream {
         self.nonce += 1;
         let version = snapshot.generation.to_string();
         let nonce = self.nonce.to_string();
-        let anys: Vec<&Any> = resources.iter().map(|(_, e)| &e.any).collect();
+        let count = resources.clone().count();
         let response = Sotw {
             version_info: &version,
             type_url: ty.url(),
             nonce: &nonce,
-            resources: &anys,
+            resources: resources.map(|e| &e.any),
         }
         .encode(&self.budget)
         .await;
@@ -233,7 +235,7 @@ impl Stream {
         sub.acked = false;
         sub.view_generation = snapshot.generation;
         let wildcard = sub.names.is_none();
-        let subscribed = sub.names.as_ref().map_or(resources.len(), |n| n.len());
+        let subscribed = sub.names.as_ref().map_or(count, |n| n.len());
         if let Some(session) = self.session() {
             session.sent(ty, &version, wildcard, subscribed);
             session
