@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # meshd's heap under the control-plane scale benchmark, by valgrind's massif: runs mesh-cp-scale
 # with meshd under massif (N clients, default 20: valgrind is slow), then prints the heap at its
-# peak and at the end, and the top allocation sites at the peak. Needs valgrind and a release
-# build (scripts/bench-control-plane.sh builds one).
+# peak and at the end, and the top allocation sites at the peak. Needs valgrind. It builds meshd
+# with glibc's malloc (--no-default-features: massif cannot see jemalloc) in target/glibc, and
+# uses the release mesh-cp-scale (scripts/bench-control-plane.sh builds one).
 #   benches/meshd-massif.sh [CLIENTS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLIENTS=${1:-20}
+cargo build --release -p mesh-control-plane --bin meshd --no-default-features --target-dir target/glibc
 OUT=$(mktemp -d /tmp/meshd-massif.XXXXXX)
 cat > "$OUT/meshd" <<WRAP
 #!/usr/bin/env bash
 # mesh-cp-scale kills its meshd with SIGKILL, which massif cannot survive: run it as a child,
 # and end it with SIGTERM below so that massif writes its profile.
-valgrind --tool=massif --massif-out-file=$OUT/massif.out --depth=30 $PWD/target/release/meshd "\$@" &
+valgrind --tool=massif --massif-out-file=$OUT/massif.out --depth=30 $PWD/target/glibc/release/meshd "\$@" &
 echo \$! > $OUT/valgrind.pid
 wait
 WRAP

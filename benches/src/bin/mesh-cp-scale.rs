@@ -46,6 +46,10 @@ struct Args {
     /// How long the initial sync and each change may take.
     #[arg(long, default_value = "120", value_parser = parse_secs)]
     timeout: Duration,
+    /// Keep the clients connected this long after the last change, for a profiler to look at
+    /// meshd with every client in sync (benches/meshd-heaptrack.sh).
+    #[arg(long, default_value = "0", value_parser = parse_secs)]
+    hold: Duration,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -261,6 +265,13 @@ async fn run(args: &Args, variant: Variant, clients: usize) -> anyhow::Result<Ro
         row.peak_rss_mib,
         meshd.data_dir().display()
     );
+    if !args.hold.is_zero() {
+        println!(
+            "  holding the {clients} clients connected for {} s",
+            args.hold.as_secs()
+        );
+        tokio::time::sleep(args.hold).await;
+    }
     for t in tasks {
         t.abort();
     }

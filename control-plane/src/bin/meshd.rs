@@ -12,6 +12,7 @@ use mesh_control_plane::vip::VipRange;
 
 /// jemalloc rather than glibc's malloc: after a thousand proxies' first syncs it gives the
 /// freed memory back, where glibc kept a third more resident (benches/RESULTS.md).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
