@@ -394,3 +394,28 @@ async fn state_of_the_world_rds_pushes_only_the_changed_route_table() {
         "nothing is pushed for a change outside the subscription"
     );
 }
+
+#[tokio::test]
+async fn a_method_meshd_does_not_serve_gets_unimplemented_naming_it() {
+    let f = start(Duration::from_secs(60)).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", f.addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/FetchNothing",
+    );
+    let status = grpc
+        .unary::<DiscoveryRequest, DiscoveryResponse, _>(
+            tonic::Request::new(DiscoveryRequest::default()),
+            path,
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .expect_err("not served");
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+    assert!(status.message().contains("FetchNothing"), "{status:?}");
+}
