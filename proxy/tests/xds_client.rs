@@ -194,8 +194,23 @@ async fn good_updates_are_acked_and_a_bad_one_is_nacked_keeping_the_last_good_co
         )))
         .await
         .expect("send");
-    // ACK of CDS, then an EDS subscription for exactly the cluster it needs.
-    let ack = recv_type(&mut requests, type_url::CLUSTER).await;
+    // An EDS subscription for exactly the cluster it needs, then the ACK of CDS: in that order,
+    // so that the control plane knows what is still to come when it sees the ACK.
+    // (The other types' first requests may come in between.)
+    let (mut order, mut eds, mut ack) = (Vec::new(), None, None);
+    while eds.is_none() || ack.is_none() {
+        let r = recv(&mut requests).await;
+        if r.type_url == type_url::ENDPOINT && !r.resource_names.is_empty() {
+            order.push("EDS subscription");
+            eds = Some(r);
+        } else if r.type_url == type_url::CLUSTER && r.response_nonce == "n1" {
+            order.push("CDS ACK");
+            ack = Some(r);
+        }
+    }
+    assert_eq!(order, ["EDS subscription", "CDS ACK"]);
+    let (eds, ack) = (eds.expect("EDS"), ack.expect("ACK"));
+    assert_eq!(eds.resource_names, vec!["db"]);
     assert_eq!(
         (
             ack.version_info.as_str(),
@@ -204,8 +219,6 @@ async fn good_updates_are_acked_and_a_bad_one_is_nacked_keeping_the_last_good_co
         ),
         ("1", "n1", true)
     );
-    let eds = recv_type(&mut requests, type_url::ENDPOINT).await;
-    assert_eq!(eds.resource_names, vec!["db"]);
 
     let cla = ClusterLoadAssignment {
         cluster_name: "db".into(),

@@ -239,7 +239,9 @@ fn on_response(
         let name = config.policy_name.as_deref().unwrap_or_default();
         let decoded = resources::workload_policy(&response.resources, name);
         let applied = decoded.map(|policy| xds.policy.store(Arc::new(policy)));
-        settle(applied, &response, &url, track, short, xds, tx);
+        if settle(applied, &response, &url, track, short, xds, tx) {
+            let _ = tx.send(request(&url, track, None, None));
+        }
         mark_ready(resources, tracks, xds);
         return;
     }
@@ -277,12 +279,19 @@ fn on_response(
             .store(Arc::new(resources.compile(&xds.requests, &xds.endpoints)));
     });
     if settle(applied, &response, &url, track, short, xds, tx) {
+        // Subscribe to what the update names before ACKing it, so that the control plane hears
+        // of the new RDS or EDS names first: an ACK of LDS or CDS then means the routes and
+        // endpoints they need are on their way, and `meshctl apply --wait` does not return in
+        // between.
         follow_names(resources, tracks, tx);
+        if let Some((track, _)) = tracks.get(&url) {
+            let _ = tx.send(request(&url, track, None, None));
+        }
     }
     mark_ready(resources, tracks, xds);
 }
 
-/// ACKs an applied update or NACKs a refused one; true when applied.
+/// Records an applied update (the caller ACKs it) or NACKs a refused one; true when applied.
 fn settle(
     applied: Result<(), String>,
     response: &DiscoveryResponse,
@@ -306,7 +315,6 @@ fn settle(
         t.acked_version = Some(response.version_info.clone())
     });
     tracing::debug!(ty = short, version = %response.version_info, count = response.resources.len(), "applied xDS update");
-    let _ = tx.send(request(url, track, None, None));
     true
 }
 
