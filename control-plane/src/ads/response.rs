@@ -10,7 +10,7 @@
 //! cannot stall the others: a response gives its budget back after [`HOLD_LIMIT`] even if it is
 //! still unsent (and says so in the log). Responses under [`SMALL`] do not wait.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -102,15 +102,17 @@ impl AsRef<[u8]> for Framed {
 /// A message under construction: the gRPC header, then the fields.
 struct Writer {
     buf: Vec<u8>,
+    /// What the header says the fields take.
+    len: usize,
 }
 
 impl Writer {
     fn new(len: usize) -> Writer {
         let mut buf = Vec::with_capacity(HEADER_LEN + len);
         buf.push(0);
-        // Responses are far below gRPC's 4 GiB: `frame_len` refuses larger ones first.
+        // Responses are far below gRPC's 4 GiB: `frame` refuses larger ones first.
         buf.extend_from_slice(&(len as u32).to_be_bytes());
-        Writer { buf }
+        Writer { buf, len }
     }
 
     /// A string field; proto3 leaves out an empty one unless it is an element of a list.
@@ -127,6 +129,11 @@ impl Writer {
     }
 
     fn finish(self, budget: Option<Held>) -> Bytes {
+        debug_assert_eq!(
+            self.buf.len(),
+            HEADER_LEN + self.len,
+            "the fields fill exactly the length computed"
+        );
         Bytes::from_owner(Framed {
             buf: self.buf,
             _budget: budget,
@@ -146,19 +153,27 @@ fn message_len(tag: u32, value: &impl Message) -> usize {
     encoding::message::encoded_len(tag, value)
 }
 
-fn control_plane() -> ControlPlane {
-    ControlPlane {
-        identifier: "meshd".into(),
-    }
-}
+/// Who sent the response, in every response.
+static CONTROL_PLANE: LazyLock<ControlPlane> = LazyLock::new(|| ControlPlane {
+    identifier: "meshd".into(),
+});
 
 /// Why a response cannot be sent.
 #[derive(Debug, thiserror::Error)]
 #[error("a response of {0} bytes is over gRPC's 4 GiB")]
 pub struct TooLarge(usize);
 
-fn frame_len(len: usize) -> Result<usize, TooLarge> {
-    u32::try_from(len).map(|_| len).map_err(|_| TooLarge(len))
+/// Waits for budget for a message of `len` bytes, then frames what `fields` writes.
+async fn frame(
+    budget: &Budget,
+    len: usize,
+    fields: impl FnOnce(&mut Writer),
+) -> Result<Bytes, TooLarge> {
+    u32::try_from(len).map_err(|_| TooLarge(len))?;
+    let permit = budget.reserve(HEADER_LEN + len).await;
+    let mut w = Writer::new(len);
+    fields(&mut w);
+    Ok(w.finish(permit))
 }
 
 /// The fields of a state-of-the-world `DiscoveryResponse`; the resources are walked twice, to
@@ -171,29 +186,27 @@ pub(crate) struct Sotw<'a, I> {
 }
 
 impl<'a, I: Iterator<Item = &'a Any> + Clone> Sotw<'a, I> {
-    fn encoded_len(&self, control_plane: &ControlPlane) -> usize {
+    fn encoded_len(&self) -> usize {
         let resources: usize = self.resources.clone().map(|any| message_len(2, any)).sum();
         string_len(1, self.version_info, false)
             + resources
             + string_len(4, self.type_url, false)
             + string_len(5, self.nonce, false)
-            + message_len(6, control_plane)
+            + message_len(6, &*CONTROL_PLANE)
     }
 
     /// The framed `DiscoveryResponse`, once there is budget for it.
     pub async fn encode(&self, budget: &Budget) -> Result<Bytes, TooLarge> {
-        let control_plane = control_plane();
-        let len = frame_len(self.encoded_len(&control_plane))?;
-        let permit = budget.reserve(HEADER_LEN + len).await;
-        let mut w = Writer::new(len);
-        w.string(1, self.version_info, false);
-        for any in self.resources.clone() {
-            w.message(2, any);
-        }
-        w.string(4, self.type_url, false);
-        w.string(5, self.nonce, false);
-        w.message(6, &control_plane);
-        Ok(w.finish(permit))
+        frame(budget, self.encoded_len(), |w| {
+            w.string(1, self.version_info, false);
+            for any in self.resources.clone() {
+                w.message(2, any);
+            }
+            w.string(4, self.type_url, false);
+            w.string(5, self.nonce, false);
+            w.message(6, &*CONTROL_PLANE);
+        })
+        .await
     }
 }
 
@@ -223,7 +236,7 @@ pub(crate) struct Delta<'a> {
 }
 
 impl Delta<'_> {
-    fn encoded_len(&self, control_plane: &ControlPlane) -> usize {
+    fn encoded_len(&self) -> usize {
         let resources: usize = self
             .resources
             .iter()
@@ -242,30 +255,28 @@ impl Delta<'_> {
             + string_len(4, self.type_url, false)
             + string_len(5, self.nonce, false)
             + removed
-            + message_len(7, control_plane)
+            + message_len(7, &*CONTROL_PLANE)
     }
 
     /// The framed `DeltaDiscoveryResponse`, once there is budget for it.
     pub async fn encode(&self, budget: &Budget) -> Result<Bytes, TooLarge> {
-        let control_plane = control_plane();
-        let len = frame_len(self.encoded_len(&control_plane))?;
-        let permit = budget.reserve(HEADER_LEN + len).await;
-        let mut w = Writer::new(len);
-        w.string(1, self.system_version_info, false);
-        for r in self.resources {
-            encoding::encode_key(2, WireType::LengthDelimited, &mut w.buf);
-            encoding::encode_varint(r.body_len() as u64, &mut w.buf);
-            w.string(3, r.name, false);
-            w.string(1, &r.version, false);
-            w.message(2, r.any);
-        }
-        w.string(4, self.type_url, false);
-        w.string(5, self.nonce, false);
-        for name in self.removed_resources {
-            w.string(6, name, true);
-        }
-        w.message(7, &control_plane);
-        Ok(w.finish(permit))
+        frame(budget, self.encoded_len(), |w| {
+            w.string(1, self.system_version_info, false);
+            for r in self.resources {
+                encoding::encode_key(2, WireType::LengthDelimited, &mut w.buf);
+                encoding::encode_varint(r.body_len() as u64, &mut w.buf);
+                w.string(3, r.name, false);
+                w.string(1, &r.version, false);
+                w.message(2, r.any);
+            }
+            w.string(4, self.type_url, false);
+            w.string(5, self.nonce, false);
+            for name in self.removed_resources {
+                w.string(6, name, true);
+            }
+            w.message(7, &*CONTROL_PLANE);
+        })
+        .await
     }
 }
 
@@ -308,7 +319,7 @@ mod tests {
             resources: vec![a, b],
             type_url,
             nonce,
-            control_plane: Some(control_plane()),
+            control_plane: Some(CONTROL_PLANE.clone()),
             ..Default::default()
         };
         assert_eq!(message(&frame), expected.encode_to_vec().as_slice());
@@ -351,7 +362,7 @@ mod tests {
             type_url,
             removed_resources: removed,
             nonce,
-            control_plane: Some(control_plane()),
+            control_plane: Some(CONTROL_PLANE.clone()),
             ..Default::default()
         };
         assert_eq!(decoded, expected);

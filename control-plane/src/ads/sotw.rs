@@ -218,7 +218,10 @@ impl Stream {
         self.nonce += 1;
         let version = snapshot.generation.to_string();
         let nonce = self.nonce.to_string();
-        let count = resources.clone().count();
+        let subscribed = sub
+            .names
+            .as_ref()
+            .map_or_else(|| resources.clone().count(), |n| n.len());
         let response = Sotw {
             version_info: &version,
             type_url: ty.url(),
@@ -235,7 +238,6 @@ impl Stream {
         sub.acked = false;
         sub.view_generation = snapshot.generation;
         let wildcard = sub.names.is_none();
-        let subscribed = sub.names.as_ref().map_or(count, |n| n.len());
         if let Some(session) = self.session() {
             session.sent(ty, &version, wildcard, subscribed);
             session
