@@ -5,25 +5,38 @@
 # third argument it counts the sidecars' system calls instead. Needs root, perf (Debian's
 # linux-perf), wrk or oha, strace for that mode; builds nothing (run scripts/bench.sh or
 # `cargo build --release --workspace --bins` first).
-#   benches/profile.sh [SECONDS] [RATE] [perf|strace]   e.g. benches/profile.sh 10, benches/profile.sh 5 1000 strace
+# With `tcp` as the fourth argument the pair runs in opaque L4 mode and the load is one iperf3
+# stream (as the harness's L4 test); RATE is then ignored.
+#   benches/profile.sh [SECONDS] [RATE] [perf|strace] [http|tcp]
+#   e.g. benches/profile.sh 10, benches/profile.sh 5 1000 strace, benches/profile.sh 5 '' perf tcp
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
 RATE=${2:-}
 MODE=${3:-perf}
+PROTO=${4:-http}
 OUT=$(mktemp -d /tmp/mesh-profile.XXXXXX)
-export BENCH_HOME=${BENCH_HOME:-$(cd ../shared/bench && pwd)} BENCH_WORKDIR=$OUT/work BENCH_MODE=http \
+export BENCH_HOME=${BENCH_HOME:-$(cd ../shared/bench && pwd)} BENCH_WORKDIR=$OUT/work BENCH_MODE=$PROTO \
   BENCH_LISTEN_PORT=19010 BENCH_UPSTREAM_HOST=127.0.0.1 BENCH_UPSTREAM_PORT=19000 \
   BENCH_INTERNAL_PORT=19012 BENCH_THREADS=1
-# The backend: the test app's HTTP server on CPU 1 with the sidecars, the load on CPU 0.
-taskset -c 1 target/release/mesh-test-app http --listen 127.0.0.1:19000 --name ok >"$OUT/app.log" 2>&1 &
+# The backend on CPU 1 with the sidecars (the test app's HTTP server, or iperf3 in tcp mode), the
+# load on CPU 0.
+if [[ $PROTO == tcp ]]; then
+  taskset -c 1 iperf3 -s -B 127.0.0.1 -p 19000 >"$OUT/app.log" 2>&1 &
+else
+  taskset -c 1 target/release/mesh-test-app http --listen 127.0.0.1:19000 --name ok >"$OUT/app.log" 2>&1 &
+fi
 APP=$!
 trap 'benches/contenders/mesh-pair-mtls.sh stop || true; kill $APP 2>/dev/null || true' EXIT
 taskset -c 1 benches/contenders/mesh-pair-mtls.sh start
 PIDS=$(paste -sd, "$BENCH_WORKDIR/pids")
-taskset -c 0 wrk -t1 -c50 -d2s http://127.0.0.1:19010/ >/dev/null   # warm the pools
-load() { # the load of the measurement: closed loop, or a fixed rate
-  if [[ -n $RATE ]]; then
+if [[ $PROTO == http ]]; then
+  taskset -c 0 wrk -t1 -c50 -d2s http://127.0.0.1:19010/ >/dev/null   # warm the pools
+fi
+load() { # the load of the measurement: closed loop, a fixed rate, or one iperf3 stream
+  if [[ $PROTO == tcp ]]; then
+    taskset -c 0 iperf3 -c 127.0.0.1 -p 19010 -t "$SECS" | grep -E 'sender|receiver'
+  elif [[ -n $RATE ]]; then
     taskset -c 0 oha -z "${SECS}s" -c 50 -q "$RATE" --no-tui --latency-correction http://127.0.0.1:19010/ \
       | grep -E 'Requests/sec|Slowest|50.00%|99.00%'
   else

@@ -92,7 +92,7 @@ pub struct Snapshot {
 /// paths to what changed. Streams that are slow to read their responses each hold the snapshot
 /// they are sending from, so a thousand snapshots can be alive at once: with copied maps of
 /// 5000 names each, that was hundreds of megabytes.
-type Resources = imbl::OrdMap<String, Arc<Entry>>;
+pub type Resources = imbl::OrdMap<String, Arc<Entry>>;
 
 /// The names whose content changed (added, altered or removed) since generation `from`.
 #[derive(Debug)]
@@ -169,6 +169,16 @@ impl Snapshot {
 
     pub fn of_type(&self, ty: XdsType) -> impl Iterator<Item = (&String, &Arc<Entry>)> + Clone {
         self.resources.get(&ty).into_iter().flat_map(|m| m.iter())
+    }
+
+    /// All resources of `ty`, as a map that shares its structure with this snapshot's (O(1)).
+    pub fn resources(&self, ty: XdsType) -> Resources {
+        self.resources.get(&ty).cloned().unwrap_or_default()
+    }
+
+    /// How many resources of `ty` there are.
+    pub fn count(&self, ty: XdsType) -> usize {
+        self.resources.get(&ty).map_or(0, |m| m.len())
     }
 
     pub fn get(&self, ty: XdsType, name: &str) -> Option<&Arc<Entry>> {

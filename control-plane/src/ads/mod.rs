@@ -32,7 +32,7 @@ pub const RESPONSE_BUDGET: usize = 16 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct AdsService {
     controller: Arc<Controller>,
-    /// The state-of-the-world subscriptions, shared between streams.
+    /// The subscriptions (sets of names), shared between streams.
     names: Arc<names::NameSets>,
     budget: Arc<Budget>,
 }
@@ -74,6 +74,7 @@ impl AdsService {
     ) {
         tokio::spawn(delta::serve(
             self.controller.clone(),
+            self.names.clone(),
             self.budget.clone(),
             requests,
             tx,

@@ -210,36 +210,57 @@ impl<'a, I: Iterator<Item = &'a Any> + Clone> Sotw<'a, I> {
     }
 }
 
-/// One resource of a delta response.
+/// One resource of a delta response; its version is its content hash, in hex.
+#[derive(Clone, Copy)]
 pub(crate) struct DeltaResource<'a> {
     pub name: &'a str,
-    pub version: String,
+    pub hash: u64,
     pub any: &'a Any,
 }
+
+/// The width of a resource version: a `u64` in hex.
+const VERSION_LEN: usize = 16;
 
 impl DeltaResource<'_> {
     /// The length of the `Resource` message: name (3), version (1), resource (2).
     fn body_len(&self) -> usize {
         string_len(3, self.name, false)
-            + string_len(1, &self.version, false)
+            + key_len(1)
+            + encoded_len_varint(VERSION_LEN as u64)
+            + VERSION_LEN
             + message_len(2, self.any)
+    }
+
+    /// The version as it is sent: 16 lowercase hex digits.
+    fn version(&self) -> [u8; VERSION_LEN] {
+        let mut out = [0u8; VERSION_LEN];
+        for (i, b) in out.iter_mut().enumerate() {
+            let nibble = (self.hash >> (4 * (VERSION_LEN - 1 - i))) & 0xf;
+            *b = b"0123456789abcdef"[nibble as usize];
+        }
+        out
     }
 }
 
-/// The fields of a `DeltaDiscoveryResponse`.
-pub(crate) struct Delta<'a> {
+/// The fields of a `DeltaDiscoveryResponse`; like [`Sotw`], the resources and the removed names
+/// are walked twice (to size, then to encode), never collected.
+pub(crate) struct Delta<'a, R, N> {
     pub system_version_info: &'a str,
     pub type_url: &'a str,
     pub nonce: &'a str,
-    pub resources: &'a [DeltaResource<'a>],
-    pub removed_resources: &'a [String],
+    pub resources: R,
+    pub removed_resources: N,
 }
 
-impl Delta<'_> {
+impl<'a, 'n, R, N> Delta<'a, R, N>
+where
+    R: Iterator<Item = DeltaResource<'a>> + Clone,
+    N: Iterator<Item = &'n String> + Clone,
+{
     fn encoded_len(&self) -> usize {
         let resources: usize = self
             .resources
-            .iter()
+            .clone()
             .map(|r| {
                 let body = r.body_len();
                 key_len(2) + encoded_len_varint(body as u64) + body
@@ -247,7 +268,7 @@ impl Delta<'_> {
             .sum();
         let removed: usize = self
             .removed_resources
-            .iter()
+            .clone()
             .map(|n| string_len(6, n, true))
             .sum();
         string_len(1, self.system_version_info, false)
@@ -262,16 +283,18 @@ impl Delta<'_> {
     pub async fn encode(&self, budget: &Budget) -> Result<Bytes, TooLarge> {
         frame(budget, self.encoded_len(), |w| {
             w.string(1, self.system_version_info, false);
-            for r in self.resources {
+            for r in self.resources.clone() {
                 encoding::encode_key(2, WireType::LengthDelimited, &mut w.buf);
                 encoding::encode_varint(r.body_len() as u64, &mut w.buf);
                 w.string(3, r.name, false);
-                w.string(1, &r.version, false);
+                encoding::encode_key(1, WireType::LengthDelimited, &mut w.buf);
+                encoding::encode_varint(VERSION_LEN as u64, &mut w.buf);
+                w.buf.extend_from_slice(&r.version());
                 w.message(2, r.any);
             }
             w.string(4, self.type_url, false);
             w.string(5, self.nonce, false);
-            for name in self.removed_resources {
+            for name in self.removed_resources.clone() {
                 w.string(6, name, true);
             }
             w.message(7, &*CONTROL_PLANE);
@@ -340,12 +363,13 @@ mod tests {
             system_version_info: &version,
             type_url: &type_url,
             nonce: &nonce,
-            resources: &[DeltaResource {
+            resources: [DeltaResource {
                 name: &name,
-                version: "h1".into(),
+                hash: 0x1f,
                 any: &a,
-            }],
-            removed_resources: &removed,
+            }]
+            .into_iter(),
+            removed_resources: removed.iter(),
         }
         .encode(&budget)
         .await
@@ -355,7 +379,7 @@ mod tests {
             system_version_info: version,
             resources: vec![Resource {
                 name,
-                version: "h1".into(),
+                version: "000000000000001f".into(),
                 resource: Some(a),
                 ..Default::default()
             }],
