@@ -254,17 +254,21 @@ impl Api {
             .unwrap_or(10_000);
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);
         let mut changes = self.controller.registry.subscribe();
+        let registry = &self.controller.registry;
         loop {
             changes.borrow_and_update();
-            let outcome = wait_outcome(&self.controller.registry.list(), generation);
-            if outcome.done() {
-                return json(StatusCode::OK, &outcome);
+            // Counted in place on every change; the full outcome is built once, at the end.
+            if registry.pending(generation) == 0 {
+                break;
             }
-            match tokio::time::timeout_at(deadline, changes.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => return json(StatusCode::OK, &outcome),
+            if !matches!(
+                tokio::time::timeout_at(deadline, changes.changed()).await,
+                Ok(Ok(()))
+            ) {
+                break;
             }
         }
+        json(StatusCode::OK, &wait_outcome(&registry.list(), generation))
     }
 }
 

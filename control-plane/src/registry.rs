@@ -142,6 +142,15 @@ impl Registry {
         self.lock().len()
     }
 
+    /// How many proxies have neither synced `generation` nor NACKed it: counted in place, so
+    /// that a waiter re-checking on every ACK of a thousand proxies copies nothing.
+    pub fn pending(&self, generation: u64) -> usize {
+        self.lock()
+            .values()
+            .filter(|p| is_pending(p, generation))
+            .count()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -176,13 +185,17 @@ pub fn wait_outcome(proxies: &[ProxyStatus], generation: u64) -> WaitOutcome {
     for p in proxies {
         if let Some(n) = p.nack_since(generation) {
             out.nacked.push((p.node_id.clone(), n.clone()));
-        } else if p.synced_generation() >= generation {
-            out.synced.push(p.node_id.clone());
-        } else {
+        } else if is_pending(p, generation) {
             out.pending.push(p.node_id.clone());
+        } else {
+            out.synced.push(p.node_id.clone());
         }
     }
     out
+}
+
+fn is_pending(p: &ProxyStatus, generation: u64) -> bool {
+    p.nack_since(generation).is_none() && p.synced_generation() < generation
 }
 
 #[cfg(test)]
@@ -242,5 +255,28 @@ mod tests {
             vec!["b"],
             "an old NACK does not answer for a newer generation"
         );
+    }
+
+    #[test]
+    fn pending_counts_what_the_outcome_lists_as_pending() {
+        let registry = Registry::default();
+        let proxies = [
+            proxy("synced", &[(XdsType::Cluster, 5, None)]),
+            proxy("behind", &[(XdsType::Cluster, 4, None)]),
+            proxy("nacked", &[(XdsType::Cluster, 4, Some("5"))]),
+        ];
+        for (connection, mut p) in proxies.into_iter().enumerate() {
+            p.connection = connection as u64;
+            registry.insert(p);
+        }
+        for generation in [4, 5, 6] {
+            let outcome = wait_outcome(&registry.list(), generation);
+            assert_eq!(
+                registry.pending(generation),
+                outcome.pending.len(),
+                "generation {generation}"
+            );
+        }
+        assert_eq!(registry.pending(5), 1, "only the proxy still behind");
     }
 }
