@@ -5,6 +5,11 @@
 //! nearly the whole text resident; together they keep a sidecar's memory to what it runs.
 //! Functions not in the file still link, after the listed ones. `MESH_NO_SYMBOL_ORDER=1` turns
 //! this off (for a linker other than lld).
+//!
+//! The names in the file carry a hash of each crate's build, features included, so they match
+//! a build of the whole workspace (`cargo build --release --workspace --bins`, as every script
+//! does): `cargo build --release -p mesh-proxy` alone unifies features differently and matched
+//! 1239 of 3593 names. `scripts/symbol-order.sh --check` says how many match.
 
 use std::env;
 use std::path::Path;
