@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# meshd's RSS through the control-plane scale benchmark, sampled every half second, to see where
+# the peak falls (registrations, first syncs, changes): runs mesh-cp-scale (N clients, default
+# 1000; variant sotw or delta, default sotw) and prints "seconds RSS-MiB" lines, then the run's
+# own summary line. Needs the release binaries (scripts/bench-control-plane.sh builds them).
+#   benches/meshd-rss.sh [CLIENTS] [VARIANT]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CLIENTS=${1:-1000}
+VARIANT=${2:-sotw}
+[[ -x target/release/mesh-cp-scale ]] || { echo "meshd-rss: build first: scripts/bench-control-plane.sh --clients 1" >&2; exit 1; }
+OUT=$(mktemp -d /tmp/meshd-rss.XXXXXX)
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+taskset -c 0 target/release/mesh-cp-scale --meshd target/release/meshd --clients "$CLIENTS" \
+  --variant "$VARIANT" --changes 2 > "$OUT/scale.log" 2>&1 &
+SCALE=$!
+START=$(date +%s.%N)
+# A sampler, not a wait: one reading of meshd's VmRSS per half second while the run lasts.
+while kill -0 "$SCALE" 2>/dev/null; do
+  for pid in $(pgrep -x meshd || true); do
+    rss=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+    [[ -n $rss ]] && awk -v s="$START" -v n="$(date +%s.%N)" -v r="$rss" 'BEGIN { printf "%5.1f s %6.1f MiB\n", n - s, r / 1024 }'
+  done
+  sleep 0.5
+done
+wait "$SCALE" || { echo "meshd-rss: mesh-cp-scale failed:" >&2; tail -5 "$OUT/scale.log" >&2; exit 1; }
+grep -E 'in sync after|RSS' "$OUT/scale.log"
+tail -1 "$OUT/scale.log"
