@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# What one request costs each contender at a fixed rate, in the kernel's terms: context switches,
+# CPU migrations and CPU time per request of all its processes (perf stat's software counters:
+# this VM has no hardware ones), under oha at
+# RATE req/s as in the harness's latency test. For comparing the mesh pair's wakeups with the
+# peers' (the CPU per request at 1000 req/s is the cost of waking up, see RESULTS.md). Needs
+# root, perf (Debian's linux-perf), oha, and the harness's tools for its contenders (nginx,
+# haproxy); builds nothing (run scripts/bench.sh or `cargo build --release --workspace --bins`).
+#   benches/wakeups.sh [RATE] [SECONDS] [CONTENDER ...]
+#   e.g. benches/wakeups.sh 1000 10 nginx-mtls haproxy-mtls mesh-pair-mtls
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RATE=${1:-1000}
+SECS=${2:-10}
+shift $(( $# >= 2 ? 2 : $# ))
+CONTENDERS=("$@")
+[[ ${#CONTENDERS[@]} -gt 0 ]] || CONTENDERS=(nginx-mtls haproxy-mtls mesh-pair-mtls)
+for tool in perf oha; do
+  command -v "$tool" >/dev/null || { echo "wakeups: needs $tool" >&2; exit 1; }
+done
+BENCH_HOME=${BENCH_HOME:-$(cd ../shared/bench && pwd)}
+OUT=$(mktemp -d /tmp/mesh-wakeups.XXXXXX)
+bash "$BENCH_HOME/lib/gen-certs.sh" "$OUT/certs"
+C=$OUT/certs
+export BENCH_HOME BENCH_MODE=http BENCH_LISTEN_PORT=19010 BENCH_LISTEN_PORT_H2=19011 \
+  BENCH_UPSTREAM_HOST=127.0.0.1 BENCH_UPSTREAM_PORT=19000 BENCH_UPSTREAM_PORT_H2= \
+  BENCH_INTERNAL_PORT=19012 BENCH_INTERNAL_PORTS=19012-19029 BENCH_THREADS=1 BENCH_PROXY_CPUS=1 \
+  BENCH_CA=$C/ca.crt BENCH_SERVER_CERT=$C/server.crt BENCH_SERVER_KEY=$C/server.key \
+  BENCH_SERVER_PEM=$C/server.pem BENCH_CLIENT_CERT=$C/client.crt BENCH_CLIENT_KEY=$C/client.key \
+  BENCH_CLIENT_PEM=$C/client.pem BENCH_SERVER_NAME=server.mesh.local \
+  BENCH_CLIENT_NAME=client.mesh.local BENCH_SERVER_ID=spiffe://bench.local/ns/default/sa/server \
+  BENCH_CLIENT_ID=spiffe://bench.local/ns/default/sa/client
+script_of() { # the contender's script: the harness's own first, then the mesh's
+  for d in "$BENCH_HOME/contenders" benches/contenders; do
+    [[ -x $d/$1.sh ]] && { echo "$d/$1.sh"; return; }
+  done
+  echo "wakeups: no contender $1" >&2
+  exit 1
+}
+# The backend (the test app's HTTP server) on CPU 1 with the proxies; the load on CPU 0.
+taskset -c 1 target/release/mesh-test-app http --listen 127.0.0.1:19000 --name ok >"$OUT/app.log" 2>&1 &
+APP=$!
+CURRENT=
+cleanup() {
+  [[ -n $CURRENT ]] && "$CURRENT" stop >/dev/null 2>&1 || true
+  kill "$APP" 2>/dev/null || true
+}
+trap cleanup EXIT
+descendants() { # a process and all below it, comma-separated
+  local all=$1 p
+  for p in $(pgrep -P "$1" || true); do all="$all,$(descendants "$p")"; done
+  echo "$all"
+}
+printf '%-16s %10s %12s %14s %12s\n' contender req/s "ctxsw/req" "migrations/req" "CPU µs/req"
+for name in "${CONTENDERS[@]}"; do
+  CURRENT=$(script_of "$name")
+  export BENCH_WORKDIR=$OUT/work/$name
+  mkdir -p "$BENCH_WORKDIR"
+  taskset -c 1 "$CURRENT" start >"$OUT/$name.start.log" 2>&1
+  for _ in $(seq 100); do
+    curl -fso /dev/null "http://127.0.0.1:19010/" && break
+    sleep 0.1
+  done
+  curl -fso /dev/null "http://127.0.0.1:19010/" || { echo "wakeups: $name does not answer" >&2; exit 1; }
+  PIDS=$(for p in $(cat "$BENCH_WORKDIR/pids"); do descendants "$p"; done | paste -sd,)
+  taskset -c 0 oha -z 2s -c 50 -q "$RATE" --no-tui http://127.0.0.1:19010/ >/dev/null   # warm up
+  perf stat -x, -e context-switches,cpu-migrations,task-clock -p "$PIDS" -o "$OUT/$name.perf" \
+    -- sleep "$SECS" &
+  PERF=$!
+  taskset -c 0 oha -z "${SECS}s" -c 50 -q "$RATE" --no-tui --latency-correction \
+    http://127.0.0.1:19010/ >"$OUT/$name.oha"
+  wait "$PERF"
+  rps=$(awk '/Requests\/sec/ {print $2}' "$OUT/$name.oha")
+  awk -F, -v n="$name" -v rps="$rps" -v secs="$SECS" '
+    $3 == "context-switches" { cs = $1 } $3 == "cpu-migrations" { mig = $1 }
+    $3 == "task-clock" { tc = $1 }
+    END {
+      req = rps * secs
+      printf "%-16s %10.0f %12.2f %14.3f %12.1f\n", n, rps, cs / req, mig / req, tc * 1000 / req
+    }' "$OUT/$name.perf"
+  "$CURRENT" stop >/dev/null 2>&1 || true
+  CURRENT=
+done
+echo "raw: $OUT"
