@@ -14,6 +14,9 @@ for tool in wrk oha h2load haproxy nginx iperf3; do
 done
 step "building the release binaries"
 cargo build --release --workspace --bins
+# The sidecar's memory depends on its code layout (proxy/symbol-order.txt): say so when the file
+# no longer matches the binary, rather than measure a stale layout silently.
+scripts/symbol-order.sh --check
 mkdir -p benches/results
 step "running the harness (results under benches/results)"
 BENCH_CONTENDERS_DIRS="$PWD/benches/contenders" exec "$BENCH_HOME/run.sh" \
