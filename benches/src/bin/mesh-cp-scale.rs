@@ -72,6 +72,8 @@ struct Row {
     change_p50_ms: Vec<f64>,
     change_bytes: Vec<u64>,
     change_cpu_ms: Vec<f64>,
+    /// CPU of this process (every simulated client) per change.
+    clients_cpu_ms: Vec<f64>,
     meshd_confirms: String,
     rss_mib: f64,
     peak_rss_mib: f64,
@@ -198,12 +200,14 @@ async fn run(args: &Args, variant: Variant, clients: usize) -> anyhow::Result<Ro
         change_p50_ms: vec![],
         change_bytes: vec![],
         change_cpu_ms: vec![],
+        clients_cpu_ms: vec![],
         meshd_confirms: String::new(),
         rss_mib: 0.0,
         peak_rss_mib: 0.0,
     };
     for change in 0..args.changes {
         let before = ProcStats::read(meshd.pid)?;
+        let ours_before = ProcStats::read(std::process::id())?;
         let bytes_before = fleet.bytes();
         let t0 = Instant::now();
         let generation = meshd.apply(&route_yaml(change)).await?;
@@ -227,12 +231,13 @@ async fn run(args: &Args, variant: Variant, clients: usize) -> anyhow::Result<Ro
             .collect();
         times.sort_by(f64::total_cmp);
         let after = ProcStats::read(meshd.pid)?;
+        let ours = (ProcStats::read(std::process::id())?.cpu - ours_before.cpu).as_secs_f64() * 1e3;
         let last = times.last().copied().unwrap_or(f64::NAN);
         let p50 = times.get(times.len() / 2).copied().unwrap_or(f64::NAN);
         let bytes = fleet.bytes() - bytes_before;
         let cpu = (after.cpu - before.cpu).as_secs_f64() * 1e3;
         println!(
-            "  change {}: generation {generation} ACKed by all {clients} in {last:.1} ms (median client {p50:.1} ms), {:.2} MB pushed, meshd CPU {cpu:.0} ms",
+            "  change {}: generation {generation} ACKed by all {clients} in {last:.1} ms (median client {p50:.1} ms), {:.2} MB pushed, meshd CPU {cpu:.0} ms, the clients' CPU {ours:.0} ms",
             change + 1,
             bytes as f64 / 1e6
         );
@@ -240,6 +245,7 @@ async fn run(args: &Args, variant: Variant, clients: usize) -> anyhow::Result<Ro
         row.change_p50_ms.push(p50);
         row.change_bytes.push(bytes);
         row.change_cpu_ms.push(cpu);
+        row.clients_cpu_ms.push(ours);
         if change + 1 == args.changes {
             // meshd's own view (what `meshctl apply --wait` reads), asked once it is all done.
             let answer = meshd
@@ -326,13 +332,13 @@ fn print_row(r: &Row) {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "| variant | clients | services | initial sync s | initial MB pushed | change → all ACKed ms, median (max) | median client ms | MB pushed per change | meshd CPU ms per change | meshd RSS MiB (peak) | meshd's /v1/wait |"
+        "| variant | clients | services | initial sync s | initial MB pushed | change → all ACKed ms, median (max) | median client ms | MB pushed per change | meshd CPU ms per change | clients' CPU ms per change | meshd RSS MiB (peak) | meshd's /v1/wait |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let bytes: Vec<f64> = r.change_bytes.iter().map(|&b| b as f64 / 1e6).collect();
         println!(
-            "| {} | {} | {} | {:.2} | {:.1} | {:.1} ({:.1}) | {:.1} | {:.2} | {:.0} | {:.1} ({:.1}) | {} |",
+            "| {} | {} | {} | {:.2} | {:.1} | {:.1} ({:.1}) | {:.1} | {:.2} | {:.0} | {:.0} | {:.1} ({:.1}) | {} |",
             r.variant.as_str(),
             r.clients,
             r.services,
@@ -343,6 +349,7 @@ fn print_table(rows: &[Row]) {
             median(&r.change_p50_ms),
             median(&bytes),
             median(&r.change_cpu_ms),
+            median(&r.clients_cpu_ms),
             r.rss_mib,
             r.peak_rss_mib,
             r.meshd_confirms
