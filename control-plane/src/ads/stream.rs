@@ -48,7 +48,9 @@ pub(crate) async fn drive<S: AdsStream>(
                         *stream.session_slot() = Some(Session::start(&controller, S::node(&request), S::PROTOCOL, peer));
                     }
                     let snapshot = snapshots.borrow().clone();
-                    stream.on_request(request, &snapshot).await
+                    // Boxed, as below: a push's state (kilobytes) is allocated while it runs,
+                    // not held in every idle stream's task.
+                    Box::pin(stream.on_request(request, &snapshot)).await
                 }
                 Ok(None) => false,
                 Err(status) => {
@@ -58,7 +60,7 @@ pub(crate) async fn drive<S: AdsStream>(
             },
             changed = snapshots.changed() => {
                 let snapshot = snapshots.borrow_and_update().clone();
-                changed.is_ok() && stream.on_snapshot(&snapshot).await
+                changed.is_ok() && Box::pin(stream.on_snapshot(&snapshot)).await
             }
             () = &mut stopped => false,
         };
