@@ -28,6 +28,12 @@ else
 fi
 APP=$!
 trap 'benches/contenders/mesh-pair-mtls.sh stop || true; kill $APP 2>/dev/null || true' EXIT
+# Wait for the backend: iperf3 says when it listens, the test app answers.
+for _ in $(seq 100); do
+  if [[ $PROTO == tcp ]]; then grep -q 'listening' "$OUT/app.log" && break
+  else curl -fso /dev/null http://127.0.0.1:19000/ && break; fi
+  sleep 0.1
+done
 taskset -c 1 benches/contenders/mesh-pair-mtls.sh start
 PIDS=$(paste -sd, "$BENCH_WORKDIR/pids")
 if [[ $PROTO == http ]]; then

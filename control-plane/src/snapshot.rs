@@ -176,11 +176,6 @@ impl Snapshot {
         self.resources.get(&ty).cloned().unwrap_or_default()
     }
 
-    /// How many resources of `ty` there are.
-    pub fn count(&self, ty: XdsType) -> usize {
-        self.resources.get(&ty).map_or(0, |m| m.len())
-    }
-
     pub fn get(&self, ty: XdsType, name: &str) -> Option<&Arc<Entry>> {
         self.resources.get(&ty).and_then(|m| m.get(name))
     }

@@ -231,7 +231,7 @@ impl Stream {
         // resource of the previous snapshot, from whether it wants every name that changed.
         let whole = match changed {
             Some(names) => sub.whole && names.iter().all(|n| view.wants(n) || view.absent(n)),
-            None => snapshot.of_type(ty).all(|(n, _)| view.wants(n)),
+            None => view.wildcard || snapshot.of_type(ty).all(|(n, _)| view.wants(n)),
         };
         match changed {
             Some(names) => {
