@@ -21,7 +21,8 @@ use tonic::Status;
 use super::names::{NameSets, Names};
 use super::requests::Requests;
 
-use super::response::{Budget, Delta, DeltaResource};
+use super::budget::{Budget, Place};
+use super::response::{Delta, DeltaResource};
 use super::session::Session;
 use super::stream::{AdsStream, drive};
 use crate::controller::Controller;
@@ -48,6 +49,8 @@ struct Subscription {
     whole: bool,
     pending: Option<Pending>,
     acked: bool,
+    /// Some response of the type has been ACKed since the proxy subscribed to it.
+    ever_acked: bool,
     view_generation: u64,
     /// `known` is exactly the view at `view_generation`: no NACK or subscription change since,
     /// so the next push need look only at what the next snapshot changed.
@@ -63,6 +66,8 @@ struct Stream {
     tx: Tx,
     name_sets: Arc<NameSets>,
     budget: Arc<Budget>,
+    /// Where the first sync's responses wait for budget (see [`super::budget`]).
+    first_sync: Place,
 }
 
 /// Serves one stream until the proxy goes away.
@@ -80,6 +85,7 @@ pub(crate) async fn serve(
         nonce: 0,
         tx,
         name_sets,
+        first_sync: budget.place(),
         budget,
     };
     drive(controller, requests, stream, peer).await
@@ -124,6 +130,15 @@ fn held(current: Option<&Arc<Entry>>, hash: u64) -> Arc<Entry> {
 }
 
 impl Stream {
+    /// The first sync lasts until every type subscribed to has been ACKed once.
+    fn place(&self) -> Place {
+        if self.subs.values().all(|s| s.ever_acked) {
+            self.budget.place()
+        } else {
+            self.first_sync
+        }
+    }
+
     async fn request(&mut self, request: DeltaDiscoveryRequest, snapshot: &Snapshot) -> bool {
         let Some(ty) = XdsType::from_url(&request.type_url) else {
             tracing::debug!(type_url = %request.type_url, "delta request for a type meshd does not serve; ignored");
@@ -159,6 +174,7 @@ impl Stream {
                         }
                         None => {
                             sub.acked = true;
+                            sub.ever_acked = true;
                             if let Some(session) = session {
                                 session.acked(ty, &p.version, sub.view_generation);
                             }
@@ -276,6 +292,7 @@ impl Stream {
         U: Iterator<Item = (&'a String, &'a Arc<Entry>)> + Clone,
         R: Iterator<Item = &'a String> + Clone,
     {
+        let place = self.place();
         let Some(sub) = self.subs.get_mut(&ty) else {
             return true;
         };
@@ -324,7 +341,7 @@ impl Stream {
             resources,
             removed_resources: removed,
         }
-        .encode(&self.budget)
+        .encode(&self.budget, place)
         .await
         .map_err(|e| Status::resource_exhausted(e.to_string()));
         if let Some(session) = self.session.as_ref() {
@@ -403,6 +420,7 @@ mod tests {
             tx,
             name_sets: Arc::default(),
             budget: Arc::new(Budget::new(1 << 20)),
+            first_sync: Place::default(),
         };
         (stream, rx)
     }

@@ -1,91 +1,19 @@
 //! Responses on the wire. Each is encoded straight from the snapshot's resources into one
 //! gRPC message buffer of exactly its size (no intermediate copy of the resources), and counts
 //! against meshd's [`Budget`] of response bytes in flight until HTTP/2 has sent it and dropped it.
-//!
-//! Why a budget: a thousand proxies connecting at once each need their whole configuration
-//! (about 2 MB with 1000 Services), and they read it slower than meshd can encode it. Without a
-//! bound, all of it sits in send buffers at once: hundreds of megabytes of peak memory that the
-//! allocator then keeps. With the budget, the first syncs go out a few dozen at a time, as fast
-//! as the proxies take them; the others wait their turn, in order. A proxy that does not read
-//! cannot stall the others: a response gives its budget back after [`HOLD_LIMIT`] even if it is
-//! still unsent (and says so in the log). Responses under [`SMALL`] do not wait.
 
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::LazyLock;
 
 use bytes::Bytes;
 use mesh_proto::envoy::config::core::v3::ControlPlane;
 use mesh_proto::google::protobuf::Any;
 use mesh_proto::prost::Message;
 use mesh_proto::prost::encoding::{self, WireType, encoded_len_varint, key_len};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::budget::{Budget, Held, Place};
 
 /// The gRPC message header: a compressed flag and a 4-byte length.
 pub(crate) const HEADER_LEN: usize = 5;
-/// How long a response holds its budget at most.
-pub(crate) const HOLD_LIMIT: Duration = Duration::from_secs(30);
-/// Responses smaller than this (the pushes of a change, ACK-sized) take no budget.
-pub(crate) const SMALL: usize = 16 * 1024;
-/// The budget counts KiB, so that a semaphore's permits cover any response.
-const UNIT: usize = 1024;
-
-/// The bytes of responses in flight across all streams: encoded, queued or in HTTP/2's buffers.
-#[derive(Debug)]
-pub struct Budget {
-    units: Arc<Semaphore>,
-    total_units: u32,
-}
-
-/// Budget taken by one response, given back when the response is dropped or at [`HOLD_LIMIT`].
-#[derive(Debug)]
-struct Held {
-    _permit: Arc<Mutex<Option<OwnedSemaphorePermit>>>,
-}
-
-impl Budget {
-    pub fn new(bytes: usize) -> Budget {
-        let total_units = u32::try_from(bytes.div_ceil(UNIT).max(1)).unwrap_or(u32::MAX >> 4);
-        Budget {
-            units: Arc::new(Semaphore::new(total_units as usize)),
-            total_units,
-        }
-    }
-
-    /// Waits for budget for `bytes` (the whole budget, for a response larger than it).
-    async fn reserve(&self, bytes: usize) -> Option<Held> {
-        if bytes < SMALL {
-            return None;
-        }
-        let units = u32::try_from(bytes.div_ceil(UNIT))
-            .unwrap_or(u32::MAX)
-            .clamp(1, self.total_units);
-        // The semaphore is never closed.
-        let permit = self.units.clone().acquire_many_owned(units).await.ok()?;
-        let held = Arc::new(Mutex::new(Some(permit)));
-        let expiring = Arc::downgrade(&held);
-        tokio::spawn(async move {
-            tokio::time::sleep(HOLD_LIMIT).await;
-            let Some(held) = expiring.upgrade() else {
-                return;
-            };
-            let permit = held.lock().unwrap_or_else(PoisonError::into_inner).take();
-            if permit.is_some() {
-                tracing::warn!(
-                    bytes,
-                    "an xDS response is still unsent after {}s: its proxy is not reading; its budget goes to the others",
-                    HOLD_LIMIT.as_secs()
-                );
-            }
-        });
-        Some(Held { _permit: held })
-    }
-
-    /// KiB of the budget not in use.
-    #[cfg(test)]
-    pub fn free_kib(&self) -> usize {
-        self.units.available_permits()
-    }
-}
 
 /// One framed message and the budget it holds until HTTP/2 drops it.
 struct Framed {
@@ -163,14 +91,15 @@ static CONTROL_PLANE: LazyLock<ControlPlane> = LazyLock::new(|| ControlPlane {
 #[error("a response of {0} bytes is over gRPC's 4 GiB")]
 pub struct TooLarge(usize);
 
-/// Waits for budget for a message of `len` bytes, then frames what `fields` writes.
+/// Waits at `place` for budget for a message of `len` bytes, then frames what `fields` writes.
 async fn frame(
     budget: &Budget,
+    place: Place,
     len: usize,
     fields: impl FnOnce(&mut Writer),
 ) -> Result<Bytes, TooLarge> {
     u32::try_from(len).map_err(|_| TooLarge(len))?;
-    let permit = budget.reserve(HEADER_LEN + len).await;
+    let permit = budget.reserve(HEADER_LEN + len, place).await;
     let mut w = Writer::new(len);
     fields(&mut w);
     Ok(w.finish(permit))
@@ -196,8 +125,8 @@ impl<'a, I: Iterator<Item = &'a Any> + Clone> Sotw<'a, I> {
     }
 
     /// The framed `DiscoveryResponse`, once there is budget for it.
-    pub async fn encode(&self, budget: &Budget) -> Result<Bytes, TooLarge> {
-        frame(budget, self.encoded_len(), |w| {
+    pub async fn encode(&self, budget: &Budget, place: Place) -> Result<Bytes, TooLarge> {
+        frame(budget, place, self.encoded_len(), |w| {
             w.string(1, self.version_info, false);
             for any in self.resources.clone() {
                 w.message(2, any);
@@ -280,8 +209,8 @@ where
     }
 
     /// The framed `DeltaDiscoveryResponse`, once there is budget for it.
-    pub async fn encode(&self, budget: &Budget) -> Result<Bytes, TooLarge> {
-        frame(budget, self.encoded_len(), |w| {
+    pub async fn encode(&self, budget: &Budget, place: Place) -> Result<Bytes, TooLarge> {
+        frame(budget, place, self.encoded_len(), |w| {
             w.string(1, self.system_version_info, false);
             for r in self.resources.clone() {
                 encoding::encode_key(2, WireType::LengthDelimited, &mut w.buf);
@@ -334,7 +263,7 @@ mod tests {
             nonce: &nonce,
             resources: [&a, &b].into_iter(),
         }
-        .encode(&budget)
+        .encode(&budget, budget.place())
         .await
         .expect("encodes");
         let expected = DiscoveryResponse {
@@ -371,7 +300,7 @@ mod tests {
             .into_iter(),
             removed_resources: removed.iter(),
         }
-        .encode(&budget)
+        .encode(&budget, budget.place())
         .await
         .expect("encodes");
         let decoded = DeltaDiscoveryResponse::decode(message(&frame)).expect("decodes");
@@ -402,7 +331,10 @@ mod tests {
             nonce: "1",
             resources: std::iter::once(any),
         };
-        let first = response(&payload).encode(&budget).await.expect("encodes");
+        let first = response(&payload)
+            .encode(&budget, budget.place())
+            .await
+            .expect("encodes");
         assert_eq!(budget.free_kib(), 64 - 21, "20 KiB and the fields, in KiB");
         let shared = first.clone();
         drop(first);
@@ -410,25 +342,10 @@ mod tests {
         drop(shared);
         assert_eq!(budget.free_kib(), 64);
         let small = any("t/a", &[7u8; 100]);
-        let _small = response(&small).encode(&budget).await.expect("encodes");
+        let _small = response(&small)
+            .encode(&budget, budget.place())
+            .await
+            .expect("encodes");
         assert_eq!(budget.free_kib(), 64, "a small response takes none");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn responses_wait_in_turn_and_an_unread_one_gives_its_budget_back() {
-        let budget = Arc::new(Budget::new(64 * 1024));
-        let unread = budget.reserve(64 * 1024).await.expect("the whole budget");
-        let started = tokio::time::Instant::now();
-        let waiting = tokio::spawn({
-            let budget = budget.clone();
-            async move { budget.reserve(100 * 1024).await.map(|_| started.elapsed()) }
-        });
-        let waited = waiting.await.expect("joins").expect("budget, in the end");
-        assert_eq!(
-            waited, HOLD_LIMIT,
-            "the unread response's budget came back at the limit"
-        );
-        drop(unread);
-        assert_eq!(budget.free_kib(), 64);
     }
 }

@@ -14,8 +14,9 @@ use tonic::Status;
 
 use super::requests::Requests;
 
+use super::budget::{Budget, Place};
 use super::names::{NameSets, Names, same_names};
-use super::response::{Budget, Sotw};
+use super::response::Sotw;
 use super::session::Session;
 use super::stream::{AdsStream, drive};
 use crate::controller::Controller;
@@ -36,6 +37,8 @@ struct Subscription {
     names: Option<Names>,
     sent: Option<Sent>,
     acked: bool,
+    /// Some response of the type has been ACKed since the proxy subscribed to it.
+    ever_acked: bool,
     /// Latest generation whose view equals the content last sent.
     view_generation: u64,
 }
@@ -49,6 +52,8 @@ struct Stream {
     tx: Tx,
     name_sets: Arc<NameSets>,
     budget: Arc<Budget>,
+    /// Where the first sync's responses wait for budget (see [`super::budget`]).
+    first_sync: Place,
 }
 
 /// Serves one stream until the proxy goes away.
@@ -66,6 +71,7 @@ pub(crate) async fn serve(
         nonce: 0,
         tx,
         name_sets,
+        first_sync: budget.place(),
         budget,
     };
     drive(controller, requests, stream, peer).await
@@ -102,6 +108,15 @@ impl Stream {
         self.session.as_ref()
     }
 
+    /// The first sync lasts until every type subscribed to has been ACKed once.
+    fn place(&self) -> Place {
+        if self.subs.values().all(|s| s.ever_acked) {
+            self.budget.place()
+        } else {
+            self.first_sync
+        }
+    }
+
     /// Handles one request; returns false when the stream is over.
     async fn request(&mut self, request: DiscoveryRequest, snapshot: &Snapshot) -> bool {
         let Some(ty) = XdsType::from_url(&request.type_url) else {
@@ -123,6 +138,7 @@ impl Stream {
                     Some(error) => session.nacked(ty, &sent.version, &error.message),
                     None => {
                         sub.acked = true;
+                        sub.ever_acked = true;
                         session.acked(ty, &sent.version, sub.view_generation);
                     }
                 }
@@ -212,6 +228,7 @@ impl Stream {
         resources: impl Iterator<Item = &'s Arc<Entry>> + Clone + Send,
         fingerprint: Option<u64>,
     ) -> bool {
+        let place = self.place();
         let Some(sub) = self.subs.get_mut(&ty) else {
             return true;
         };
@@ -228,7 +245,7 @@ impl Stream {
             nonce: &nonce,
             resources: resources.map(|e| &e.any),
         }
-        .encode(&self.budget)
+        .encode(&self.budget, place)
         .await;
         sub.sent = Some(Sent {
             nonce,
