@@ -328,7 +328,9 @@ async fn sotw(i: usize, mut client: Client, services: usize, fleet: &Fleet) -> a
             &resp.nonce,
             None,
         ));
-        // RDS and EDS responses may carry only what changed: hold the names received.
+        // RDS and EDS responses may carry only what changed: hold the names received. Held
+        // names only grow, so a type once complete stays so until its subscription changes.
+        let was_complete = complete.get(&resp.type_url).copied().unwrap_or(false);
         let full = match resp.type_url.as_str() {
             type_url::ENDPOINT => {
                 for any in &resp.resources {
@@ -336,7 +338,7 @@ async fn sotw(i: usize, mut client: Client, services: usize, fleet: &Fleet) -> a
                         .context("undecodable ClusterLoadAssignment")?;
                     eds_held.insert(cla.cluster_name);
                 }
-                eds_subscribed.iter().all(|n| eds_held.contains(n))
+                was_complete || eds_subscribed.iter().all(|n| eds_held.contains(n))
             }
             type_url::ROUTE => {
                 for any in &resp.resources {
@@ -344,7 +346,7 @@ async fn sotw(i: usize, mut client: Client, services: usize, fleet: &Fleet) -> a
                         .context("undecodable RouteConfiguration")?;
                     rds_held.insert(rc.name);
                 }
-                rds_subscribed.iter().all(|n| rds_held.contains(n))
+                was_complete || rds_subscribed.iter().all(|n| rds_held.contains(n))
             }
             _ => true,
         };
@@ -352,20 +354,28 @@ async fn sotw(i: usize, mut client: Client, services: usize, fleet: &Fleet) -> a
         if resp.type_url == type_url::ROUTE {
             record_rds_ack(state, &resp.version_info, fleet);
         }
-        // Follow the names, as the sidecar does after CDS and LDS.
-        for (url, wanted, subscribed) in [
-            (type_url::ENDPOINT, wants.eds(), &mut eds_subscribed),
-            (type_url::ROUTE, wants.rds(), &mut rds_subscribed),
-        ] {
-            if *subscribed != wanted {
-                *subscribed = wanted;
-                complete.insert(url.to_string(), subscribed.is_empty());
-                let _ = tx.send(ask(url, subscribed.iter().cloned().collect(), "", "", None));
+        // Follow the names, as the sidecar does after CDS and LDS (only they change them).
+        if names_follow(&resp.type_url) {
+            for (url, wanted, subscribed) in [
+                (type_url::ENDPOINT, wants.eds(), &mut eds_subscribed),
+                (type_url::ROUTE, wants.rds(), &mut rds_subscribed),
+            ] {
+                if *subscribed != wanted {
+                    *subscribed = wanted;
+                    complete.insert(url.to_string(), subscribed.is_empty());
+                    let _ = tx.send(ask(url, subscribed.iter().cloned().collect(), "", "", None));
+                }
             }
         }
         mark_synced(state, &complete, fleet);
     }
     anyhow::bail!("meshd closed the stream")
+}
+
+/// Whether a response of `url` can change the names the sidecar subscribes to (the clusters'
+/// endpoint sets and the listeners' route tables).
+fn names_follow(url: &str) -> bool {
+    url == type_url::CLUSTER || url == type_url::LISTENER
 }
 
 fn mark_synced(state: &ClientState, complete: &BTreeMap<String, bool>, fleet: &Fleet) {
@@ -412,6 +422,8 @@ async fn delta(i: usize, mut client: Client, services: usize, fleet: &Fleet) -> 
     // Names held per type.
     let mut held: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut answered: BTreeSet<String> = BTreeSet::new();
+    // Per type: whether the proxy holds all it subscribed to.
+    let mut complete: BTreeMap<String, bool> = BTreeMap::new();
     while let Some(resp) = stream.message().await? {
         let resp: DeltaDiscoveryResponse = resp;
         state
@@ -451,38 +463,49 @@ async fn delta(i: usize, mut client: Client, services: usize, fleet: &Fleet) -> 
         if resp.type_url == type_url::ROUTE {
             record_rds_ack(state, &resp.system_version_info, fleet);
         }
-        for (url, wanted, subscribed) in [
-            (type_url::ENDPOINT, wants.eds(), &mut eds_subscribed),
-            (type_url::ROUTE, wants.rds(), &mut rds_subscribed),
-        ] {
-            if *subscribed != wanted {
-                let add: Vec<String> = wanted.difference(subscribed).cloned().collect();
-                let drop_: Vec<String> = subscribed.difference(&wanted).cloned().collect();
-                *subscribed = wanted;
-                let _ = tx.send(DeltaDiscoveryRequest {
-                    type_url: url.into(),
-                    resource_names_subscribe: add,
-                    resource_names_unsubscribe: drop_,
-                    ..Default::default()
-                });
+        // Which types to check again for completeness: this response's, if it could have
+        // made it incomplete or complete, and those whose subscription changes below.
+        let mut check: Vec<&str> = Vec::new();
+        if !complete.get(&resp.type_url).copied().unwrap_or(false)
+            || !resp.removed_resources.is_empty()
+        {
+            check.push(resp.type_url.as_str());
+        }
+        if names_follow(&resp.type_url) {
+            for (url, wanted, subscribed) in [
+                (type_url::ENDPOINT, wants.eds(), &mut eds_subscribed),
+                (type_url::ROUTE, wants.rds(), &mut rds_subscribed),
+            ] {
+                if *subscribed != wanted {
+                    let add: Vec<String> = wanted.difference(subscribed).cloned().collect();
+                    let drop_: Vec<String> = subscribed.difference(&wanted).cloned().collect();
+                    *subscribed = wanted;
+                    check.push(url);
+                    let _ = tx.send(DeltaDiscoveryRequest {
+                        type_url: url.into(),
+                        resource_names_subscribe: add,
+                        resource_names_unsubscribe: drop_,
+                        ..Default::default()
+                    });
+                }
             }
         }
-        let mut complete = BTreeMap::new();
-        for t in [
-            type_url::CLUSTER,
-            type_url::LISTENER,
-            type_url::WORKLOAD_POLICY,
-        ] {
-            complete.insert(t.to_string(), answered.contains(t));
-        }
-        for (t, subscribed) in [
-            (type_url::ENDPOINT, &eds_subscribed),
-            (type_url::ROUTE, &rds_subscribed),
-        ] {
-            let have = held.get(t);
-            let ok = subscribed.is_empty()
-                || (answered.contains(t)
-                    && have.is_some_and(|h| subscribed.iter().all(|n| h.contains(n))));
+        for t in check {
+            let subscribed = match t {
+                type_url::ENDPOINT => Some(&eds_subscribed),
+                type_url::ROUTE => Some(&rds_subscribed),
+                _ => None,
+            };
+            let ok = match subscribed {
+                None => answered.contains(t),
+                Some(subscribed) => {
+                    subscribed.is_empty()
+                        || (answered.contains(t)
+                            && held
+                                .get(t)
+                                .is_some_and(|h| subscribed.iter().all(|n| h.contains(n))))
+                }
+            };
             complete.insert(t.to_string(), ok);
         }
         mark_synced(state, &complete, fleet);
