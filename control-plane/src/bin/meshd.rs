@@ -11,7 +11,8 @@ use mesh_control_plane::server::{ServerConfig, run};
 use mesh_control_plane::vip::VipRange;
 
 /// jemalloc rather than glibc's malloc: after a thousand proxies' first syncs it gives the
-/// freed memory back, where glibc kept a third more resident (benches/RESULTS.md).
+/// freed memory back, where glibc kept a third more resident (benches/RESULTS.md). It is built
+/// to give freed pages back at once (`JEMALLOC_SYS_WITH_MALLOC_CONF` in `.cargo/config.toml`).
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
