@@ -1,6 +1,6 @@
 //! A complete, immutable set of xDS resources, as served to every proxy at one moment.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -46,6 +46,16 @@ impl XdsType {
         matches!(self, XdsType::Cluster | XdsType::Listener)
     }
 
+    /// The type whose resources name those of this one: listeners name route tables, clusters
+    /// name endpoint sets.
+    pub fn named_by(self) -> Option<XdsType> {
+        match self {
+            XdsType::Route => Some(XdsType::Listener),
+            XdsType::Endpoint => Some(XdsType::Cluster),
+            _ => None,
+        }
+    }
+
     pub fn short(self) -> &'static str {
         match self {
             XdsType::Cluster => "CDS",
@@ -85,6 +95,11 @@ pub struct Snapshot {
     /// What differs from the snapshot before it, so that a stream that holds that one can find
     /// what to push without comparing everything it subscribes to (see [`Snapshot::diff_from`]).
     changes: Option<Changes>,
+    /// The route tables the listeners name and the endpoint sets the clusters name: what a
+    /// proxy that holds every listener and cluster must subscribe to before it has all of its
+    /// configuration. Shared with the snapshot before when unchanged, so that streams can tell
+    /// by pointer that it did not change.
+    referenced: BTreeMap<XdsType, Arc<BTreeSet<String>>>,
 }
 
 /// The resources of one type by name: a persistent map, so that a snapshot shares with the one
@@ -108,7 +123,20 @@ impl Snapshot {
             created: std::time::Instant::now(),
             resources: BTreeMap::new(),
             changes: None,
+            referenced: BTreeMap::new(),
         }
+    }
+
+    /// Records that resources of `ty` (route tables or endpoint sets) named `names` are named
+    /// by the snapshot's listeners or clusters.
+    pub fn set_referenced(&mut self, ty: XdsType, names: BTreeSet<String>) {
+        self.referenced.insert(ty, Arc::new(names));
+    }
+
+    /// The names of `ty` that the snapshot's listeners (for route tables) or clusters (for
+    /// endpoint sets) name; `None` for the other types.
+    pub fn referenced(&self, ty: XdsType) -> Option<&Arc<BTreeSet<String>>> {
+        self.referenced.get(&ty)
     }
 
     /// Records what differs from `previous` (the snapshot this one replaces), per type, and
@@ -143,6 +171,11 @@ impl Snapshot {
             from: previous.generation,
             by_type,
         });
+        for (ty, names) in &mut self.referenced {
+            if let Some(old) = previous.referenced.get(ty).filter(|old| *old == names) {
+                *names = old.clone();
+            }
+        }
     }
 
     /// The names of `ty` that changed since `generation`, when this snapshot knows (it was built

@@ -11,7 +11,7 @@
 //! - a `ClusterLoadAssignment`: the workloads whose labels match the selector, on the target port.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 
 use mesh_proto::envoy::config::cluster::v3::{Cluster, cluster};
@@ -82,6 +82,8 @@ pub fn translate(state: &State, registered: &[Workload], generation: u64) -> Sna
             .chain(registered.iter().map(|w| (w, true)))
             .collect(),
     );
+    // What the listeners and clusters name, for `/v1/wait` (see `Snapshot::referenced`).
+    let (mut route_tables, mut endpoint_sets) = (BTreeSet::new(), BTreeSet::new());
     for service in state.services() {
         let Some(vip) = service.spec.vip else {
             continue;
@@ -109,6 +111,8 @@ pub fn translate(state: &State, registered: &[Workload], generation: u64) -> Sna
                 snapshot.insert(XdsType::Listener, target, to_any(type_url::LISTENER, &api));
             }
             if !is_opaque(port) {
+                // Named by the listener above and by the API listener.
+                route_tables.insert(name.clone());
                 let routes = route_configuration(state, service, port, &name);
                 snapshot.insert(
                     XdsType::Route,
@@ -124,6 +128,8 @@ pub fn translate(state: &State, registered: &[Workload], generation: u64) -> Sna
                     &eds_cluster(&name, algorithm_of(state, service)),
                 ),
             );
+            // Named by the cluster above (its EDS service name is its own).
+            endpoint_sets.insert(name.clone());
             let cla = load_assignment(&name, service, port, &workloads);
             snapshot.insert(XdsType::Endpoint, name, to_any(type_url::ENDPOINT, &cla));
         }
@@ -137,6 +143,8 @@ pub fn translate(state: &State, registered: &[Workload], generation: u64) -> Sna
             to_any(type_url::WORKLOAD_POLICY, &policy),
         );
     }
+    snapshot.set_referenced(XdsType::Route, route_tables);
+    snapshot.set_referenced(XdsType::Endpoint, endpoint_sets);
     snapshot
 }
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use mesh_proto::DeltaDiscoveryRequest;
 use tonic::Status;
 
-use super::names::{NameSets, Names};
+use super::names::{Coverage, NameSets, Names};
 use super::requests::Requests;
 
 use super::budget::{Budget, Place};
@@ -55,6 +55,8 @@ struct Subscription {
     /// `known` is exactly the view at `view_generation`: no NACK or subscription change since,
     /// so the next push need look only at what the next snapshot changed.
     exact: bool,
+    /// Whether the names cover what the listeners or clusters refer to (RDS and EDS).
+    coverage: Coverage,
 }
 
 type Tx = super::Responses;
@@ -130,6 +132,25 @@ fn held(current: Option<&Arc<Entry>>, hash: u64) -> Arc<Entry> {
 }
 
 impl Stream {
+    /// Whether the proxy's subscription to `ty` covers what it needs at `snapshot`: for route
+    /// tables and endpoint sets, every one that the listeners or clusters name, when it
+    /// subscribes to all listeners or clusters. A wildcard subscription covers everything; a
+    /// proxy that subscribes to some listeners or clusters by name is not checked.
+    fn complete(&mut self, ty: XdsType, snapshot: &Snapshot) -> bool {
+        let Some(referencing) = ty.named_by() else {
+            return true;
+        };
+        let holds_all = self.subs.get(&referencing).is_some_and(|s| s.wildcard);
+        let (Some(referenced), Some(sub)) = (snapshot.referenced(ty), self.subs.get_mut(&ty))
+        else {
+            return true;
+        };
+        if sub.wildcard || !holds_all {
+            return true;
+        }
+        sub.coverage.covers(referenced, &sub.names)
+    }
+
     /// The first sync lasts until every type subscribed to has been ACKed once.
     fn place(&self) -> Place {
         if self.subs.values().all(|s| s.ever_acked) {
@@ -145,6 +166,8 @@ impl Stream {
             return true;
         };
         let first = !self.subs.contains_key(&ty);
+        // Of the names the ACKed response was for, before this request changes them.
+        let complete = self.complete(ty, snapshot);
         let sub = self.subs.entry(ty).or_default();
         if first {
             sub.wildcard = request.resource_names_subscribe.is_empty()
@@ -175,8 +198,11 @@ impl Stream {
                         None => {
                             sub.acked = true;
                             sub.ever_acked = true;
+                            // Route tables or endpoint sets that leave out some that the
+                            // proxy's listeners or clusters name do not make it synced.
+                            let synced = if complete { sub.view_generation } else { 0 };
                             if let Some(session) = session {
-                                session.acked(ty, &p.version, sub.view_generation);
+                                session.acked(ty, &p.version, synced);
                             }
                         }
                     }
@@ -293,6 +319,7 @@ impl Stream {
         R: Iterator<Item = &'a String> + Clone,
     {
         let place = self.place();
+        let complete = self.complete(ty, view.snapshot);
         let Some(sub) = self.subs.get_mut(&ty) else {
             return true;
         };
@@ -311,7 +338,7 @@ impl Stream {
         }
         if !force && updated.clone().next().is_none() && removed.clone().next().is_none() {
             sub.view_generation = snapshot.generation;
-            if sub.acked {
+            if sub.acked && complete {
                 if let Some(session) = self.session.as_ref() {
                     session.still_synced(ty, snapshot.generation);
                 }
@@ -438,6 +465,67 @@ mod tests {
             resource_names_subscribe: subscribe.iter().map(|n| (*n).into()).collect(),
             ..Default::default()
         }
+    }
+
+    /// A request that ACKs the response with `nonce`.
+    fn ack(ty: XdsType, nonce: u64) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            type_url: ty.url().into(),
+            response_nonce: nonce.to_string(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn endpoint_sets_are_synced_only_once_they_cover_what_the_clusters_name() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = crate::store::Store::open(dir.path()).expect("a store");
+        let controller =
+            Controller::open(store, Default::default(), std::time::Duration::from_secs(1))
+                .expect("a controller");
+        let (mut stream, mut rx) = stream();
+        stream.session = Some(Session::start(&controller, None, "delta", None));
+        let synced = |ty: XdsType| {
+            controller.registry.list()[0]
+                .types
+                .get(ty.short())
+                .map_or(0, |t| t.synced_generation)
+        };
+        // The clusters (all of them) name the endpoint sets a and b.
+        let mut snap = snapshot(7, XdsType::Cluster, &[("a", 1), ("b", 1)]);
+        for name in ["a", "b"] {
+            let any = Any {
+                type_url: XdsType::Endpoint.url().into(),
+                value: vec![1],
+            };
+            snap.insert(XdsType::Endpoint, name.into(), any);
+        }
+        snap.set_referenced(XdsType::Endpoint, ["a", "b"].map(String::from).into());
+
+        assert!(stream.request(request(XdsType::Cluster, &[]), &snap).await);
+        assert_eq!(sent(&mut rx), ["a", "b"]);
+        assert!(stream.request(ack(XdsType::Cluster, 1), &snap).await);
+        assert_eq!(synced(XdsType::Cluster), 7);
+
+        // The proxy subscribes to a only and ACKs it: it still lacks b.
+        assert!(
+            stream
+                .request(request(XdsType::Endpoint, &["a"]), &snap)
+                .await
+        );
+        assert_eq!(sent(&mut rx), ["a"]);
+        assert!(stream.request(ack(XdsType::Endpoint, 2), &snap).await);
+        assert_eq!(synced(XdsType::Endpoint), 0, "b is missing");
+
+        // Once it subscribes to b too and ACKs that, it has all it needs.
+        assert!(
+            stream
+                .request(request(XdsType::Endpoint, &["b"]), &snap)
+                .await
+        );
+        assert_eq!(sent(&mut rx), ["b"]);
+        assert!(stream.request(ack(XdsType::Endpoint, 3), &snap).await);
+        assert_eq!(synced(XdsType::Endpoint), 7);
     }
 
     #[tokio::test]

@@ -46,6 +46,44 @@ pub fn same_names(held: &BTreeSet<String>, asked: &[String]) -> bool {
     asked.len() == held.len() && held.iter().zip(asked).all(|(a, b)| a == b)
 }
 
+/// Whether a subscription covers the names the proxy's listeners or clusters refer to: until
+/// it does, the proxy lacks part of its configuration, whatever it has ACKed. The last answer
+/// is kept with the two sets it was for, so that a thousand streams checking the same sets
+/// after each change compare pointers rather than names.
+#[derive(Debug, Default)]
+pub struct Coverage {
+    last: Option<Checked>,
+}
+
+/// One answer of [`Coverage`] and the sets it was for (held weakly: a pointer that stays
+/// allocated cannot be reused by another set).
+#[derive(Debug)]
+struct Checked {
+    referenced: Weak<BTreeSet<String>>,
+    names: Weak<BTreeSet<String>>,
+    covered: bool,
+}
+
+impl Coverage {
+    /// Whether `names` holds every name in `referenced`.
+    pub fn covers(&mut self, referenced: &Arc<BTreeSet<String>>, names: &Names) -> bool {
+        if let Some(last) = &self.last {
+            if last.referenced.as_ptr() == Arc::as_ptr(referenced)
+                && last.names.as_ptr() == Arc::as_ptr(names)
+            {
+                return last.covered;
+            }
+        }
+        let covered = referenced.iter().all(|name| names.contains(name));
+        self.last = Some(Checked {
+            referenced: Arc::downgrade(referenced),
+            names: Arc::downgrade(names),
+            covered,
+        });
+        covered
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,6 +107,20 @@ mod tests {
             1,
             "a dropped set is not kept alive"
         );
+    }
+
+    #[test]
+    fn coverage_needs_every_referenced_name_and_follows_either_set_changing() {
+        let mut coverage = Coverage::default();
+        let referenced = Arc::new(set(&["a", "b"]));
+        let partial = Arc::new(set(&["a", "c"]));
+        let all = Arc::new(set(&["a", "b", "c"]));
+        assert!(!coverage.covers(&referenced, &partial));
+        assert!(!coverage.covers(&referenced, &partial), "the kept answer");
+        assert!(coverage.covers(&referenced, &all), "the names changed");
+        let more = Arc::new(set(&["a", "b", "d"]));
+        assert!(!coverage.covers(&more, &all), "what is referenced changed");
+        assert!(coverage.covers(&Arc::new(BTreeSet::new()), &partial));
     }
 
     #[test]

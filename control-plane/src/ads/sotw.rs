@@ -15,7 +15,7 @@ use tonic::Status;
 use super::requests::Requests;
 
 use super::budget::{Budget, Place};
-use super::names::{NameSets, Names, same_names};
+use super::names::{Coverage, NameSets, Names, same_names};
 use super::response::Sotw;
 use super::session::Session;
 use super::stream::{AdsStream, drive};
@@ -41,6 +41,8 @@ struct Subscription {
     ever_acked: bool,
     /// Latest generation whose view equals the content last sent.
     view_generation: u64,
+    /// Whether the names cover what the listeners or clusters refer to (RDS and EDS).
+    coverage: Coverage,
 }
 
 type Tx = super::Responses;
@@ -108,6 +110,28 @@ impl Stream {
         self.session.as_ref()
     }
 
+    /// Whether the proxy's subscription to `ty` covers what it needs at `snapshot`: for route
+    /// tables and endpoint sets, every one that the listeners or clusters name, when it
+    /// subscribes to all listeners or clusters (as sidecars and Envoy do). A proxy that
+    /// subscribes to some listeners or clusters by name is not checked.
+    fn complete(&mut self, ty: XdsType, snapshot: &Snapshot) -> bool {
+        let Some(referencing) = ty.named_by() else {
+            return true;
+        };
+        let holds_all = self
+            .subs
+            .get(&referencing)
+            .is_some_and(|s| s.names.is_none());
+        let (Some(referenced), Some(sub)) = (snapshot.referenced(ty), self.subs.get_mut(&ty))
+        else {
+            return true;
+        };
+        match &sub.names {
+            Some(names) if holds_all => sub.coverage.covers(referenced, names),
+            _ => true,
+        }
+    }
+
     /// The first sync lasts until every type subscribed to has been ACKed once.
     fn place(&self) -> Place {
         if self.subs.values().all(|s| s.ever_acked) {
@@ -123,6 +147,8 @@ impl Stream {
             tracing::debug!(type_url = %request.type_url, "request for a type meshd does not serve; ignored");
             return true;
         };
+        // Of the names the ACKed response was for, before this request changes them.
+        let complete = self.complete(ty, snapshot);
         let sub = self.subs.entry(ty).or_default();
         if !request.response_nonce.is_empty() {
             let Some(sent) = sub
@@ -139,7 +165,10 @@ impl Stream {
                     None => {
                         sub.acked = true;
                         sub.ever_acked = true;
-                        session.acked(ty, &sent.version, sub.view_generation);
+                        // An ACK of route tables or endpoint sets that leave out some the
+                        // proxy's listeners or clusters name does not make it synced.
+                        let synced = if complete { sub.view_generation } else { 0 };
+                        session.acked(ty, &sent.version, synced);
                     }
                 }
             }
@@ -179,7 +208,7 @@ impl Stream {
                 .filter(|n| sub.names.as_ref().is_none_or(|set| set.contains(*n)))
                 .collect();
             if touched.is_empty() {
-                self.unchanged(ty, snapshot.generation);
+                self.unchanged(ty, snapshot);
                 return true;
             }
             let present: Vec<(&String, &Arc<Entry>)> = touched
@@ -199,20 +228,22 @@ impl Stream {
                 .as_ref()
                 .is_some_and(|s| s.fingerprint == Some(fingerprint))
         {
-            self.unchanged(ty, snapshot.generation);
+            self.unchanged(ty, snapshot);
             return true;
         }
         let view = snapshot.view(ty, names.as_deref()).map(|(_, e)| e);
         self.send(ty, snapshot, view, Some(fingerprint)).await
     }
 
-    /// Nothing of `ty` that the proxy holds changed in `generation`.
-    fn unchanged(&mut self, ty: XdsType, generation: u64) {
+    /// Nothing of `ty` that the proxy holds changed in `snapshot`.
+    fn unchanged(&mut self, ty: XdsType, snapshot: &Snapshot) {
+        let generation = snapshot.generation;
+        let complete = self.complete(ty, snapshot);
         let Some(sub) = self.subs.get_mut(&ty) else {
             return;
         };
         sub.view_generation = generation;
-        if sub.acked {
+        if sub.acked && complete {
             if let Some(session) = self.session.as_ref() {
                 session.still_synced(ty, generation);
             }
