@@ -145,10 +145,8 @@ impl Stream {
         else {
             return true;
         };
-        if sub.wildcard || !holds_all {
-            return true;
-        }
-        sub.coverage.covers(referenced, &sub.names)
+        let names = (!sub.wildcard).then_some(&sub.names);
+        sub.coverage.complete(referenced, names, holds_all)
     }
 
     /// The first sync lasts until every type subscribed to has been ACKed once.

@@ -65,8 +65,23 @@ struct Checked {
 }
 
 impl Coverage {
+    /// Whether a subscription to `names` (`None`: all of the type) covers `referenced`, for a
+    /// proxy that `holds_all` the listeners or clusters. A proxy that subscribes to some of
+    /// them by name is not checked: what they name is not worked out per proxy.
+    pub fn complete(
+        &mut self,
+        referenced: &Arc<BTreeSet<String>>,
+        names: Option<&Names>,
+        holds_all: bool,
+    ) -> bool {
+        match names {
+            Some(names) if holds_all => self.covers(referenced, names),
+            _ => true,
+        }
+    }
+
     /// Whether `names` holds every name in `referenced`.
-    pub fn covers(&mut self, referenced: &Arc<BTreeSet<String>>, names: &Names) -> bool {
+    fn covers(&mut self, referenced: &Arc<BTreeSet<String>>, names: &Names) -> bool {
         if let Some(last) = &self.last {
             if last.referenced.as_ptr() == Arc::as_ptr(referenced)
                 && last.names.as_ptr() == Arc::as_ptr(names)
@@ -121,6 +136,13 @@ mod tests {
         let more = Arc::new(set(&["a", "b", "d"]));
         assert!(!coverage.covers(&more, &all), "what is referenced changed");
         assert!(coverage.covers(&Arc::new(BTreeSet::new()), &partial));
+
+        assert!(!coverage.complete(&referenced, Some(&partial), true));
+        assert!(coverage.complete(&referenced, None, true), "a wildcard");
+        assert!(
+            coverage.complete(&referenced, Some(&partial), false),
+            "listeners or clusters held by name are not checked"
+        );
     }
 
     #[test]

@@ -126,10 +126,8 @@ impl Stream {
         else {
             return true;
         };
-        match &sub.names {
-            Some(names) if holds_all => sub.coverage.covers(referenced, names),
-            _ => true,
-        }
+        sub.coverage
+            .complete(referenced, sub.names.as_ref(), holds_all)
     }
 
     /// The first sync lasts until every type subscribed to has been ACKed once.
