@@ -15,7 +15,7 @@ shift
 for b in meshd mesh-proxy meshctl; do
   [[ -x $base/$b ]] || die "missing $base/$b: copy target/release/{meshd,mesh-proxy,meshctl} there from the build to compare against"
 done
-BENCH_HOME=${BENCH_HOME:-$(cd ../shared/bench && pwd)}
+bench_harness
 variants=$(mktemp -d)
 trap 'rm -rf "$variants"' EXIT
 # The variant is the same contender script with MESH_BIN_DIR pointing at the base build.

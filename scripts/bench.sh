@@ -7,11 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/common.sh
 require_root
-BENCH_HOME=${BENCH_HOME:-$(cd ../shared/bench && pwd)}
-[[ -x $BENCH_HOME/run.sh ]] || die "no benchmark harness at $BENCH_HOME (set BENCH_HOME)"
-for tool in wrk oha h2load haproxy nginx iperf3; do
-  command -v "$tool" >/dev/null || { step "installing the harness's tools"; bash "$BENCH_HOME/setup.sh"; break; }
-done
+bench_harness
 step "building the release binaries"
 cargo build --release --workspace --bins
 # The sidecar's memory depends on its code layout (proxy/symbol-order.txt): say so when the file

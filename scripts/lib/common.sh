@@ -1,4 +1,4 @@
-# Shared by scripts/demo.sh and scripts/test.sh. Source it; do not run it.
+# Shared by the scripts in scripts/ and benches/. Source it; do not run it.
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -30,4 +30,15 @@ ensure_tools() {
     apt_install "${missing[@]}"
   fi
   command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) first"
+}
+
+# The shared benchmark harness (../shared/bench, or BENCH_HOME), with its tools installed when
+# missing. Sets BENCH_HOME.
+bench_harness() {
+  BENCH_HOME=${BENCH_HOME:-$(cd ../shared/bench 2>/dev/null && pwd)}
+  [[ -n $BENCH_HOME && -x $BENCH_HOME/run.sh ]] || die "no benchmark harness at ${BENCH_HOME:-../shared/bench} (set BENCH_HOME)"
+  local tool
+  for tool in wrk oha h2load haproxy nginx iperf3; do
+    command -v "$tool" >/dev/null || { step "installing the harness's tools"; bash "$BENCH_HOME/setup.sh"; break; }
+  done
 }
