@@ -5,8 +5,9 @@
 #   benches/l4-veth.sh [ROUNDS]     needs root, iperf3, a release build
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/common.sh
 ROUNDS=${1:-3}
-P=$PWD/target/release/mesh-proxy
+P=$PWD/$RELEASE_DIR/mesh-proxy
 [[ -x $P ]] || { echo "build first: cargo build --release -p mesh-proxy" >&2; exit 1; }
 command -v iperf3 >/dev/null || { echo "needs iperf3 (apt-get install -y iperf3)" >&2; exit 1; }
 A=l4a-$$ B=l4b-$$

@@ -11,9 +11,10 @@
 #   benches/meshd-heaptrack.sh [CLIENTS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/common.sh
 CLIENTS=${1:-500}
 command -v heaptrack >/dev/null || { echo "meshd-heaptrack: needs heaptrack: apt-get install -y heaptrack" >&2; exit 1; }
-[[ -x target/release/mesh-cp-scale ]] || { echo "meshd-heaptrack: build first: scripts/bench-control-plane.sh --clients 1" >&2; exit 1; }
+[[ -x $RELEASE_DIR/mesh-cp-scale ]] || { echo "meshd-heaptrack: build first: scripts/bench-control-plane.sh --clients 1" >&2; exit 1; }
 cargo build --release -p mesh-control-plane --bin meshd --no-default-features --target-dir target/glibc
 OUT=$(mktemp -d /tmp/meshd-heaptrack.XXXXXX)
 cat > "$OUT/meshd" <<WRAP
@@ -22,7 +23,7 @@ exec heaptrack -o $OUT/meshd.ht $PWD/target/glibc/release/meshd "\$@" > $OUT/mes
 WRAP
 chmod +x "$OUT/meshd"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-taskset -c 0 target/release/mesh-cp-scale --meshd "$OUT/meshd" --no-pin --clients "$CLIENTS" \
+taskset -c 0 $RELEASE_DIR/mesh-cp-scale --meshd "$OUT/meshd" --no-pin --clients "$CLIENTS" \
   --variant sotw --changes 1 --timeout 400 --hold 60 > "$OUT/scale.log" 2>&1 &
 SCALE=$!
 # Once every client is in sync and the change is ACKed, end meshd while the clients are still

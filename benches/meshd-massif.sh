@@ -7,6 +7,7 @@
 #   benches/meshd-massif.sh [CLIENTS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/common.sh
 CLIENTS=${1:-20}
 cargo build --release -p mesh-control-plane --bin meshd --no-default-features --target-dir target/glibc
 OUT=$(mktemp -d /tmp/meshd-massif.XXXXXX)
@@ -19,7 +20,7 @@ echo \$! > $OUT/valgrind.pid
 wait
 WRAP
 chmod +x "$OUT/meshd"
-target/release/mesh-cp-scale --meshd "$OUT/meshd" --no-pin --clients "$CLIENTS" --variant sotw \
+$RELEASE_DIR/mesh-cp-scale --meshd "$OUT/meshd" --no-pin --clients "$CLIENTS" --variant sotw \
   --changes 1 --timeout 300 | tail -1
 VG=$(cat "$OUT/valgrind.pid")
 kill -TERM "$VG" 2>/dev/null || true

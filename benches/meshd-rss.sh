@@ -6,12 +6,13 @@
 #   benches/meshd-rss.sh [CLIENTS] [VARIANT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/common.sh
 CLIENTS=${1:-1000}
 VARIANT=${2:-sotw}
-[[ -x target/release/mesh-cp-scale ]] || { echo "meshd-rss: build first: scripts/bench-control-plane.sh --clients 1" >&2; exit 1; }
+[[ -x $RELEASE_DIR/mesh-cp-scale ]] || { echo "meshd-rss: build first: scripts/bench-control-plane.sh --clients 1" >&2; exit 1; }
 OUT=$(mktemp -d /tmp/meshd-rss.XXXXXX)
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-taskset -c 0 target/release/mesh-cp-scale --meshd target/release/meshd --clients "$CLIENTS" \
+taskset -c 0 $RELEASE_DIR/mesh-cp-scale --meshd $RELEASE_DIR/meshd --clients "$CLIENTS" \
   --variant "$VARIANT" --changes 2 > "$OUT/scale.log" 2>&1 &
 SCALE=$!
 START=$(date +%s.%N)

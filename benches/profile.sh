@@ -11,6 +11,7 @@
 #   e.g. benches/profile.sh 10, benches/profile.sh 5 1000 strace, benches/profile.sh 5 '' perf tcp
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/common.sh
 SECS=${1:-10}
 RATE=${2:-}
 MODE=${3:-perf}
@@ -24,7 +25,7 @@ export BENCH_HOME=${BENCH_HOME:-$(cd ../shared/bench && pwd)} BENCH_WORKDIR=$OUT
 if [[ $PROTO == tcp ]]; then
   taskset -c 1 iperf3 -s -B 127.0.0.1 -p 19000 >"$OUT/app.log" 2>&1 &
 else
-  taskset -c 1 target/release/mesh-test-app http --listen 127.0.0.1:19000 --name ok >"$OUT/app.log" 2>&1 &
+  taskset -c 1 $RELEASE_DIR/mesh-test-app http --listen 127.0.0.1:19000 --name ok >"$OUT/app.log" 2>&1 &
 fi
 APP=$!
 trap 'benches/contenders/mesh-pair-mtls.sh stop || true; kill $APP 2>/dev/null || true' EXIT

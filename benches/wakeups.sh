@@ -10,6 +10,7 @@
 #   e.g. benches/wakeups.sh 1000 10 nginx-mtls haproxy-mtls mesh-pair-mtls
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/common.sh
 RATE=${1:-1000}
 SECS=${2:-10}
 shift $(( $# >= 2 ? 2 : $# ))
@@ -38,7 +39,7 @@ script_of() { # the contender's script: the harness's own first, then the mesh's
   exit 1
 }
 # The backend (the test app's HTTP server) on CPU 1 with the proxies; the load on CPU 0.
-taskset -c 1 target/release/mesh-test-app http --listen 127.0.0.1:19000 --name ok >"$OUT/app.log" 2>&1 &
+taskset -c 1 $RELEASE_DIR/mesh-test-app http --listen 127.0.0.1:19000 --name ok >"$OUT/app.log" 2>&1 &
 APP=$!
 CURRENT=
 cleanup() {

@@ -12,4 +12,4 @@ cargo build --release -p mesh-control-plane -p mesh-benches --bins
 # Each client holds a connection, and meshd one per client.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 step "running mesh-cp-scale"
-exec taskset -c 0 target/release/mesh-cp-scale --meshd target/release/meshd "$@"
+exec taskset -c 0 $RELEASE_DIR/mesh-cp-scale --meshd $RELEASE_DIR/meshd "$@"

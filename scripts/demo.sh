@@ -39,7 +39,7 @@ trap cleanup EXIT
 
 # The sidecar runs as uid 1337, which may not be able to read the checkout: run copies.
 for bin in mesh-proxy mesh-iptables-init mesh-test-app meshd meshctl; do
-  install -m 755 "target/release/$bin" "$WORK/$bin"
+  install -m 755 "$RELEASE_DIR/$bin" "$WORK/$bin"
 done
 
 in_pod() { local pod=$1; shift; nsenter --net="/run/netns/$(ns "$pod")" -- "$@"; }

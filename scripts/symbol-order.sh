@@ -18,14 +18,15 @@
 #   scripts/symbol-order.sh [--check]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/common.sh
 ROOT=$PWD
 if [[ ${1:-} == --check ]]; then
-  [[ -x target/release/mesh-proxy ]] || { echo "symbol-order: build first: cargo build --release --workspace --bins" >&2; exit 1; }
-  nm --defined-only target/release/mesh-proxy | awk '{print $NF}' | sort -u > /tmp/mesh-symbols.$$
+  [[ -x $RELEASE_DIR/mesh-proxy ]] || { echo "symbol-order: build first: cargo build --release --workspace --bins" >&2; exit 1; }
+  nm --defined-only $RELEASE_DIR/mesh-proxy | awk '{print $NF}' | sort -u > /tmp/mesh-symbols.$$
   listed=$(wc -l < proxy/symbol-order.txt)
   found=$(sort -u proxy/symbol-order.txt | comm -12 - /tmp/mesh-symbols.$$ | wc -l)
   rm -f /tmp/mesh-symbols.$$
-  echo "symbol-order: $found of $listed listed functions are in target/release/mesh-proxy"
+  echo "symbol-order: $found of $listed listed functions are in $RELEASE_DIR/mesh-proxy"
   (( found * 10 >= listed * 9 )) || echo "symbol-order: the file is stale: run scripts/symbol-order.sh"
   exit 0
 fi
@@ -40,7 +41,7 @@ export BENCH_HOME=${BENCH_HOME:-$(cd ../shared/bench && pwd)} BENCH_LISTEN_PORT=
   BENCH_UPSTREAM_HOST=127.0.0.1 BENCH_UPSTREAM_PORT=19000 BENCH_INTERNAL_PORT=19012 BENCH_THREADS=1 \
   MESH_READY_TRIES=600 \
   MESH_PROXY_WRAPPER="valgrind --tool=callgrind --demangle=no --compress-strings=no --compress-pos=no --callgrind-out-file=$OUT/callgrind.%p"
-target/release/mesh-test-app http --listen 127.0.0.1:19000 --name ok >"$OUT/backend.log" 2>&1 &
+$RELEASE_DIR/mesh-test-app http --listen 127.0.0.1:19000 --name ok >"$OUT/backend.log" 2>&1 &
 BACKEND=$!
 CONTENDER=
 cleanup() {
@@ -83,7 +84,7 @@ for CONTENDER in mesh-pair-mtls mesh-hop; do
 done
 CONTENDER=
 echo "== ordering"
-nm --defined-only target/release/mesh-proxy | awk '$2 ~ /^[tTwW]$/ {print $3}' | sort -u > "$OUT/defined"
+nm --defined-only $RELEASE_DIR/mesh-proxy | awk '$2 ~ /^[tTwW]$/ {print $3}' | sort -u > "$OUT/defined"
 python3 - "$OUT" "$ROOT/proxy/symbol-order.txt" <<'EOF'
 import collections, glob, sys
 out, dest = sys.argv[1], sys.argv[2]

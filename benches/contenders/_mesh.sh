@@ -10,7 +10,8 @@
 # $BENCH_LISTEN_PORT, peer 127.0.0.2:I (the same port on another loopback address: sidecars reach
 # each other on one port number), inbound I+14, admin I+15.
 
-MESH_BIN_DIR=${MESH_BIN_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/target/release}
+# The release build: target/<host tuple>/release (.cargo/config.toml builds for the host by name).
+MESH_BIN_DIR=${MESH_BIN_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/target/$(rustc -vV | sed -n 's/^host: //p')/release}
 for b in meshd meshctl mesh-proxy; do
   [[ -x $MESH_BIN_DIR/$b ]] || { echo "missing $MESH_BIN_DIR/$b: run 'cargo build --release --workspace --bins' first" >&2; exit 1; }
 done

@@ -42,3 +42,7 @@ bench_harness() {
     command -v "$tool" >/dev/null || { step "installing the harness's tools"; bash "$BENCH_HOME/setup.sh"; break; }
   done
 }
+
+# Where `cargo build --release` puts the workspace's binaries: .cargo/config.toml builds for
+# the host tuple by name, so they land in target/<host tuple>/release.
+RELEASE_DIR=${RELEASE_DIR:-target/$(rustc -vV | sed -n 's/^host: //p')/release}

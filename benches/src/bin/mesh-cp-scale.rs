@@ -35,7 +35,7 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     changes: usize,
     /// The meshd binary.
-    #[arg(long, default_value = "target/release/meshd")]
+    #[arg(long, default_value = "target/x86_64-unknown-linux-gnu/release/meshd")]
     meshd: PathBuf,
     /// First of the three loopback ports meshd uses.
     #[arg(long, default_value_t = 19600)]
