@@ -9,12 +9,12 @@ use std::sync::OnceLock;
 
 use anyhow::{Context, bail};
 
-/// The directory cargo put the workspace binaries in (`target/debug` or `target/release`).
+/// The directory cargo put the workspace binaries in (`target/<host>/debug` or `.../release`).
 fn build_dir() -> anyhow::Result<PathBuf> {
     if let Some(dir) = std::env::var_os("MESH_BIN_DIR") {
         return Ok(PathBuf::from(dir));
     }
-    // Test executables live in target/<profile>/deps/.
+    // Test executables live in target/<host>/<profile>/deps/.
     let exe = std::env::current_exe().context("cannot find the test executable")?;
     exe.parent()
         .and_then(Path::parent)
