@@ -3,8 +3,9 @@
 #   benches/ab.sh BASE_BIN_DIR [harness args...]
 # BASE_BIN_DIR holds the binaries to compare against (e.g. a copy of the release build made
 # before a change: meshd, mesh-proxy, meshctl); the release build (target/<host>/release) is the
-# other. The harness sees them as `mesh-pair-mtls-base` and `mesh-pair-mtls`, interleaved round by round with
-# nginx-mtls. Default harness args: --modes tcp --rounds 3. The table is in the run's summary.md.
+# other. The harness sees them as `mesh-pair-mtls-base` and `mesh-pair-mtls`, interleaved round
+# by round with nginx-mtls. Default harness args: --modes tcp --rounds 3. The table is in the
+# run's summary.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/common.sh

@@ -4,34 +4,52 @@ for the binary's mappings and names the section each present page belongs to (a 
 the end of one section and the start of the next counts for the first). Needs root.
     benches/resident-sections.py PID BINARY
 Used by `PAIR_MEMORY_SECTIONS=1 benches/pair-memory.sh`."""
-import sys, struct, subprocess, bisect
-pid = int(sys.argv[1]); binary = sys.argv[2]
-secs = []
-out = subprocess.run(['readelf','-SW',binary],capture_output=True,text=True).stdout
-for line in out.splitlines():
-    if ']' in line and line.strip().startswith('['):
-        parts = line.split(']')[1].split()
-        if len(parts) >= 5 and parts[0].startswith(('.', '_')):
-            try:
-                secs.append((int(parts[2],16), int(parts[4],16), parts[0]))
-            except ValueError: pass
-secs = [s for s in secs if s[0]]
-secs.sort()
-counts = {}
-with open(f'/proc/{pid}/maps') as m, open(f'/proc/{pid}/pagemap','rb') as pm:
-    for line in m:
-        f = line.split()
-        if len(f) < 6 or not f[5].endswith('mesh-proxy'): continue
-        lo, hi = (int(x,16) for x in f[0].split('-'))
-        pm.seek(lo//4096*8)
-        data = pm.read((hi-lo)//4096*8)
-        for i in range((hi-lo)//4096):
-            e, = struct.unpack_from('<Q', data, i*8)
-            if e >> 63:
-                a = lo + i*4096
-                name = '?'
-                for s, sz, n in secs:
-                    if s <= a < s+sz or (a <= s < a+4096): name = n; break
-                counts[name] = counts.get(name,0)+4
-for n, kb in sorted(counts.items(), key=lambda x:-x[1]):
-    print(f'{n:25s} {kb:6d} kB resident')
+import os, struct, subprocess, sys
+
+PAGE = 4096
+
+def sections(binary):
+    """(address, size, name) of the binary's allocated sections, by address."""
+    out = subprocess.run(['readelf', '-SW', binary], capture_output=True, text=True, check=True).stdout
+    found = []
+    for line in out.splitlines():
+        if not line.strip().startswith('[') or ']' not in line:
+            continue
+        parts = line.split(']', 1)[1].split()
+        if len(parts) < 5 or not parts[0].startswith(('.', '_')):
+            continue
+        try:
+            addr, size = int(parts[2], 16), int(parts[4], 16)
+        except ValueError:
+            continue
+        if addr:
+            found.append((addr, size, parts[0]))
+    return sorted(found)
+
+def section_of(page, secs):
+    for addr, size, name in secs:
+        if addr <= page < addr + size or page <= addr < page + PAGE:
+            return name
+    return '?'
+
+def main():
+    pid, binary = int(sys.argv[1]), os.path.realpath(sys.argv[2])
+    secs = sections(binary)
+    kb = {}
+    with open(f'/proc/{pid}/maps') as maps, open(f'/proc/{pid}/pagemap', 'rb') as pagemap:
+        for line in maps:
+            f = line.split()
+            if len(f) < 6 or f[5] != binary:
+                continue
+            lo, hi = (int(x, 16) for x in f[0].split('-'))
+            pagemap.seek(lo // PAGE * 8)
+            entries = pagemap.read((hi - lo) // PAGE * 8)
+            for i in range((hi - lo) // PAGE):
+                (entry,) = struct.unpack_from('<Q', entries, i * 8)
+                if entry >> 63:  # present
+                    name = section_of(lo + i * PAGE, secs)
+                    kb[name] = kb.get(name, 0) + PAGE // 1024
+    for name, n in sorted(kb.items(), key=lambda x: -x[1]):
+        print(f'{name:25s} {n:6d} kB resident')
+
+main()

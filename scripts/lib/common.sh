@@ -44,5 +44,6 @@ bench_harness() {
 }
 
 # Where `cargo build --release` puts the workspace's binaries: .cargo/config.toml builds for
-# the host tuple by name, so they land in target/<host tuple>/release.
-RELEASE_DIR=${RELEASE_DIR:-target/$(rustc -vV | sed -n 's/^host: //p')/release}
+# the host tuple by name, so they land in target/<host tuple>/release. (Without rustc this is
+# left unresolved, so that ensure_tools can say what is missing.)
+RELEASE_DIR=${RELEASE_DIR:-target/$({ rustc -vV 2>/dev/null || true; } | sed -n 's/^host: //p')/release}

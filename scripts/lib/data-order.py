@@ -8,6 +8,9 @@ block. Merged string and constant sections (.rodata.str*, .rodata.cst*) and plai
 sections have names many objects share, so they cannot be picked out by name and stay put."""
 import re, sys
 
+# scripts/data-order.sh keeps the loads from 0x200000-0x3fffff (its grep filter).
+TRACED_END = 0x400000
+
 def input_sections(map_path):
     """(start, size, name) of every input section in the .rodata output sections."""
     # VMA LMA Size Align, then the name, indented 0 (output section), 8 (input section) or
@@ -29,8 +32,12 @@ def main():
     blocks = set()
     for t in traces:
         blocks.update(int(l, 16) for l in open(t) if l.strip())
+    rodata = sorted(input_sections(map_path))
+    if not rodata or rodata[-1][0] + rodata[-1][1] > TRACED_END:
+        sys.exit(f'data-order: .rodata in {map_path} is not below {TRACED_END:#x}, the end of the '
+                 'range scripts/data-order.sh traces: widen its filter')
     hot, seen = [], set()
-    for addr, size, name in sorted(input_sections(map_path)):
+    for addr, size, name in rodata:
         if size == 0 or name == '.rodata' or name.startswith(('.rodata.str', '.rodata.cst')):
             continue
         if any(b in blocks for b in range(addr >> 8, ((addr + size - 1) >> 8) + 1)):

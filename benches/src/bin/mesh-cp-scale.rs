@@ -34,9 +34,9 @@ struct Args {
     /// Rule changes measured per run.
     #[arg(long, default_value_t = 5)]
     changes: usize,
-    /// The meshd binary.
-    #[arg(long, default_value = "target/x86_64-unknown-linux-gnu/release/meshd")]
-    meshd: PathBuf,
+    /// The meshd binary [default: the meshd beside this program, as cargo builds them].
+    #[arg(long)]
+    meshd: Option<PathBuf>,
     /// First of the three loopback ports meshd uses.
     #[arg(long, default_value_t = 19600)]
     port_base: u16,
@@ -137,6 +137,18 @@ fn route_yaml(change: usize) -> String {
     )
 }
 
+/// `--meshd`, or the meshd in the directory this program runs from.
+fn meshd_binary(args: &Args) -> anyhow::Result<PathBuf> {
+    if let Some(path) = &args.meshd {
+        return Ok(path.clone());
+    }
+    let exe = std::env::current_exe().context("cannot find this program's path")?;
+    let dir = exe
+        .parent()
+        .context("this program's path has no directory")?;
+    Ok(dir.join("meshd"))
+}
+
 async fn run(args: &Args, variant: Variant, clients: usize) -> anyhow::Result<Row> {
     println!(
         "\n== {} clients ({}), {} services",
@@ -145,7 +157,7 @@ async fn run(args: &Args, variant: Variant, clients: usize) -> anyhow::Result<Ro
         args.services
     );
     let meshd = Meshd::start(&MeshdOptions {
-        binary: args.meshd.clone(),
+        binary: meshd_binary(args)?,
         port_base: args.port_base,
         cpus: (!args.no_pin).then(|| "1".to_string()),
     })
