@@ -36,6 +36,7 @@ def main():
     pid, binary = int(sys.argv[1]), os.path.realpath(sys.argv[2])
     secs = sections(binary)
     kb = {}
+    present = []
     with open(f'/proc/{pid}/maps') as maps, open(f'/proc/{pid}/pagemap', 'rb') as pagemap:
         for line in maps:
             f = line.split()
@@ -47,9 +48,25 @@ def main():
             for i in range((hi - lo) // PAGE):
                 (entry,) = struct.unpack_from('<Q', entries, i * 8)
                 if entry >> 63:  # present
+                    present.append(lo + i * PAGE)
                     name = section_of(lo + i * PAGE, secs)
                     kb[name] = kb.get(name, 0) + PAGE // 1024
     for name, n in sorted(kb.items(), key=lambda x: -x[1]):
         print(f'{name:25s} {n:6d} kB resident')
+    if os.environ.get('RESIDENT_RUNS'):
+        print_runs(present, secs)
+
+def print_runs(present, secs):
+    """The runs of resident pages, as offsets into the section where each run starts."""
+    runs = []
+    for page in present:
+        if runs and runs[-1][1] == page:
+            runs[-1][1] = page + PAGE
+        else:
+            runs.append([page, page + PAGE])
+    for lo, hi in runs:
+        name = section_of(lo, secs)
+        base = next((a for a, _, n in secs if n == name), lo)
+        print(f'   {name} +{(lo - base) // 1024} kB: {(hi - lo) // 1024} kB')
 
 main()

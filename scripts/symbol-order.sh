@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Writes proxy/symbol-order.txt: every function of mesh-proxy that runs when it does its job,
-# hottest first, for the linker to lay out together (proxy/build.rs passes it to lld with
-# --symbol-ordering-file in release builds).
+# for the linker to lay out together (proxy/build.rs passes it to lld with
+# --symbol-ordering-file in release builds): first what runs while serving, hottest first, then
+# what only startup and shutdown run. A ready sidecar gives back the pages of its code
+# (proxy/src/resident.rs), and the serving code, packed at the front, is what maps back.
 #
 # Why: a sidecar's largest share of memory is its own code, and the kernel maps code in 64 KiB
 # windows around each page that runs (fault-around). With the functions that run scattered over
@@ -10,9 +12,11 @@
 # How: both contenders (mesh-pair-mtls, mesh-hop) in both modes (http, tcp) with every sidecar
 # under callgrind, driven through startup, certificate issuance, xDS, HTTP/1.1 and HTTP/2
 # requests, opaque TCP, the admin endpoints and a graceful shutdown. The functions callgrind saw
-# are kept if the binary defines them, ordered by the instructions they ran. A function missing
+# are kept if the binary defines them, ordered by the instructions they ran. Each sidecar's counts
+# are dumped once it is ready and again before it is shut down (callgrind_control), so the
+# functions of the middle part are the serving ones. A function missing
 # from the file still links, it is just placed after the listed ones; so a stale file costs memory,
-# never correctness. Rerun after large changes. Needs root, valgrind, wrk and curl; takes
+# never correctness. Rerun after large changes. Needs root, valgrind, wrk, curl and perf; takes
 # about 5 minutes. With --check it only tells how much of the file the built binary still has
 # (symbol names carry hashes that change with dependency versions and features).
 #   scripts/symbol-order.sh [--check]
@@ -70,11 +74,14 @@ for CONTENDER in mesh-pair-mtls mesh-hop; do
     mkdir -p "$BENCH_WORKDIR"
     echo "== $CONTENDER, $BENCH_MODE: starting under callgrind"
     "benches/contenders/$CONTENDER.sh" start
+    pids=$(cat "$BENCH_WORKDIR/pids")
+    # Part 1 of each sidecar's counts: startup, up to ready.
+    for p in $pids; do callgrind_control --dump=startup "$p" >/dev/null; done
     echo "== $CONTENDER, $BENCH_MODE: driving"
     drive "$BENCH_MODE"
-    # Shut the sidecars down ourselves and wait: callgrind writes its counts at exit, and the
-    # contender's stop would kill a slow exit.
-    pids=$(cat "$BENCH_WORKDIR/pids")
+    # Part 2: serving. Then shut the sidecars down ourselves and wait: callgrind writes the
+    # last part (shutdown) at exit, and the contender's stop would kill a slow exit.
+    for p in $pids; do callgrind_control --dump=serving "$p" >/dev/null; done
     for p in $pids; do kill -TERM "$p"; done
     for p in $pids; do
       for _ in $(seq 1 600); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
@@ -83,34 +90,83 @@ for CONTENDER in mesh-pair-mtls mesh-hop; do
   done
 done
 CONTENDER=
+# Valgrind's CPU is not this one: under it glibc and aws-lc pick other variants of memmove or
+# AES-GCM than they do natively (AVX-512 here). A native run of the pair under perf adds the
+# functions sampled while serving that callgrind did not see.
+if command -v perf >/dev/null; then
+  unset MESH_PROXY_WRAPPER
+  CONTENDER=mesh-pair-mtls
+  for BENCH_MODE in http tcp; do
+    export BENCH_MODE BENCH_WORKDIR=$OUT/work-perf-$BENCH_MODE
+    mkdir -p "$BENCH_WORKDIR"
+    echo "== $CONTENDER, $BENCH_MODE: natively, under perf"
+    "benches/contenders/$CONTENDER.sh" start
+    pids=$(paste -sd, "$BENCH_WORKDIR/pids")
+    perf record -F 10000 -o "$OUT/perf-$BENCH_MODE.data" -p "$pids" 2>"$OUT/perf-$BENCH_MODE.log" &
+    PERF=$!
+    drive "$BENCH_MODE"
+    kill -INT "$PERF"
+    wait "$PERF" || true
+    "benches/contenders/$CONTENDER.sh" stop
+    perf script -i "$OUT/perf-$BENCH_MODE.data" -F ip,sym,dso --no-demangle 2>/dev/null \
+      | awk '/mesh-proxy\)$/ {print $2}' >> "$OUT/perf-samples"
+  done
+  CONTENDER=
+else
+  echo "== no perf (apt-get install -y linux-perf): CPU-specific variants stay unordered"
+fi
+touch "$OUT/perf-samples"
 echo "== ordering"
-nm --defined-only $RELEASE_DIR/mesh-proxy | awk '$2 ~ /^[tTwW]$/ {print $3}' | sort -u > "$OUT/defined"
+nm -S --defined-only $RELEASE_DIR/mesh-proxy | awk '$3 ~ /^[tTwW]$/ {print $4, $2}' | sort -u > "$OUT/defined"
 python3 - "$OUT" "$ROOT/proxy/symbol-order.txt" <<'EOF'
 import collections, glob, sys
 out, dest = sys.argv[1], sys.argv[2]
-defined = set(open(f'{out}/defined').read().split())
-cost = collections.Counter()
+size = {}
+for line in open(f'{out}/defined'):
+    name, hexsize = line.split()
+    size[name] = max(size.get(name, 0), int(hexsize, 16))
+defined = set(size)
+cost = collections.Counter()     # every part
+serving = collections.Counter()  # part 2 of each sidecar: from ready to shutdown
+parts = collections.Counter()
 for path in glob.glob(f'{out}/callgrind.*'):
-    fn, skip = None, False
+    fn, skip, part = None, False, None
     for line in open(path, errors='replace'):
-        if line.startswith('fn='):
+        if line.startswith('part:'):
+            part = int(line.split()[1])
+            parts[part] += 1
+        elif line.startswith('fn='):
             fn = line[3:].strip()
             cost[fn] += 0
+            if part == 2:
+                serving[fn] += 0
         elif line.startswith('cfn='):
             cost[line[4:].strip()] += 0
+            if part == 2:
+                serving[line[4:].strip()] += 0
         elif line.startswith('calls='):
             skip = True  # the next cost line is the call's inclusive cost, not fn's own
         elif line[:1].isdigit():
             if skip:
                 skip = False
                 continue
-            parts = line.split()
-            if fn and len(parts) >= 2 and parts[1].isdigit():
-                cost[fn] += int(parts[1])
-names = [n for n in cost if n in defined]
-names.sort(key=lambda n: (-cost[n], n))
+            fields = line.split()
+            if fn and len(fields) >= 2 and fields[1].isdigit():
+                cost[fn] += int(fields[1])
+                if part == 2:
+                    serving[fn] += int(fields[1])
+if parts[2] == 0:
+    sys.exit(f'symbol-order: no part 2 (serving) in {out}: did callgrind_control --dump work? {dict(parts)}')
+hot = sorted((n for n in serving if n in defined), key=lambda n: (-serving[n], n))
+sampled = collections.Counter(open(f'{out}/perf-samples').read().split())
+native = sorted((n for n in sampled if n in defined and n not in serving), key=lambda n: (-sampled[n], n))
+cold = sorted((n for n in cost if n in defined and n not in serving and n not in sampled),
+              key=lambda n: (-cost[n], n))
 with open(dest, 'w') as f:
-    f.write(''.join(n + '\n' for n in names))
-print(f'{len(names)} functions ran ({len(cost)} seen, {len(defined)} defined) -> {dest}')
+    f.write(''.join(n + '\n' for n in hot + native + cold))
+kb = lambda names: sum(size[n] for n in names) // 1024
+print(f'{len(hot)} functions ran while serving ({kb(hot)} KiB), {len(native)} more only natively'
+      f' ({kb(native)} KiB), then {len(cold)} only at startup or shutdown ({kb(cold)} KiB);'
+      f' {len(cost)} seen, {len(defined)} defined; parts {dict(parts)} -> {dest}')
 EOF
 echo "== done: rebuild (cargo build --release) to link with the new order"

@@ -123,6 +123,7 @@ mod tests {
             http: crate::http::HttpClients::new(std::time::Duration::from_secs(1), None),
             xds: std::sync::Arc::new(crate::xds::Xds::standalone()),
             tls: None,
+            first_connection: Default::default(),
         }
     }
 

@@ -40,6 +40,31 @@ fn bind_error(what: &'static str, addr: SocketAddr) -> impl FnOnce(io::Error) ->
     move |source| ProxyError::Bind { what, addr, source }
 }
 
+/// How long a ready proxy that has no connection yet keeps its startup pages.
+const RELEASE_WITHOUT_CONNECTION: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Once the proxy is ready (configuration and certificate in place) and its first connection
+/// arrives, or a while after ready without one, gives back the pages of code and read-only data
+/// that startup ran; what runs from then on maps back.
+async fn release_startup_pages(ctx: Arc<Context>) {
+    ctx.xds.wait_ready().await;
+    if let Some(tls) = &ctx.tls {
+        tls.identity().wait_ready().await;
+    }
+    let _ = tokio::time::timeout(RELEASE_WITHOUT_CONNECTION, ctx.first_connection.wait()).await;
+    match crate::resident::release() {
+        Ok(released) => tracing::info!(
+            mappings = released.mappings,
+            kib = released.bytes >> 10,
+            "startup pages released; what runs next maps back from the page cache"
+        ),
+        Err(error) => tracing::warn!(
+            %error,
+            "cannot release the startup pages (is /proc mounted?); they stay resident"
+        ),
+    }
+}
+
 /// Runs the proxy until it has drained after a shutdown signal.
 pub async fn run(config: ProxyConfig) -> Result<(), ProxyError> {
     let outbound =
@@ -85,6 +110,7 @@ pub async fn run(config: ProxyConfig) -> Result<(), ProxyError> {
         http,
         xds,
         tls,
+        first_connection: Default::default(),
     });
     for (listeners, direction) in [
         (outbound, Direction::Outbound),
@@ -102,6 +128,9 @@ pub async fn run(config: ProxyConfig) -> Result<(), ProxyError> {
         ));
     }
     tokio::spawn(admin::serve(admin_listener, ctx.clone(), drain.clone()));
+    if ctx.config.release_startup_pages {
+        tokio::spawn(release_startup_pages(ctx.clone()));
+    }
     tracing::info!(
         outbound = %ctx.config.outbound_addr,
         inbound = %ctx.config.inbound_addr,

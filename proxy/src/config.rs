@@ -35,6 +35,9 @@ pub struct ProxyConfig {
     pub outbound_destination: Option<SocketAddr>,
     /// The workload identity to get from meshd's CA; none means no mutual TLS.
     pub identity: Option<crate::identity::IdentityConfig>,
+    /// Once ready, give back the pages of code and read-only data that only startup ran
+    /// ([`crate::resident`]).
+    pub release_startup_pages: bool,
 }
 
 impl ProxyConfig {
@@ -64,6 +67,7 @@ impl Default for ProxyConfig {
             xds: None,
             outbound_destination: None,
             identity: None,
+            release_startup_pages: true,
         }
     }
 }

@@ -77,6 +77,8 @@ pub struct Context {
     pub http: crate::http::HttpClients,
     /// Mutual TLS between sidecars, when the proxy has an identity.
     pub tls: Option<Arc<crate::tls::MeshTls>>,
+    /// The end of startup, for giving its pages back ([`crate::resident`]).
+    pub first_connection: crate::resident::FirstConnection,
 }
 
 /// Where an outbound connection goes.

@@ -190,6 +190,12 @@ impl Identity {
         *self.ready.borrow()
     }
 
+    /// Returns once a certificate is in place.
+    pub async fn wait_ready(&self) {
+        // The sender lives in `self`, so the wait cannot end in an error.
+        let _ = self.ready.subscribe().wait_for(|ready| *ready).await;
+    }
+
     /// Unix seconds at which the current certificate expires (0: none).
     pub fn expires(&self) -> u64 {
         self.expires.load(Ordering::Relaxed)

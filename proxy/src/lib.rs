@@ -25,6 +25,7 @@ pub mod peer;
 pub mod peer_client;
 pub mod relay;
 pub mod request_metrics;
+pub mod resident;
 pub mod route;
 pub mod routing;
 pub mod tls;

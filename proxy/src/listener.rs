@@ -55,6 +55,7 @@ pub async fn accept_loop(
             _ = drain.started() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    ctx.first_connection.accepted();
                     drain.spawn_connection(handle(stream, peer, direction, ctx.clone()));
                 }
                 Err(e) => {
@@ -74,7 +75,10 @@ pub async fn accept_peers(listener: TcpListener, ctx: Arc<Context>, drain: Drain
         tokio::select! {
             _ = drain.started() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => drain.spawn_connection(crate::peer::serve(stream, peer, ctx.clone(), drain.clone())),
+                Ok((stream, peer)) => {
+                    ctx.first_connection.accepted();
+                    drain.spawn_connection(crate::peer::serve(stream, peer, ctx.clone(), drain.clone()));
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "peer accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -105,6 +105,10 @@ struct Args {
     /// step, as an egress point or in the benchmarks.
     #[arg(long)]
     outbound_destination: Option<SocketAddr>,
+    /// Keep the code and read-only data that only startup ran resident, instead of giving their
+    /// pages back once the proxy is ready (see the `resident` module).
+    #[arg(long)]
+    keep_startup_pages: bool,
     /// Log filter, e.g. `info` or `mesh_proxy=debug`.
     #[arg(long, env = "MESH_LOG", default_value = "info")]
     log: String,
@@ -148,6 +152,7 @@ fn main() -> anyhow::Result<()> {
         xds: xds_config(&args)?,
         identity: identity_config(&args)?,
         outbound_destination: args.outbound_destination,
+        release_startup_pages: !args.keep_startup_pages,
     };
     tracing::info!(threads, relay = ?config.relay_mode, "mesh-proxy starting");
     runtime

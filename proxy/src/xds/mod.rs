@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use tokio::sync::watch;
+
 use arc_swap::ArcSwap;
 use serde_json::{Value, json};
 
@@ -37,7 +39,7 @@ pub struct Xds {
     pub inbound_requests: RequestRegistry,
     /// Balancer state of every endpoint, kept across configuration updates.
     pub endpoints: EndpointRegistry,
-    ready: AtomicBool,
+    ready: watch::Sender<bool>,
     connected: AtomicBool,
     types: Mutex<BTreeMap<&'static str, TypeState>>,
     server: Option<String>,
@@ -52,7 +54,7 @@ impl Xds {
             requests: RequestRegistry::default(),
             inbound_requests: RequestRegistry::default(),
             endpoints: EndpointRegistry::default(),
-            ready: AtomicBool::new(true),
+            ready: watch::channel(true).0,
             connected: AtomicBool::new(false),
             types: Mutex::new(BTreeMap::new()),
             server: None,
@@ -63,17 +65,23 @@ impl Xds {
     pub fn following(server: String) -> Xds {
         Xds {
             server: Some(server),
-            ready: AtomicBool::new(false),
+            ready: watch::channel(false).0,
             ..Xds::standalone()
         }
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        *self.ready.borrow()
+    }
+
+    /// Returns once the first complete configuration is in force.
+    pub async fn wait_ready(&self) {
+        // The sender lives in `self`, so the wait cannot end in an error.
+        let _ = self.ready.subscribe().wait_for(|ready| *ready).await;
     }
 
     pub(crate) fn set_ready(&self) {
-        self.ready.store(true, Ordering::Release);
+        self.ready.send_replace(true);
     }
 
     pub(crate) fn set_connected(&self, connected: bool) {
