@@ -2,7 +2,7 @@
 # Writes proxy/symbol-order.txt: every function of mesh-proxy that runs when it does its job,
 # for the linker to lay out together (proxy/build.rs passes it to lld with
 # --symbol-ordering-file in release builds): first what runs while serving, hottest first, then
-# what only startup and shutdown run. A ready sidecar gives back the pages of its code
+# what only startup and shutdown run. A sidecar gives back the pages of its code once it serves
 # (proxy/src/resident.rs), and the serving code, packed at the front, is what maps back.
 #
 # Why: a sidecar's largest share of memory is its own code, and the kernel maps code in 64 KiB
@@ -11,10 +11,13 @@
 #
 # How: both contenders (mesh-pair-mtls, mesh-hop) in both modes (http, tcp) with every sidecar
 # under callgrind, driven through startup, certificate issuance, xDS, HTTP/1.1 and HTTP/2
-# requests, opaque TCP, the admin endpoints and a graceful shutdown. The functions callgrind saw
+# requests, opaque TCP, the admin endpoints, a configuration change and a graceful shutdown. The functions callgrind saw
 # are kept if the binary defines them, ordered by the instructions they ran. Each sidecar's counts
-# are dumped once it is ready and again before it is shut down (callgrind_control), so the
-# functions of the middle part are the serving ones. A function missing
+# are dumped once it is ready, after the traffic, after 33 s more (meshd's keepalive) and after a
+# configuration change (callgrind_control): the file lists what traffic runs first, then what
+# the CPU runs natively that valgrind's does not (perf), then the keepalive's, then the
+# change's, then startup's and shutdown's.
+# A function missing
 # from the file still links, it is just placed after the listed ones; so a stale file costs memory,
 # never correctness. Rerun after large changes. Needs root, valgrind, wrk, curl and perf; takes
 # about 5 minutes. With --check it only tells how much of the file the built binary still has
@@ -55,7 +58,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-drive() { # mode
+traffic() { # mode: what each request and connection runs
   local url=http://127.0.0.1:$BENCH_LISTEN_PORT/ i
   for i in $(seq 1 20); do curl -sf -o /dev/null "$url"; done
   curl -s -o /dev/null "${url}no/such/path?q=1" -H 'x-test: 1' -X POST -d 'body'
@@ -68,6 +71,21 @@ drive() { # mode
   done
 }
 
+keepalive() { # long enough for the HTTP/2 keepalive ping to meshd (every 30 s, proxy/src/meshd.rs)
+  wrk -t1 -c10 -d33s "http://127.0.0.1:$BENCH_LISTEN_PORT/" >/dev/null
+}
+
+config_change() { # mode: meshd pushes a change, the sidecars decode and compile it
+  local proto=http
+  [[ $1 == tcp ]] && proto=tcp
+  # The contender's Service with a second port; --wait returns once every sidecar ACKed.
+  printf 'apiVersion: mesh.dev/v1\nkind: Service\nmetadata: {name: bench}\nspec: {ports: [{port: 80, targetPort: %s, appProtocol: %s}, {port: 81, targetPort: %s, appProtocol: %s}], selector: {app: bench}, vip: 10.96.0.80}\n' \
+    "$BENCH_UPSTREAM_PORT" "$proto" "$BENCH_UPSTREAM_PORT" "$proto" > "$BENCH_WORKDIR/service-changed.yaml"
+  "$RELEASE_DIR/meshctl" --server "127.0.0.1:$((BENCH_INTERNAL_PORT + 10))" apply --wait \
+    -f "$BENCH_WORKDIR/service-changed.yaml" >/dev/null
+  curl -sf -o /dev/null "http://127.0.0.1:$BENCH_LISTEN_PORT/"
+}
+
 for CONTENDER in mesh-pair-mtls mesh-hop; do
   for BENCH_MODE in http tcp; do
     export BENCH_MODE BENCH_WORKDIR=$OUT/work-$CONTENDER-$BENCH_MODE
@@ -78,10 +96,15 @@ for CONTENDER in mesh-pair-mtls mesh-hop; do
     # Part 1 of each sidecar's counts: startup, up to ready.
     for p in $pids; do callgrind_control --dump=startup "$p" >/dev/null; done
     echo "== $CONTENDER, $BENCH_MODE: driving"
-    drive "$BENCH_MODE"
-    # Part 2: serving. Then shut the sidecars down ourselves and wait: callgrind writes the
+    traffic "$BENCH_MODE"
+    # Part 2: traffic.
+    for p in $pids; do callgrind_control --dump=traffic "$p" >/dev/null; done
+    keepalive
+    for p in $pids; do callgrind_control --dump=keepalive "$p" >/dev/null; done  # part 3
+    config_change "$BENCH_MODE"
+    # Part 4: the change. Then shut the sidecars down ourselves and wait: callgrind writes the
     # last part (shutdown) at exit, and the contender's stop would kill a slow exit.
-    for p in $pids; do callgrind_control --dump=serving "$p" >/dev/null; done
+    for p in $pids; do callgrind_control --dump=config "$p" >/dev/null; done
     for p in $pids; do kill -TERM "$p"; done
     for p in $pids; do
       for _ in $(seq 1 600); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
@@ -104,7 +127,7 @@ if command -v perf >/dev/null; then
     pids=$(paste -sd, "$BENCH_WORKDIR/pids")
     perf record -F 10000 -o "$OUT/perf-$BENCH_MODE.data" -p "$pids" 2>"$OUT/perf-$BENCH_MODE.log" &
     PERF=$!
-    drive "$BENCH_MODE"
+    traffic "$BENCH_MODE"
     kill -INT "$PERF"
     wait "$PERF" || true
     "benches/contenders/$CONTENDER.sh" stop
@@ -126,24 +149,20 @@ for line in open(f'{out}/defined'):
     name, hexsize = line.split()
     size[name] = max(size.get(name, 0), int(hexsize, 16))
 defined = set(size)
-cost = collections.Counter()     # every part
-serving = collections.Counter()  # part 2 of each sidecar: from ready to shutdown
-parts = collections.Counter()
+cost = collections.Counter()  # every part
+by_part = collections.defaultdict(collections.Counter)
 for path in glob.glob(f'{out}/callgrind.*'):
     fn, skip, part = None, False, None
     for line in open(path, errors='replace'):
         if line.startswith('part:'):
             part = int(line.split()[1])
-            parts[part] += 1
         elif line.startswith('fn='):
             fn = line[3:].strip()
             cost[fn] += 0
-            if part == 2:
-                serving[fn] += 0
+            by_part[part][fn] += 0
         elif line.startswith('cfn='):
             cost[line[4:].strip()] += 0
-            if part == 2:
-                serving[line[4:].strip()] += 0
+            by_part[part][line[4:].strip()] += 0
         elif line.startswith('calls='):
             skip = True  # the next cost line is the call's inclusive cost, not fn's own
         elif line[:1].isdigit():
@@ -153,20 +172,27 @@ for path in glob.glob(f'{out}/callgrind.*'):
             fields = line.split()
             if fn and len(fields) >= 2 and fields[1].isdigit():
                 cost[fn] += int(fields[1])
-                if part == 2:
-                    serving[fn] += int(fields[1])
-if parts[2] == 0:
-    sys.exit(f'symbol-order: no part 2 (serving) in {out}: did callgrind_control --dump work? {dict(parts)}')
-hot = sorted((n for n in serving if n in defined), key=lambda n: (-serving[n], n))
+                by_part[part][fn] += int(fields[1])
+traffic, keepalive, config = by_part[2], by_part[3], by_part[4]
+if not traffic or not keepalive or not config:
+    sys.exit(f'symbol-order: no part 2, 3 or 4 in {out}: did callgrind_control --dump work?'
+             f' parts seen: {sorted(p for p in by_part if p)}')
 sampled = collections.Counter(open(f'{out}/perf-samples').read().split())
-native = sorted((n for n in sampled if n in defined and n not in serving), key=lambda n: (-sampled[n], n))
-cold = sorted((n for n in cost if n in defined and n not in serving and n not in sampled),
-              key=lambda n: (-cost[n], n))
+def group(counts, taken):
+    names = [n for n in counts if n in defined and n not in taken]
+    names.sort(key=lambda n: (-counts[n], n))
+    taken.update(names)
+    return names
+taken = set()
+groups = [('ran for traffic', group(traffic, taken)),
+          ('more only natively', group(sampled, taken)),
+          ('more for the keepalive to meshd', group(keepalive, taken)),
+          ('more for a configuration change', group(config, taken)),
+          ('only at startup or shutdown', group(cost, taken))]
 with open(dest, 'w') as f:
-    f.write(''.join(n + '\n' for n in hot + native + cold))
-kb = lambda names: sum(size[n] for n in names) // 1024
-print(f'{len(hot)} functions ran while serving ({kb(hot)} KiB), {len(native)} more only natively'
-      f' ({kb(native)} KiB), then {len(cold)} only at startup or shutdown ({kb(cold)} KiB);'
-      f' {len(cost)} seen, {len(defined)} defined; parts {dict(parts)} -> {dest}')
+    f.write(''.join(n + '\n' for _, names in groups for n in names))
+for what, names in groups:
+    print(f'{len(names)} functions {what} ({sum(size[n] for n in names) // 1024} KiB)')
+print(f'{len(cost)} seen, {len(defined)} defined -> {dest}')
 EOF
 echo "== done: rebuild (cargo build --release) to link with the new order"
