@@ -3,6 +3,8 @@
 for the binary's mappings and names the section each present page belongs to (a page holding
 the end of one section and the start of the next counts for the first). Needs root.
     benches/resident-sections.py PID BINARY
+With RESIDENT_RUNS=1 it also lists each run of resident pages, as an offset into its section:
+taken before and after a change of load, the difference says which code or data mapped back.
 Used by `PAIR_MEMORY_SECTIONS=1 benches/pair-memory.sh`."""
 import os, struct, subprocess, sys
 
