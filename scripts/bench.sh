@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The mesh against nginx and haproxy, side by side in one run of the shared harness
 # (../shared/bench): builds the release binaries, installs the harness's tools when missing, and
-# runs every contender, the mesh's from benches/contenders. Extra arguments go to the harness
+# runs every contender, the mesh's from benches/contenders (relay-pair: the floor of any pair). Extra arguments go to the harness
 # (e.g. --quick, --rounds 5, --modes http). Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,5 +16,5 @@ scripts/symbol-order.sh --check
 mkdir -p benches/results
 step "running the harness (results under benches/results)"
 BENCH_CONTENDERS_DIRS="$PWD/benches/contenders" exec "$BENCH_HOME/run.sh" \
-  --contenders direct,nginx,haproxy,nginx-mtls,haproxy-mtls,mesh-hop,mesh-pair-mtls \
+  --contenders direct,nginx,haproxy,nginx-mtls,haproxy-mtls,mesh-hop,mesh-pair-mtls,relay-pair \
   --out "$PWD/benches/results/$(date +%Y%m%d-%H%M%S)" "$@"

@@ -58,10 +58,21 @@ sidecar() {
   add_pid $!
 }
 
+# descendants PID: the processes under PID, deepest first (a MESH_PROXY_WRAPPER such as heaptrack
+# runs the sidecar as its child, so stopping the wrapper's pid alone would leave it running).
+descendants() {
+  local c
+  for c in $(pgrep -P "$1" 2>/dev/null); do descendants "$c"; echo "$c"; done
+}
+
 mesh_stop() {
-  local p
-  for p in $(cat "$W/pids" 2>/dev/null); do kill -TERM "$p" 2>/dev/null || true; done
-  for p in $(cat "$W/pids" 2>/dev/null); do wait_gone "$p"; done
+  local p all=()
+  for p in $(cat "$W/pids" 2>/dev/null); do
+    mapfile -t -O "${#all[@]}" all < <(descendants "$p")
+    all+=("$p")
+  done
+  for p in "${all[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${all[@]}"; do wait_gone "$p"; done
   if [[ -s $W/meshd.pid ]]; then
     p=$(cat "$W/meshd.pid"); kill -TERM "$p" 2>/dev/null || true; wait_gone "$p"; rm -f "$W/meshd.pid"
   fi

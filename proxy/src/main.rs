@@ -106,7 +106,8 @@ struct Args {
     #[arg(long)]
     outbound_destination: Option<SocketAddr>,
     /// Keep the code and read-only data that only startup ran resident, instead of giving their
-    /// pages back once the proxy is ready (see the `resident` module).
+    /// pages back at the first connection after the proxy is ready, or 10 s after ready without
+    /// one (see the `resident` module).
     #[arg(long)]
     keep_startup_pages: bool,
     /// Log filter, e.g. `info` or `mesh_proxy=debug`.
