@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Profiles the mesh-pair-mtls contender under HTTP/1.1 load: both sidecars under `perf record`
+# Profiles the mesh-pair-mtls contender (PROFILE_CONTENDER, e.g. relay-pair, for another of
+# benches/contenders) under HTTP/1.1 load: both sidecars under `perf record`
 # while wrk runs (the same wrk the harness uses), or oha at a fixed RATE (as the harness's
 # latency test), then prints the hottest symbols and the time by binary. With `strace` as the
 # third argument it counts the sidecars' system calls instead. Needs root, perf (Debian's
@@ -28,14 +29,16 @@ else
   taskset -c 1 $RELEASE_DIR/mesh-test-app http --listen 127.0.0.1:19000 --name ok >"$OUT/app.log" 2>&1 &
 fi
 APP=$!
-trap 'benches/contenders/mesh-pair-mtls.sh stop || true; kill $APP 2>/dev/null || true' EXIT
+CONTENDER=benches/contenders/${PROFILE_CONTENDER:-mesh-pair-mtls}.sh
+[[ -x $CONTENDER ]] || die "no contender $CONTENDER"
+trap '$CONTENDER stop || true; kill $APP 2>/dev/null || true' EXIT
 # Wait for the backend: iperf3 says when it listens, the test app answers.
 for _ in $(seq 100); do
   if [[ $PROTO == tcp ]]; then grep -q 'listening' "$OUT/app.log" && break
   else curl -fso /dev/null http://127.0.0.1:19000/ && break; fi
   sleep 0.1
 done
-taskset -c 1 benches/contenders/mesh-pair-mtls.sh start
+taskset -c 1 "$CONTENDER" start
 PIDS=$(paste -sd, "$BENCH_WORKDIR/pids")
 if [[ $PROTO == http ]]; then
   taskset -c 0 wrk -t1 -c50 -d2s http://127.0.0.1:19010/ >/dev/null   # warm the pools
