@@ -3,8 +3,10 @@
 # (client -> relay A -> relay B -> backend), with no control plane, no TLS and no HTTP: each
 # runs without --xds-address, so it passes every connection through to --outbound-destination.
 # It has the pair's shape (two user-space hops on the proxies' core, one connection per client
-# connection, keep-alive passed through) and none of its work, so no pair can wake up less or
-# do less per request than this. Not a contender for the targets; it says how far they can go.
+# connection, keep-alive passed through) and none of its work: while requests come one at a
+# time, no pair can wake up less or do less per request than this (under full load a pair that
+# batches requests per system call, as HTTP/2 does, can). Not a contender for the targets; it
+# says how far they can go.
 # RELAY_PAIR_MODE picks the relay (splice, the proxies' default, or copy).
 source "$BENCH_HOME/contenders/_lib.sh"
 source "$(dirname "$0")/_mesh.sh"
