@@ -71,4 +71,28 @@ wait $PERF
 perf report -i "$OUT/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null \
   | grep -E '^ +[0-9]' | head -40 | cut -c1-160 || true # head closes the pipe early: not a failure
 perf report -i "$OUT/perf.data" --no-children --sort dso --stdio -g none 2>/dev/null | grep -E '^ +[0-9]' | head -6 || true
+# The sidecars' own time by crate (a Rust symbol's first path segment); the C parts are libc's
+# memory functions (malloc, free, memmove, ...) and the rest (libc's system call wrappers,
+# aws-lc). Shares are of all samples, kernel included.
+echo "== mesh-proxy's samples by crate"
+perf report -i "$OUT/perf.data" --no-children --dsos mesh-proxy --sort sym --stdio -g none 2>/dev/null \
+  | python3 -c '
+import collections, re, sys
+by = collections.Counter()
+for line in sys.stdin:
+    m = re.match(r"\s+([\d.]+)%\s+\[\.\]\s+(.*)", line)
+    if not m:
+        continue
+    name = m.group(2).strip().lstrip("<")
+    if "::" in name:
+        part = name.split("::")[0]
+    elif re.search(r"malloc|free|mem(move|cpy|set|cmp)|realloc|calloc|consolidate|unlink_chunk", name):
+        part = "libc memory (malloc, free, memmove, ...)"
+    else:
+        part = "other C (libc calls, aws-lc)"
+    by[part] += float(m.group(1))
+print(f"{sum(by.values()):6.2f}% in mesh-proxy in all")
+for part, pct in by.most_common(14):
+    print(f"{pct:6.2f}% {part}")
+'
 echo "perf data: $OUT/perf.data"

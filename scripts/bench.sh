@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The mesh against nginx and haproxy, side by side in one run of the shared harness
 # (../shared/bench): builds the release binaries, installs the harness's tools when missing, and
-# runs every contender, the mesh's from benches/contenders (relay-pair: the floor of any pair). Extra arguments go to the harness
-# (e.g. --quick, --rounds 5, --modes http). Needs root.
+# runs every contender, the mesh's from benches/contenders (relay-pair: the floor of any pair).
+# Extra arguments go to the harness (e.g. --quick, --rounds 5, --modes http). Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/common.sh

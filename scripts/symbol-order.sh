@@ -75,14 +75,10 @@ keepalive() { # long enough for the HTTP/2 keepalive ping to meshd (every 30 s, 
   wrk -t1 -c10 -d33s "http://127.0.0.1:$BENCH_LISTEN_PORT/" >/dev/null
 }
 
-config_change() { # mode: meshd pushes a change, the sidecars decode and compile it
-  local proto=http
-  [[ $1 == tcp ]] && proto=tcp
-  # The contender's Service with a second port; --wait returns once every sidecar ACKed.
-  printf 'apiVersion: mesh.dev/v1\nkind: Service\nmetadata: {name: bench}\nspec: {ports: [{port: 80, targetPort: %s, appProtocol: %s}, {port: 81, targetPort: %s, appProtocol: %s}], selector: {app: bench}, vip: 10.96.0.80}\n' \
-    "$BENCH_UPSTREAM_PORT" "$proto" "$BENCH_UPSTREAM_PORT" "$proto" > "$BENCH_WORKDIR/service-changed.yaml"
-  "$RELEASE_DIR/meshctl" --server "127.0.0.1:$((BENCH_INTERNAL_PORT + 10))" apply --wait \
-    -f "$BENCH_WORKDIR/service-changed.yaml" >/dev/null
+config_change() { # meshd pushes a change, the sidecars decode and compile it
+  # The contender's Service with a second port, through the contenders' own helper; it returns
+  # once every sidecar has ACKed.
+  (source "$BENCH_HOME/contenders/_lib.sh" && source benches/contenders/_mesh.sh && apply_service --wait 81)
   curl -sf -o /dev/null "http://127.0.0.1:$BENCH_LISTEN_PORT/"
 }
 
@@ -101,7 +97,7 @@ for CONTENDER in mesh-pair-mtls mesh-hop; do
     for p in $pids; do callgrind_control --dump=traffic "$p" >/dev/null; done
     keepalive
     for p in $pids; do callgrind_control --dump=keepalive "$p" >/dev/null; done  # part 3
-    config_change "$BENCH_MODE"
+    config_change
     # Part 4: the change. Then shut the sidecars down ourselves and wait: callgrind writes the
     # last part (shutdown) at exit, and the contender's stop would kill a slow exit.
     for p in $pids; do callgrind_control --dump=config "$p" >/dev/null; done

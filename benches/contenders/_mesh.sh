@@ -39,12 +39,19 @@ meshd_start() {
   wait_http "http://$MESHD_API/ready" meshd
 }
 
-# The Service the client calls: HTTP, or opaque TCP in tcp mode, selecting app=bench.
+# apply_service [--wait] [PORT ...]: the Service the client calls, HTTP or opaque TCP in tcp
+# mode, selecting app=bench, on port 80 and any more PORTs (scripts/symbol-order.sh adds one to
+# make a configuration change); --wait returns once every sidecar has ACKed it.
 apply_service() {
-  local proto=http; [[ $BENCH_MODE == tcp ]] && proto=tcp
-  printf 'apiVersion: mesh.dev/v1\nkind: Service\nmetadata: {name: bench}\nspec: {ports: [{port: 80, targetPort: %s, appProtocol: %s}], selector: {app: bench}, vip: %s}\n' \
-    "$BENCH_UPSTREAM_PORT" "$proto" "$VIP" > "$W/service.yaml"
-  meshctl apply -f "$W/service.yaml" >/dev/null
+  local proto=http wait=() port ports
+  [[ $BENCH_MODE == tcp ]] && proto=tcp
+  [[ ${1:-} == --wait ]] && { wait=(--wait); shift; }
+  for port in 80 "$@"; do
+    ports+="${ports:+, }{port: $port, targetPort: $BENCH_UPSTREAM_PORT, appProtocol: $proto}"
+  done
+  printf 'apiVersion: mesh.dev/v1\nkind: Service\nmetadata: {name: bench}\nspec: {ports: [%s], selector: {app: bench}, vip: %s}\n' \
+    "$ports" "$VIP" > "$W/service.yaml"
+  meshctl apply "${wait[@]}" -f "$W/service.yaml" >/dev/null
 }
 
 # sidecar NAME ARGS...: one mesh-proxy on $BENCH_THREADS threads, logging warnings only.
