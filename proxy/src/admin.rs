@@ -120,7 +120,11 @@ mod tests {
         Context {
             config: ProxyConfig::default(),
             metrics: Metrics::default(),
-            http: crate::http::HttpClients::new(std::time::Duration::from_secs(1), None),
+            http: crate::http::HttpClients::new(
+                std::time::Duration::from_secs(1),
+                None,
+                crate::config::PeerHttp1::Http2,
+            ),
             xds: std::sync::Arc::new(crate::xds::Xds::standalone()),
             tls: None,
             first_connection: Default::default(),

@@ -12,6 +12,19 @@ pub enum RelayMode {
     Copy,
 }
 
+/// How a client's HTTP/1.1 requests travel to a peer sidecar. (HTTP/2 requests, gRPC among
+/// them, always go over the peer's multiplexed HTTP/2 connection, and protocol upgrades such as
+/// WebSocket always over `mesh/h1`.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PeerHttp1 {
+    /// As HTTP/1.1, over pooled mutual-TLS connections that carry one request at a time
+    /// (`mesh/h1`), as Istio's sidecars do. Slower here: see `benches/RESULTS.md`.
+    Http1,
+    /// In HTTP/2, multiplexed with the other requests to that peer (`mesh/h2`), as Linkerd's
+    /// proxies do: the default.
+    Http2,
+}
+
 /// Everything the proxy needs to start.
 #[derive(Clone, Debug)]
 pub struct ProxyConfig {
@@ -25,6 +38,7 @@ pub struct ProxyConfig {
     /// Timeout of a connection attempt to the destination.
     pub connect_timeout: Duration,
     pub relay_mode: RelayMode,
+    pub peer_http1: PeerHttp1,
     /// How long to wait for a client's first bytes on an HTTP port before treating the
     /// connection as opaque TCP (opaque ports skip detection).
     pub detect_timeout: Duration,
@@ -63,6 +77,7 @@ impl Default for ProxyConfig {
             drain_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             relay_mode: RelayMode::Splice,
+            peer_http1: PeerHttp1::Http2,
             detect_timeout: Duration::from_secs(1),
             xds: None,
             outbound_destination: None,

@@ -21,6 +21,7 @@ use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
+use crate::config::PeerHttp1;
 use crate::detect::Protocol;
 use crate::forward::Context;
 use crate::io::Rewind;
@@ -29,6 +30,7 @@ use crate::peer_client::PeerConnector;
 use crate::request_metrics::RouteStats;
 use crate::route::RequestView;
 use crate::routing::{Action, NoEndpoint, Route, Service, random_u32};
+use crate::tls::Carriage;
 
 /// Response bodies: the upstream's, streamed, or a short one the proxy made.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -50,17 +52,31 @@ const HOP_BY_HOP: [&str; 7] = [
 
 /// Pooled upstream connections, one pool per protocol: a request goes upstream in the protocol
 /// the client spoke (HTTP/2 stays HTTP/2, which gRPC needs; HTTP/1.1 stays HTTP/1.1). Requests
-/// to a peer sidecar go over its own pool of mutual-TLS HTTP/2 connections when the proxy has an
-/// identity.
+/// to a peer sidecar go over its own pools of mutual-TLS connections when the proxy has an
+/// identity (see [`PeerClients`]).
 #[derive(Debug, Clone)]
 pub struct HttpClients {
     http1: Client<HttpConnector, Incoming>,
     http2: Client<HttpConnector, Incoming>,
-    peer: Option<Client<PeerConnector, Incoming>>,
+    peer: Option<PeerClients>,
+}
+
+/// Pooled mutual-TLS connections to peer sidecars: HTTP/2 (`mesh/h2`), multiplexed, and
+/// HTTP/1.1 (`mesh/h1`), one request at a time, for the clients that spoke HTTP/1.1 unless
+/// `http1_as` says to multiplex those too.
+#[derive(Debug, Clone)]
+struct PeerClients {
+    http1: Client<PeerConnector, Incoming>,
+    http2: Client<PeerConnector, Incoming>,
+    http1_as: PeerHttp1,
 }
 
 impl HttpClients {
-    pub fn new(connect_timeout: Duration, peer: Option<PeerConnector>) -> HttpClients {
+    pub fn new(
+        connect_timeout: Duration,
+        peer: Option<PeerConnector>,
+        peer_http1: PeerHttp1,
+    ) -> HttpClients {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
@@ -68,25 +84,41 @@ impl HttpClients {
             let mut b = Client::builder(TokioExecutor::new());
             b.pool_idle_timeout(Duration::from_secs(90))
                 .http2_only(http2);
-            b.build(connector.clone())
+            b
         };
-        let peer = peer.map(|connector| {
-            let mut b = Client::builder(TokioExecutor::new());
-            b.pool_idle_timeout(Duration::from_secs(90))
-                .http2_only(true);
-            b.build(connector)
+        let peer = peer.map(|connector| PeerClients {
+            http1: builder(false).build(connector.clone().over(Carriage::Http1)),
+            http2: builder(true).build(connector.over(Carriage::Http2)),
+            http1_as: peer_http1,
         });
         HttpClients {
-            http1: builder(false),
-            http2: builder(true),
+            http1: builder(false).build(connector.clone()),
+            http2: builder(true).build(connector),
             peer,
         }
     }
 
-    /// Sends `req`; `to_peer` when it goes to a peer sidecar's port.
+    /// The protocol a request of `version` takes to a peer sidecar, or none when it cannot go
+    /// through the peer (an `upgrade` needs HTTP/1.1 end to end, which only `mesh/h1` carries,
+    /// and plaintext peers speak only HTTP/2: without an identity it goes directly to the app).
+    pub fn peer_version(&self, version: Version, upgrade: bool) -> Option<Version> {
+        match &self.peer {
+            None if upgrade => None,
+            None => Some(Version::HTTP_2),
+            Some(_) if upgrade => Some(Version::HTTP_11),
+            Some(peer) if version != Version::HTTP_2 && peer.http1_as == PeerHttp1::Http1 => {
+                Some(Version::HTTP_11)
+            }
+            Some(_) => Some(Version::HTTP_2),
+        }
+    }
+
+    /// Sends `req`; `to_peer` when it goes to a peer sidecar's port, over `mesh/h2` or
+    /// `mesh/h1` as its version says ([`HttpClients::peer_version`] chose it).
     pub fn send(&self, req: Request<Incoming>, to_peer: bool) -> ResponseFuture {
         match (&self.peer, to_peer) {
-            (Some(peer), true) => peer.request(req),
+            (Some(peer), true) if req.version() == Version::HTTP_2 => peer.http2.request(req),
+            (Some(peer), true) => peer.http1.request(req),
             _ => self.for_version(req.version()).request(req),
         }
     }
@@ -275,20 +307,22 @@ async fn forward(
     if let Some(host) = &route.host_rewrite {
         req.headers_mut().insert(HOST, host.clone());
     }
-    // A meshed endpoint is reached over HTTP/2 through its sidecar's peer port (an Upgrade
-    // needs HTTP/1.1 end to end, so it goes directly).
-    let peer_port = (picked.meshed() && upgrade.is_none()).then_some(ctx.config.peer_addr.port());
-    let upstream = match upstream_request(
-        req,
-        endpoint,
-        upgrade.is_some(),
-        path.as_deref(),
-        peer_port.map(|p| (p, service.name_header.as_ref())),
-    ) {
+    // A meshed endpoint is reached through its sidecar's peer port.
+    let peer = picked
+        .meshed()
+        .then(|| ctx.http.peer_version(req.version(), upgrade.is_some()))
+        .flatten()
+        .map(|version| PeerHop {
+            port: ctx.config.peer_addr.port(),
+            version,
+            service: service.name_header.as_ref(),
+        });
+    let to_peer = peer.is_some();
+    let upstream = match upstream_request(req, endpoint, upgrade.is_some(), path.as_deref(), peer) {
         Ok(r) => r,
         Err(reason) => return mesh_error(StatusCode::BAD_REQUEST, &reason),
     };
-    let sent = ctx.http.send(upstream, peer_port.is_some());
+    let sent = ctx.http.send(upstream, to_peer);
     let result = match route.timeout {
         Some(limit) => match tokio::time::timeout(limit, sent).await {
             Ok(r) => r,
@@ -328,7 +362,7 @@ async fn forward(
 }
 
 /// Whether the client asks to switch protocols (`Connection: upgrade` and an `Upgrade` header).
-fn wants_upgrade(headers: &HeaderMap) -> bool {
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(UPGRADE)
         && headers
             .get_all(CONNECTION)
@@ -339,7 +373,7 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// Once both sides have switched protocols, moves bytes between them until both are done.
-fn join_upgraded(
+pub fn join_upgraded(
     downstream: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     endpoint: SocketAddr,
@@ -353,10 +387,19 @@ fn join_upgraded(
                 }
             }
             Err(e) => {
-                tracing::warn!(%endpoint, error = %e, "mesh-proxy outbound: protocol upgrade failed")
+                tracing::warn!(%endpoint, error = %e, "mesh-proxy: protocol upgrade failed")
             }
         }
     });
+}
+
+/// How a request for a meshed endpoint goes: to its sidecar's peer `port`, in `version`,
+/// naming the Service it was addressed to.
+#[derive(Clone, Copy, Debug)]
+struct PeerHop<'a> {
+    port: u16,
+    version: Version,
+    service: Option<&'a HeaderValue>,
 }
 
 /// The request as sent to `endpoint`: absolute URI for the pool, Host kept, hop-by-hop removed
@@ -366,9 +409,9 @@ fn upstream_request(
     endpoint: SocketAddr,
     upgrade: bool,
     rewritten: Option<&str>,
-    peer: Option<(u16, Option<&HeaderValue>)>,
+    peer: Option<PeerHop<'_>>,
 ) -> Result<Request<Incoming>, String> {
-    let peer_port = peer.map(|(port, _)| port);
+    let peer_port = peer.map(|hop| hop.port);
     let (mut parts, body) = req.into_parts();
     let original = parts
         .uri
@@ -388,15 +431,16 @@ fn upstream_request(
         .map_err(|e| format!("cannot build the upstream URI for {path}: {e}"))?;
     let upgrade_to = parts.headers.get(UPGRADE).cloned();
     strip_hop_by_hop(&mut parts.headers);
-    if peer_port.is_some() {
-        // To the peer sidecar: HTTP/2, with what it needs to restore the request.
+    if let Some(hop) = peer {
+        // To the peer sidecar, with what it needs to restore the request.
         parts
             .headers
             .insert(TARGET_PORT, HeaderValue::from(endpoint.port()));
-        if let Some(service) = peer.and_then(|(_, s)| s) {
+        if let Some(service) = hop.service {
             parts.headers.insert(SERVICE, service.clone());
         }
-        if parts.version != Version::HTTP_2 {
+        if hop.version == Version::HTTP_2 && parts.version != Version::HTTP_2 {
+            // Carried in HTTP/2: the peer restores the HTTP/1.1 request from these.
             parts
                 .headers
                 .insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
@@ -404,7 +448,7 @@ fn upstream_request(
                 parts.headers.insert(ORIG_HOST, host);
             }
         }
-        parts.version = Version::HTTP_2;
+        parts.version = hop.version;
     } else if parts.version != Version::HTTP_2 {
         parts.version = Version::HTTP_11;
     }
@@ -462,6 +506,21 @@ mod tests {
         h.insert("te", HeaderValue::from_static("gzip"));
         strip_hop_by_hop(&mut h);
         assert_eq!(names(&h), vec!["x-kept"], "any other te goes");
+    }
+
+    #[test]
+    fn without_an_identity_upgrades_go_directly_and_the_rest_in_http2() {
+        let clients = HttpClients::new(Duration::from_secs(1), None, PeerHttp1::Http1);
+        assert_eq!(clients.peer_version(Version::HTTP_11, true), None);
+        assert_eq!(
+            clients.peer_version(Version::HTTP_11, false),
+            Some(Version::HTTP_2),
+            "plaintext peers speak only HTTP/2, whatever --peer-http1 says"
+        );
+        assert_eq!(
+            clients.peer_version(Version::HTTP_2, false),
+            Some(Version::HTTP_2)
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use clap::Parser;
 use mesh_proto::envoy::config::core::v3::Node;
 use mesh_proto::node_meta;
 use mesh_proto::spiffe::SpiffeId;
-use mesh_proxy::config::{ProxyConfig, RelayMode, parse_duration};
+use mesh_proxy::config::{PeerHttp1, ProxyConfig, RelayMode, parse_duration};
 use mesh_proxy::identity::{IdentityConfig, TokenSource};
 use mesh_proxy::meshd::MeshdEndpoint;
 use mesh_proxy::xds::client::XdsConfig;
@@ -41,6 +41,11 @@ struct Args {
     /// How plain TCP is relayed: splice (zero copy) or copy.
     #[arg(long, value_enum, default_value_t = RelayMode::Splice)]
     relay: RelayMode,
+    /// How HTTP/1.1 requests go to a peer sidecar: in HTTP/2, multiplexed with the others, or as
+    /// HTTP/1.1 over pooled mTLS connections (HTTP/2 requests always go as HTTP/2, upgrades
+    /// such as WebSocket always as HTTP/1.1).
+    #[arg(long, value_enum, env = "MESH_PEER_HTTP1", default_value_t = PeerHttp1::Http2)]
+    peer_http1: PeerHttp1,
     /// The control plane to follow (xDS ADS), e.g. `http://10.0.0.1:15010`. Without it the
     /// proxy passes every connection through to its original destination.
     #[arg(long, env = "MESH_XDS_ADDRESS")]
@@ -149,13 +154,19 @@ fn main() -> anyhow::Result<()> {
         drain_timeout: args.drain_timeout,
         connect_timeout: args.connect_timeout,
         relay_mode: args.relay,
+        peer_http1: args.peer_http1,
         detect_timeout: args.detect_timeout,
         xds: xds_config(&args)?,
         identity: identity_config(&args)?,
         outbound_destination: args.outbound_destination,
         release_startup_pages: !args.keep_startup_pages,
     };
-    tracing::info!(threads, relay = ?config.relay_mode, "mesh-proxy starting");
+    tracing::info!(
+        threads,
+        relay = ?config.relay_mode,
+        peer_http1 = ?config.peer_http1,
+        "mesh-proxy starting"
+    );
     runtime
         .block_on(mesh_proxy::run(config))
         .context("mesh-proxy failed")

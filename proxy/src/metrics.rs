@@ -4,6 +4,10 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::detect::Protocol;
+use crate::tls::Carriage;
+
+/// What connections from peer sidecars carry, in the order of [`Metrics::peers`].
+const CARRIAGES: [Carriage; 3] = [Carriage::Http1, Carriage::Http2, Carriage::Tcp];
 
 /// Which listener a connection came in on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +97,8 @@ pub struct Metrics {
     authz: [[AtomicU64; 2]; 2],
     /// Protocol detection outcomes, by [`Protocol::ALL`] index.
     detected: [AtomicU64; 4],
+    /// Connections accepted from peer sidecars, by [`CARRIAGES`] index.
+    peers: [AtomicU64; 3],
 }
 
 /// Adds one to a counter.
@@ -113,6 +119,12 @@ impl Metrics {
             .position(|p| *p == protocol)
             .unwrap_or(3);
         inc(&self.detected[i]);
+    }
+
+    /// Counts one connection from a peer sidecar, which carries `carriage`.
+    pub fn peer_connection(&self, carriage: Carriage) {
+        let i = CARRIAGES.iter().position(|c| *c == carriage).unwrap_or(0);
+        inc(&self.peers[i]);
     }
 
     /// Counts one authorization decision on an HTTP request (`http`) or a TCP connection.
@@ -198,6 +210,17 @@ impl Metrics {
             let v = self.detected[i].load(Ordering::Relaxed);
             let _ = writeln!(out, "{name}{{protocol=\"{}\"}} {v}", protocol.as_str());
         }
+        let name = "mesh_peer_connections_total";
+        header(
+            &mut out,
+            name,
+            "Connections accepted from peer sidecars, by what they carry (their ALPN; a plaintext peer speaks mesh/h2).",
+        );
+        for (i, carriage) in CARRIAGES.iter().enumerate() {
+            let v = self.peers[i].load(Ordering::Relaxed);
+            let alpn = String::from_utf8_lossy(carriage.alpn());
+            let _ = writeln!(out, "{name}{{carriage=\"{alpn}\"}} {v}");
+        }
         let name = "mesh_authz_decisions_total";
         header(
             &mut out,
@@ -231,7 +254,10 @@ mod tests {
         inc(&m.outbound.opened);
         m.inbound.received_bytes.fetch_add(42, Ordering::Relaxed);
         inc(m.inbound.refused(RefuseReason::Loop));
+        m.peer_connection(Carriage::Http1);
         let text = m.render();
+        assert!(text.contains("mesh_peer_connections_total{carriage=\"mesh/h1\"} 1\n"));
+        assert!(text.contains("mesh_peer_connections_total{carriage=\"mesh/h2\"} 0\n"));
         assert!(text.contains("mesh_tcp_connections_opened_total{direction=\"outbound\"} 1\n"));
         assert!(text.contains("mesh_tcp_connections_opened_total{direction=\"inbound\"} 0\n"));
         assert!(text.contains("mesh_tcp_received_bytes_total{direction=\"inbound\"} 42\n"));

@@ -1,14 +1,19 @@
 //! The peer port (15008): where sidecars reach each other, over mutual TLS when they have
 //! identities (see [`crate::tls`]).
 //!
-//! An outbound sidecar sends the HTTP requests for a meshed endpoint over one multiplexed HTTP/2
-//! connection to that endpoint's sidecar, whatever protocol its clients spoke. Each request
-//! carries the app port it is for (`x-mesh-target-port`), and an HTTP/1.1 request also its
-//! original protocol (`x-mesh-orig-proto: HTTP/1.1`) and `Host` (`x-mesh-orig-host`). Here those
-//! markers are removed and the request goes to the app on loopback in its original protocol.
+//! An outbound sidecar sends the HTTP requests for a meshed endpoint to that endpoint's sidecar:
+//! HTTP/2 requests, and by default HTTP/1.1 requests too, over one multiplexed HTTP/2 connection
+//! (ALPN `mesh/h2`); protocol upgrades (WebSocket), and HTTP/1.1 requests when that sidecar runs
+//! with `--peer-http1 http1`, over pooled HTTP/1.1 connections (`mesh/h1`), where an upgraded
+//! connection stays inside the mutual TLS. Each request carries the app port it is for (`x-mesh-target-port`), and
+//! an HTTP/1.1 request carried in HTTP/2 also its original protocol (`x-mesh-orig-proto:
+//! HTTP/1.1`) and `Host` (`x-mesh-orig-host`). Here those markers are removed and the request
+//! goes to the app on loopback in its original protocol.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use http_body_util::BodyExt;
@@ -24,7 +29,7 @@ use tracing::Instrument;
 use crate::authz::{Attempt, Verdict};
 use crate::drain::Drain;
 use crate::forward::Context;
-use crate::http::{ProxyBody, side_error};
+use crate::http::{ProxyBody, join_upgraded, side_error, wants_upgrade};
 use crate::metrics::{Direction, RefuseReason, inc};
 use crate::tls::{Carriage, peer_identity};
 
@@ -60,7 +65,7 @@ impl Caller {
 }
 
 /// Serves one connection from a peer sidecar: mutual TLS first when this proxy has an identity
-/// (then ALPN says HTTP/2 or one opaque stream), plaintext HTTP/2 otherwise.
+/// (then ALPN says HTTP/1.1, HTTP/2 or one opaque stream), plaintext HTTP/2 otherwise.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, drain: Drain) {
     let Ok(local) = stream.local_addr() else {
         return;
@@ -81,7 +86,8 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, drain
                 );
                 return;
             }
-            serve_http2(stream, local, None, ctx, &drain).await;
+            ctx.metrics.peer_connection(Carriage::Http2);
+            serve_http(stream, Version::HTTP_2, local, None, ctx, &drain).await;
             return;
         };
         let accepted =
@@ -108,11 +114,19 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, drain
         let conn = stream.get_ref().1;
         let caller = peer_identity(conn);
         let carriage = Carriage::from_alpn(conn.alpn_protocol());
+        if let (Some(_), Some(carriage)) = (&caller, carriage) {
+            ctx.metrics.peer_connection(carriage);
+        }
         match (caller, carriage) {
-            (Some(caller), Some(Carriage::Http2)) => {
-                tracing::debug!(%caller, "peer authenticated (HTTP/2)");
-                let caller = Caller::new(caller, &ctx);
-                serve_http2(stream, local, Some(Arc::new(caller)), ctx, &drain).await;
+            (Some(caller), Some(carriage @ (Carriage::Http1 | Carriage::Http2))) => {
+                tracing::debug!(%caller, ?carriage, "peer authenticated");
+                let caller = Some(Arc::new(Caller::new(caller, &ctx)));
+                let version = if carriage == Carriage::Http2 {
+                    Version::HTTP_2
+                } else {
+                    Version::HTTP_11
+                };
+                serve_http(stream, version, local, caller, ctx, &drain).await;
             }
             (Some(caller), Some(Carriage::Tcp)) => {
                 tracing::debug!(%caller, "peer authenticated (TCP)");
@@ -136,9 +150,10 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, drain
     inc(&counted.metrics.tcp(Direction::Inbound).closed);
 }
 
-/// HTTP/2 from a peer: each request restored and sent to the app.
-async fn serve_http2<S>(
+/// HTTP/2 or HTTP/1.1 (`version`) from a peer: each request restored and sent to the app.
+async fn serve_http<S>(
     stream: S,
+    version: Version,
     local: SocketAddr,
     caller: Option<Arc<Caller>>,
     ctx: Arc<Context>,
@@ -158,19 +173,36 @@ async fn serve_http2<S>(
             Ok::<_, Infallible>(response)
         }
     });
-    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    // On drain: GOAWAY, so the peer opens its next requests elsewhere while these finish.
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = drain.started() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
+    let io = TokioIo::new(stream);
+    // On drain: GOAWAY (HTTP/2) or `Connection: close` on the next response (HTTP/1.1), so the
+    // peer opens its next requests elsewhere while these finish.
+    let result = if version == Version::HTTP_2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, service);
+        until_drained(conn, drain, |c| c.graceful_shutdown()).await
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, service)
+            .with_upgrades();
+        until_drained(conn, drain, |c| c.graceful_shutdown()).await
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "peer connection ended with an error");
+    }
+}
+
+/// Runs `conn` to its end, calling `shutdown` on it once a drain starts.
+async fn until_drained<C>(conn: C, drain: &Drain, shutdown: fn(Pin<&mut C>)) -> C::Output
+where
+    C: Future,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        () = drain.started() => {
+            shutdown(conn.as_mut());
+            conn.await
+        }
     }
 }
 
@@ -284,12 +316,16 @@ fn inbound_error(status: StatusCode, reason: &str) -> Response<ProxyBody> {
 
 /// Restores a peer's request and sends it to the app on loopback.
 async fn to_app(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     pod_ip: IpAddr,
     loopback: IpAddr,
     caller: Option<&Caller>,
     ctx: &Context,
 ) -> Response<ProxyBody> {
+    // An Upgrade (over `mesh/h1` only): its headers go on to the app, and after a 101 the two
+    // upgraded connections are joined.
+    let upgrade = (req.version() != Version::HTTP_2 && wants_upgrade(req.headers()))
+        .then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let port = parts
         .headers
@@ -324,7 +360,7 @@ async fn to_app(
         parts.headers.insert(CLIENT_CERT, value);
     }
     parts.headers.remove(SERVICE);
-    let http1 = parts.headers.remove(ORIG_PROTO).is_some();
+    let http1 = parts.headers.remove(ORIG_PROTO).is_some() || parts.version != Version::HTTP_2;
     if let Some(host) = parts.headers.remove(ORIG_HOST) {
         parts.headers.insert(HOST, host);
     }
@@ -357,7 +393,14 @@ async fn to_app(
         .request(request)
         .await
     {
-        Ok(resp) => resp.map(BodyExt::boxed),
+        Ok(mut resp) => {
+            if let Some(from_peer) =
+                upgrade.filter(|_| resp.status() == StatusCode::SWITCHING_PROTOCOLS)
+            {
+                join_upgraded(from_peer, hyper::upgrade::on(&mut resp), app);
+            }
+            resp.map(BodyExt::boxed)
+        }
         Err(e) => inbound_error(
             StatusCode::BAD_GATEWAY,
             &format!("the app at {app} failed: {e}"),

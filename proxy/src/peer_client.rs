@@ -1,8 +1,8 @@
 //! The client side of connections between sidecars: TCP to the peer's sidecar port, then mutual
 //! TLS that proves the peer is the identity meshd published for that address.
 //!
-//! [`PeerConnector`] feeds the pooled HTTP/2 client (`mesh/h2`); [`open_tcp`] opens one opaque
-//! stream (`mesh/tcp`) and sends the 2-byte target port first.
+//! [`PeerConnector`] feeds the pooled HTTP clients (`mesh/h1` and `mesh/h2`); [`open_tcp`] opens
+//! one opaque stream (`mesh/tcp`) and sends the 2-byte target port first.
 
 use std::future::Future;
 use std::io;
@@ -69,7 +69,12 @@ impl AsyncWrite for PeerStream {
 
 impl Connection for PeerStream {
     fn connected(&self) -> Connected {
-        Connected::new().negotiated_h2()
+        let alpn = self.0.get_ref().1.alpn_protocol();
+        if Carriage::from_alpn(alpn) == Some(Carriage::Http2) {
+            Connected::new().negotiated_h2()
+        } else {
+            Connected::new()
+        }
     }
 }
 
@@ -129,17 +134,29 @@ pub async fn open_tcp(
     Ok(stream)
 }
 
-/// Connects the pooled HTTP/2 client to peer sidecars (`mesh/h2`).
+/// Connects a pooled HTTP client to peer sidecars, over `carriage` (`mesh/h1` or `mesh/h2`).
 #[derive(Debug, Clone)]
 pub struct PeerConnector {
     tls: Arc<MeshTls>,
     xds: Arc<Xds>,
     timeout: Duration,
+    carriage: Carriage,
 }
 
 impl PeerConnector {
+    /// Connects over `mesh/h2`; see [`PeerConnector::over`].
     pub fn new(tls: Arc<MeshTls>, xds: Arc<Xds>, timeout: Duration) -> PeerConnector {
-        PeerConnector { tls, xds, timeout }
+        PeerConnector {
+            tls,
+            xds,
+            timeout,
+            carriage: Carriage::Http2,
+        }
+    }
+
+    /// The same connector for connections that carry `carriage`.
+    pub fn over(self, carriage: Carriage) -> PeerConnector {
+        PeerConnector { carriage, ..self }
     }
 }
 
@@ -161,7 +178,7 @@ impl tower_service::Service<Uri> for PeerConnector {
                 .authority()
                 .and_then(|a| a.as_str().parse().ok())
                 .ok_or_else(|| io::Error::other(format!("{uri} has no peer address")))?;
-            let stream = connect(&this.tls, &this.xds, addr, Carriage::Http2, this.timeout).await?;
+            let stream = connect(&this.tls, &this.xds, addr, this.carriage, this.timeout).await?;
             Ok(TokioIo::new(stream))
         })
     }

@@ -27,6 +27,8 @@ use crate::identity::{Identity, spiffe_id, uri_sans};
 /// What a connection between sidecars carries (its ALPN protocol).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Carriage {
+    /// HTTP/1.1, one request at a time per connection, for clients that spoke HTTP/1.1.
+    Http1,
     /// HTTP/2, the requests of many client connections multiplexed.
     Http2,
     /// One opaque TCP stream; the first two bytes are the target port (big-endian).
@@ -36,6 +38,7 @@ pub enum Carriage {
 impl Carriage {
     pub const fn alpn(self) -> &'static [u8] {
         match self {
+            Carriage::Http1 => b"mesh/h1",
             Carriage::Http2 => b"mesh/h2",
             Carriage::Tcp => b"mesh/tcp",
         }
@@ -43,6 +46,7 @@ impl Carriage {
 
     pub fn from_alpn(alpn: Option<&[u8]>) -> Option<Carriage> {
         match alpn {
+            Some(b"mesh/h1") => Some(Carriage::Http1),
             Some(b"mesh/h2") => Some(Carriage::Http2),
             Some(b"mesh/tcp") => Some(Carriage::Tcp),
             _ => None,
@@ -157,6 +161,7 @@ impl MeshTls {
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::new(CurrentCertificate(identity.clone())));
         server.alpn_protocols = vec![
+            Carriage::Http1.alpn().to_vec(),
             Carriage::Http2.alpn().to_vec(),
             Carriage::Tcp.alpn().to_vec(),
         ];

@@ -395,6 +395,8 @@ fn an_upgraded_connection_echoes_through_the_mesh_and_metrics_pass_promtool() ->
         String::from_utf8_lossy(&out.stdout).trim(),
         "echoed hello over an upgrade"
     );
+    // The upgrade went through b's sidecar over mutual TLS, as HTTP/1.1 (mesh/h1).
+    assert!(s.b.metric("mesh_peer_connections_total{carriage=\"mesh/h1\"}")? >= 1);
 
     // The sidecar's metrics, after HTTP traffic, are valid Prometheus exposition.
     who_answers(&s.a, URL, 3)?;

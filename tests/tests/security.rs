@@ -1,5 +1,6 @@
-//! End-to-end: automatic mutual TLS between sidecars, PeerAuthentication, AuthorizationPolicy,
-//! certificate rotation and the CA's checks, with the real binaries in pods.
+//! End-to-end: automatic mutual TLS between sidecars (HTTP/2, HTTP/1.1, upgrades, TCP),
+//! PeerAuthentication, AuthorizationPolicy, certificate rotation and the CA's checks, with the
+//! real binaries in pods.
 //!
 //! Pods: `cp` (10.77.0.2, meshd), `a` (10.77.0.3, client, service account `client`), `b`
 //! (10.77.0.4, app=web, service account `web`, HTTP app on 8080) and `x` (10.77.0.5, outside the
@@ -43,6 +44,11 @@ struct Scene {
 }
 
 fn scene(label: &str, meshd_args: &[&str]) -> anyhow::Result<Scene> {
+    scene_with(label, meshd_args, &[])
+}
+
+/// [`scene`], with `a_args` added to the flags of a's sidecar.
+fn scene_with(label: &str, meshd_args: &[&str], a_args: &[&str]) -> anyhow::Result<Scene> {
     let net = Network::new(label, IpFamilies::V4)?;
     let cp = net.pod("cp")?;
     let a = net.pod("a")?;
@@ -55,7 +61,7 @@ fn scene(label: &str, meshd_args: &[&str]) -> anyhow::Result<Scene> {
     a.init_ok(&[])?;
     b.init_ok(&[])?;
     let sidecars = vec![
-        a.start_meshed_sidecar_as(&cp, "app=client", "client", &[])?,
+        a.start_meshed_sidecar_as(&cp, "app=client", "client", a_args)?,
         b.start_meshed_sidecar_as(&cp, "app=web", "web", &[])?,
     ];
     Ok(Scene {
@@ -116,6 +122,53 @@ fn no_plaintext_crosses_the_wire_between_meshed_pods() -> anyhow::Result<()> {
         metrics.contains("mesh_identity_certificates_total 1"),
         "{metrics}"
     );
+    Ok(())
+}
+
+#[test]
+fn http1_between_sidecars_and_upgraded_connections_stay_inside_mutual_tls() -> anyhow::Result<()> {
+    // a carries its clients' HTTP/1.1 as HTTP/1.1 (mesh/h1) instead of in HTTP/2 (mesh/h2).
+    let s = scene_with("sec-h1", &[], &["--peer-http1", "http1"])?;
+    let _echo =
+        s.b.start_app(&["upgrade-echo", "--listen", "0.0.0.0:8090"])?;
+    let ws = "apiVersion: mesh.dev/v1\nkind: Service\nmetadata: {name: ws}\nspec: {ports: [{port: 80, targetPort: 8090, appProtocol: http}], selector: {app: web}, vip: 10.96.0.22}\n";
+    let strict = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default}\nspec: {mtls: {mode: STRICT}}\n";
+    s.cp.apply(&format!("{ws}---\n{strict}"), true)?;
+    let capture = s.net.capture("tcp")?;
+    served(&s.a, WEB)?;
+    let out = s.a.run_app(&[
+        "upgrade-client",
+        "--connect",
+        "10.96.0.22:80",
+        "--message",
+        "hello over an upgrade",
+    ])?;
+    let packets = capture.finish()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "echoed hello over an upgrade"
+    );
+    // Both went to b's peer port, in mutual TLS (STRICT would refuse anything else), and
+    // nothing of either exchange is readable on the wire.
+    assert!(packets.contains("10.77.0.4.15008"), "{packets}");
+    assert!(!packets.contains("10.77.0.4.8090"), "{packets}");
+    for plaintext in ["hello over an upgrade", "GET / HTTP", "hello from b"] {
+        assert!(
+            !packets.contains(plaintext),
+            "`{plaintext}` on the wire:\n{packets}"
+        );
+    }
+    let h1 =
+        s.b.metric("mesh_peer_connections_total{carriage=\"mesh/h1\"}")?;
+    let h2 =
+        s.b.metric("mesh_peer_connections_total{carriage=\"mesh/h2\"}")?;
+    assert!(h1 >= 1, "mesh/h1 connections: {h1}");
+    assert_eq!(h2, 0, "nothing went in HTTP/2");
     Ok(())
 }
 

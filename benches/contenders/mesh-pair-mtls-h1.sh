@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# mesh-pair-mtls with the clients' HTTP/1.1 requests carried as HTTP/1.1 between the sidecars
+# (`--peer-http1 http1`: pooled mutual-TLS connections, ALPN mesh/h1, one request at a time, as
+# Istio's sidecars do) instead of the default, multiplexed in HTTP/2 (mesh/h2, as Linkerd does):
+# the two measured side by side (benches/RESULTS.md).
+export MESH_PROXY_ARGS="${MESH_PROXY_ARGS:-} --peer-http1 http1"
+exec "$(dirname "$0")/mesh-pair-mtls.sh" "$@"
