@@ -3,5 +3,7 @@
 # (`--peer-http1 http1`: pooled mutual-TLS connections, ALPN mesh/h1, one request at a time, as
 # Istio's sidecars do) instead of the default, multiplexed in HTTP/2 (mesh/h2, as Linkerd does):
 # the two measured side by side (benches/RESULTS.md).
+# Only http: in tcp mode there is no HTTP to carry, and it would be mesh-pair-mtls.
+[[ ${1:-} == caps ]] && { echo http; exit 0; }
 export MESH_PROXY_ARGS="${MESH_PROXY_ARGS:-} --peer-http1 http1"
 exec "$(dirname "$0")/mesh-pair-mtls.sh" "$@"
