@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # mesh-pair-mtls with the clients' HTTP/1.1 requests carried as HTTP/1.1 between the sidecars
 # (`--peer-http1 http1`: pooled mutual-TLS connections, ALPN mesh/h1, one request at a time, as
-# Istio's sidecars do) instead of the default, multiplexed in HTTP/2 (mesh/h2, as Linkerd does):
+# Istio's sidecars do) instead of the default `auto` (the same while a peer's few slots are free,
+# HTTP/2 beyond them):
 # the two measured side by side (benches/RESULTS.md).
 # Only http: in tcp mode there is no HTTP to carry, and it would be mesh-pair-mtls.
 [[ ${1:-} == caps ]] && { echo http; exit 0; }

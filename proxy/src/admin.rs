@@ -123,7 +123,8 @@ mod tests {
             http: crate::http::HttpClients::new(
                 std::time::Duration::from_secs(1),
                 None,
-                crate::config::PeerHttp1::Http2,
+                crate::config::PeerHttp1::Auto,
+                4,
             ),
             xds: std::sync::Arc::new(crate::xds::Xds::standalone()),
             tls: None,

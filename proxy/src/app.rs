@@ -103,8 +103,12 @@ pub async fn run(config: ProxyConfig) -> Result<(), ProxyError> {
     let peer_connector = tls
         .as_ref()
         .map(|tls| PeerConnector::new(tls.clone(), xds.clone(), config.connect_timeout));
-    let http =
-        crate::http::HttpClients::new(config.connect_timeout, peer_connector, config.peer_http1);
+    let http = crate::http::HttpClients::new(
+        config.connect_timeout,
+        peer_connector,
+        config.peer_http1,
+        config.peer_http1_slots,
+    );
     let ctx = Arc::new(Context {
         config,
         metrics: Metrics::default(),

@@ -18,11 +18,14 @@ pub enum RelayMode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum PeerHttp1 {
     /// As HTTP/1.1, over pooled mutual-TLS connections that carry one request at a time
-    /// (`mesh/h1`), as Istio's sidecars do. Slower here: see `benches/RESULTS.md`.
+    /// (`mesh/h1`), as Istio's sidecars do.
     Http1,
     /// In HTTP/2, multiplexed with the other requests to that peer (`mesh/h2`), as Linkerd's
-    /// proxies do: the default.
+    /// proxies do.
     Http2,
+    /// As HTTP/1.1 while fewer than `peer_http1_slots` requests to that peer are on `mesh/h1`,
+    /// in HTTP/2 beyond that ([`crate::peer_carriage`]).
+    Auto,
 }
 
 /// Everything the proxy needs to start.
@@ -39,6 +42,8 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     pub relay_mode: RelayMode,
     pub peer_http1: PeerHttp1,
+    /// Under [`PeerHttp1::Auto`], how many requests at once per peer go on `mesh/h1`.
+    pub peer_http1_slots: usize,
     /// How long to wait for a client's first bytes on an HTTP port before treating the
     /// connection as opaque TCP (opaque ports skip detection).
     pub detect_timeout: Duration,
@@ -77,7 +82,8 @@ impl Default for ProxyConfig {
             drain_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             relay_mode: RelayMode::Splice,
-            peer_http1: PeerHttp1::Http2,
+            peer_http1: PeerHttp1::Auto,
+            peer_http1_slots: 4,
             detect_timeout: Duration::from_secs(1),
             xds: None,
             outbound_destination: None,

@@ -6,7 +6,7 @@
 //! produced it and why, and the same text is logged.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,7 @@ use crate::detect::Protocol;
 use crate::forward::Context;
 use crate::io::Rewind;
 use crate::peer::{ORIG_HOST, ORIG_PROTO, SERVICE, TARGET_PORT};
+use crate::peer_carriage::{Http1Slot, Http1Slots, SlotBody};
 use crate::peer_client::PeerConnector;
 use crate::request_metrics::RouteStats;
 use crate::route::RequestView;
@@ -62,20 +63,49 @@ pub struct HttpClients {
 }
 
 /// Pooled mutual-TLS connections to peer sidecars: HTTP/2 (`mesh/h2`), multiplexed, and
-/// HTTP/1.1 (`mesh/h1`), one request at a time, for the clients that spoke HTTP/1.1 unless
-/// `http1_as` says to multiplex those too.
+/// HTTP/1.1 (`mesh/h1`), one request at a time, for upgrades and for the clients' HTTP/1.1
+/// requests as `http1` says.
 #[derive(Debug, Clone)]
 struct PeerClients {
     http1: Client<PeerConnector, Incoming>,
     http2: Client<PeerConnector, Incoming>,
-    http1_as: PeerHttp1,
+    http1_as: Http1Carriage,
+}
+
+/// What carries a client's HTTP/1.1 request to a peer (`--peer-http1`).
+#[derive(Debug, Clone)]
+enum Http1Carriage {
+    Http1,
+    Http2,
+    /// `mesh/h1` while one of the peer's slots is free, `mesh/h2` otherwise.
+    Auto(Arc<Http1Slots>),
+}
+
+/// How a request goes to a peer sidecar: in `version`, holding `slot` while on `mesh/h1` under
+/// `--peer-http1 auto`.
+#[derive(Debug)]
+pub struct PeerRoute {
+    pub version: Version,
+    pub slot: Option<Http1Slot>,
+}
+
+impl PeerRoute {
+    fn of(version: Version) -> PeerRoute {
+        PeerRoute {
+            version,
+            slot: None,
+        }
+    }
 }
 
 impl HttpClients {
+    /// `peer_http1_slots`: under `PeerHttp1::Auto`, how many requests at once per peer go on
+    /// `mesh/h1`.
     pub fn new(
         connect_timeout: Duration,
         peer: Option<PeerConnector>,
         peer_http1: PeerHttp1,
+        peer_http1_slots: usize,
     ) -> HttpClients {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -89,7 +119,11 @@ impl HttpClients {
         let peer = peer.map(|connector| PeerClients {
             http1: builder(false).build(connector.clone().over(Carriage::Http1)),
             http2: builder(true).build(connector.over(Carriage::Http2)),
-            http1_as: peer_http1,
+            http1_as: match peer_http1 {
+                PeerHttp1::Http1 => Http1Carriage::Http1,
+                PeerHttp1::Http2 => Http1Carriage::Http2,
+                PeerHttp1::Auto => Http1Carriage::Auto(Http1Slots::new(peer_http1_slots)),
+            },
         });
         HttpClients {
             http1: builder(false).build(connector.clone()),
@@ -98,23 +132,34 @@ impl HttpClients {
         }
     }
 
-    /// The protocol a request of `version` takes to a peer sidecar, or none when it cannot go
-    /// through the peer (an `upgrade` needs HTTP/1.1 end to end, which only `mesh/h1` carries,
-    /// and plaintext peers speak only HTTP/2: without an identity it goes directly to the app).
-    pub fn peer_version(&self, version: Version, upgrade: bool) -> Option<Version> {
-        match &self.peer {
-            None if upgrade => None,
-            None => Some(Version::HTTP_2),
-            Some(_) if upgrade => Some(Version::HTTP_11),
-            Some(peer) if version != Version::HTTP_2 && peer.http1_as == PeerHttp1::Http1 => {
-                Some(Version::HTTP_11)
-            }
-            Some(_) => Some(Version::HTTP_2),
+    /// How a request of `version` goes to the sidecar at `peer`, or not at all when it cannot
+    /// go through it (an `upgrade` needs HTTP/1.1 end to end, which only `mesh/h1` carries, and
+    /// plaintext peers speak only HTTP/2: without an identity it goes directly to the app).
+    pub fn peer_route(&self, version: Version, upgrade: bool, peer: IpAddr) -> Option<PeerRoute> {
+        let Some(clients) = &self.peer else {
+            return (!upgrade).then(|| PeerRoute::of(Version::HTTP_2));
+        };
+        if upgrade {
+            return Some(PeerRoute::of(Version::HTTP_11));
         }
+        if version == Version::HTTP_2 {
+            return Some(PeerRoute::of(Version::HTTP_2));
+        }
+        Some(match &clients.http1_as {
+            Http1Carriage::Http1 => PeerRoute::of(Version::HTTP_11),
+            Http1Carriage::Http2 => PeerRoute::of(Version::HTTP_2),
+            Http1Carriage::Auto(slots) => match slots.try_take(peer) {
+                Some(slot) => PeerRoute {
+                    version: Version::HTTP_11,
+                    slot: Some(slot),
+                },
+                None => PeerRoute::of(Version::HTTP_2),
+            },
+        })
     }
 
     /// Sends `req`; `to_peer` when it goes to a peer sidecar's port, over `mesh/h2` or
-    /// `mesh/h1` as its version says ([`HttpClients::peer_version`] chose it).
+    /// `mesh/h1` as its version says ([`HttpClients::peer_route`] chose it).
     pub fn send(&self, req: Request<Incoming>, to_peer: bool) -> ResponseFuture {
         match (&self.peer, to_peer) {
             (Some(peer), true) if req.version() == Version::HTTP_2 => peer.http2.request(req),
@@ -308,15 +353,24 @@ async fn forward(
         req.headers_mut().insert(HOST, host.clone());
     }
     // A meshed endpoint is reached through its sidecar's peer port.
-    let peer = picked
+    let (peer, slot) = match picked
         .meshed()
-        .then(|| ctx.http.peer_version(req.version(), upgrade.is_some()))
+        .then(|| {
+            ctx.http
+                .peer_route(req.version(), upgrade.is_some(), endpoint.ip())
+        })
         .flatten()
-        .map(|version| PeerHop {
-            port: ctx.config.peer_addr.port(),
-            version,
-            service: service.name_header.as_ref(),
-        });
+    {
+        Some(route) => {
+            let hop = PeerHop {
+                port: ctx.config.peer_addr.port(),
+                version: route.version,
+                service: service.name_header.as_ref(),
+            };
+            (Some(hop), route.slot)
+        }
+        None => (None, None),
+    };
     let to_peer = peer.is_some();
     let upstream = match upstream_request(req, endpoint, upgrade.is_some(), path.as_deref(), peer) {
         Ok(r) => r,
@@ -345,7 +399,10 @@ async fn forward(
                 _ => strip_hop_by_hop(resp.headers_mut()),
             }
             route.edits.apply_response(resp.headers_mut());
-            resp.map(BodyExt::boxed)
+            match slot {
+                Some(slot) => resp.map(|body| SlotBody::new(body, slot).boxed()),
+                None => resp.map(BodyExt::boxed),
+            }
         }
         Err(e) => {
             let why = if e.is_connect() {
@@ -510,17 +567,19 @@ mod tests {
 
     #[test]
     fn without_an_identity_upgrades_go_directly_and_the_rest_in_http2() {
-        let clients = HttpClients::new(Duration::from_secs(1), None, PeerHttp1::Http1);
-        assert_eq!(clients.peer_version(Version::HTTP_11, true), None);
-        assert_eq!(
-            clients.peer_version(Version::HTTP_11, false),
-            Some(Version::HTTP_2),
-            "plaintext peers speak only HTTP/2, whatever --peer-http1 says"
-        );
-        assert_eq!(
-            clients.peer_version(Version::HTTP_2, false),
-            Some(Version::HTTP_2)
-        );
+        let peer: IpAddr = [10, 0, 0, 7].into();
+        for mode in [PeerHttp1::Http1, PeerHttp1::Http2, PeerHttp1::Auto] {
+            let clients = HttpClients::new(Duration::from_secs(1), None, mode, 4);
+            assert!(clients.peer_route(Version::HTTP_11, true, peer).is_none());
+            let route = clients.peer_route(Version::HTTP_11, false, peer);
+            assert_eq!(
+                route.map(|r| (r.version, r.slot.is_some())),
+                Some((Version::HTTP_2, false)),
+                "plaintext peers speak only HTTP/2, whatever --peer-http1 {mode:?} says"
+            );
+            let route = clients.peer_route(Version::HTTP_2, false, peer);
+            assert_eq!(route.map(|r| r.version), Some(Version::HTTP_2));
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod meshd;
 pub mod metrics;
 pub mod orig_dst;
 pub mod peer;
+pub mod peer_carriage;
 pub mod peer_client;
 pub mod relay;
 pub mod request_metrics;

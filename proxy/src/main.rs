@@ -41,11 +41,16 @@ struct Args {
     /// How plain TCP is relayed: splice (zero copy) or copy.
     #[arg(long, value_enum, default_value_t = RelayMode::Splice)]
     relay: RelayMode,
-    /// How HTTP/1.1 requests go to a peer sidecar: in HTTP/2, multiplexed with the others, or as
-    /// HTTP/1.1 over pooled mTLS connections (HTTP/2 requests always go as HTTP/2, upgrades
-    /// such as WebSocket always as HTTP/1.1).
-    #[arg(long, value_enum, env = "MESH_PEER_HTTP1", default_value_t = PeerHttp1::Http2)]
+    /// How HTTP/1.1 requests go to a peer sidecar: `auto` as HTTP/1.1 while fewer than
+    /// --peer-http1-slots of them to that peer are on HTTP/1.1 connections and in HTTP/2 beyond,
+    /// `http1` always as HTTP/1.1 over pooled mTLS connections, `http2` always multiplexed in
+    /// HTTP/2. (HTTP/2 requests always go as HTTP/2, upgrades such as WebSocket as HTTP/1.1.)
+    #[arg(long, value_enum, env = "MESH_PEER_HTTP1", default_value_t = PeerHttp1::Auto)]
     peer_http1: PeerHttp1,
+    /// Under --peer-http1 auto: how many requests at once per peer sidecar go as HTTP/1.1 (at
+    /// least 1).
+    #[arg(long, env = "MESH_PEER_HTTP1_SLOTS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    peer_http1_slots: u16,
     /// The control plane to follow (xDS ADS), e.g. `http://10.0.0.1:15010`. Without it the
     /// proxy passes every connection through to its original destination.
     #[arg(long, env = "MESH_XDS_ADDRESS")]
@@ -155,6 +160,7 @@ fn main() -> anyhow::Result<()> {
         connect_timeout: args.connect_timeout,
         relay_mode: args.relay,
         peer_http1: args.peer_http1,
+        peer_http1_slots: usize::from(args.peer_http1_slots),
         detect_timeout: args.detect_timeout,
         xds: xds_config(&args)?,
         identity: identity_config(&args)?,

@@ -2,10 +2,10 @@
 //! identities (see [`crate::tls`]).
 //!
 //! An outbound sidecar sends the HTTP requests for a meshed endpoint to that endpoint's sidecar:
-//! HTTP/2 requests, and by default HTTP/1.1 requests too, over one multiplexed HTTP/2 connection
-//! (ALPN `mesh/h2`); protocol upgrades (WebSocket), and HTTP/1.1 requests when that sidecar runs
-//! with `--peer-http1 http1`, over pooled HTTP/1.1 connections (`mesh/h1`), where an upgraded
-//! connection stays inside the mutual TLS. Each request carries the app port it is for (`x-mesh-target-port`), and
+//! HTTP/2 requests over one multiplexed HTTP/2 connection (ALPN `mesh/h2`); protocol upgrades
+//! (WebSocket) over pooled HTTP/1.1 connections (`mesh/h1`), where an upgraded connection stays
+//! inside the mutual TLS; HTTP/1.1 requests over either, as that sidecar's `--peer-http1` says
+//! (see [`crate::peer_carriage`]). Each request carries the app port it is for (`x-mesh-target-port`), and
 //! an HTTP/1.1 request carried in HTTP/2 also its original protocol (`x-mesh-orig-proto:
 //! HTTP/1.1`) and `Host` (`x-mesh-orig-host`). Here those markers are removed and the request
 //! goes to the app on loopback in its original protocol.

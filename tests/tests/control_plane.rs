@@ -543,15 +543,31 @@ fn peak_ewma_balancing_moves_load_off_a_slow_endpoint() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `mesh-proxy --peer-http1-slots`' default: HTTP/1.1 requests at once per peer on `mesh/h1`.
+const HTTP1_SLOTS: u64 = 4;
+
 #[test]
-fn http1_requests_of_many_connections_share_one_http2_connection_between_sidecars()
+fn http1_requests_ride_pooled_http1_connections_up_to_the_slots_and_the_rest_one_http2_connection()
 -> anyhow::Result<()> {
-    let s = scene("cp-h2")?;
-    let before =
-        s.b.metric("mesh_tcp_connections_opened_total{direction=\"inbound\"}")?;
-    // 20 requests, each on a new client connection, all to b (web-v1).
-    let v1 = "apiVersion: mesh.dev/v1\nkind: Service\nmetadata: {name: only-v1}\nspec: {ports: [{port: 80, targetPort: 8080, appProtocol: http}], selector: {app: web, version: v1}, vip: 10.96.0.11}\n";
-    apply(&s.cp, &s.net, v1, true)?;
+    let s = scene("cp-carriage")?;
+    let _slow = s.b.start_app(&[
+        "http",
+        "--listen",
+        "0.0.0.0:8081",
+        "--name",
+        "slow",
+        "--delay-ms",
+        "2000",
+    ])?;
+    let services = "apiVersion: mesh.dev/v1\nkind: Service\nmetadata: {name: only-v1}\nspec: {ports: [{port: 80, targetPort: 8080, appProtocol: http}], selector: {app: web, version: v1}, vip: 10.96.0.11}\n---\napiVersion: mesh.dev/v1\nkind: Service\nmetadata: {name: slow}\nspec: {ports: [{port: 80, targetPort: 8081, appProtocol: http}], selector: {app: web, version: v1}, vip: 10.96.0.12}\n";
+    apply(&s.cp, &s.net, services, true)?;
+    let carried = |alpn: &str| {
+        s.b.metric(&format!(
+            "mesh_peer_connections_total{{carriage=\"{alpn}\"}}"
+        ))
+    };
+    // 20 requests one after another, each on a new client connection: each finds a slot free,
+    // so one pooled HTTP/1.1 connection between the sidecars carries them all.
     for _ in 0..20 {
         let out =
             s.a.curl(&["-i", "-H", "host: only-v1.default", "http://10.96.0.11/x"])?;
@@ -565,11 +581,39 @@ fn http1_requests_of_many_connections_share_one_http2_connection_between_sidecar
             "{text}"
         );
     }
-    let opened =
-        s.b.metric("mesh_tcp_connections_opened_total{direction=\"inbound\"}")? - before;
     assert_eq!(
-        opened, 1,
-        "one HTTP/2 connection from a's sidecar carried all 20 requests"
+        (carried("mesh/h1")?, carried("mesh/h2")?),
+        (1, 0),
+        "one mesh/h1 connection carried the 20 requests"
+    );
+    // Two more at once than there are slots, to an endpoint that answers after 2 s: the slots'
+    // requests on mesh/h1 (the idle connection and new ones), the others multiplexed on one
+    // mesh/h2 connection.
+    let answers: Vec<anyhow::Result<std::process::Output>> = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..HTTP1_SLOTS + 2)
+            .map(|_| scope.spawn(|| s.a.curl(&["http://10.96.0.12/"])))
+            .collect();
+        calls
+            .into_iter()
+            .map(|c| {
+                c.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("curl thread panicked")))
+            })
+            .collect()
+    });
+    for answer in answers {
+        let out = answer?;
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "hello from slow\n",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        (carried("mesh/h1")?, carried("mesh/h2")?),
+        (HTTP1_SLOTS, 1),
+        "at most {HTTP1_SLOTS} mesh/h1 connections, and one mesh/h2 for the rest"
     );
     Ok(())
 }
