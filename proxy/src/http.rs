@@ -461,13 +461,13 @@ struct PeerHop<'a> {
 
 /// The request as sent to `endpoint`: absolute URI for the pool, Host kept, hop-by-hop removed
 /// (except the upgrade headers of an upgrade request).
-fn upstream_request(
-    req: Request<Incoming>,
+fn upstream_request<B>(
+    req: Request<B>,
     endpoint: SocketAddr,
     upgrade: bool,
     rewritten: Option<&str>,
     peer: Option<PeerHop<'_>>,
-) -> Result<Request<Incoming>, String> {
+) -> Result<Request<B>, String> {
     let peer_port = peer.map(|hop| hop.port);
     let (mut parts, body) = req.into_parts();
     let original = parts
@@ -496,12 +496,16 @@ fn upstream_request(
         if let Some(service) = hop.service {
             parts.headers.insert(SERVICE, service.clone());
         }
-        if hop.version == Version::HTTP_2 && parts.version != Version::HTTP_2 {
-            // Carried in HTTP/2: the peer restores the HTTP/1.1 request from these.
+        if parts.version != Version::HTTP_2 {
+            // The peer restores the HTTP/1.1 request from these when it comes in HTTP/2: as
+            // chosen here, or on a `mesh/h1` connection to a sidecar that answered `mesh/h2`
+            // (one built before `mesh/h1`, see `Carriage::offers`), where Host goes as is.
             parts
                 .headers
                 .insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
-            if let Some(host) = parts.headers.remove(HOST) {
+            if hop.version == Version::HTTP_2
+                && let Some(host) = parts.headers.remove(HOST)
+            {
                 parts.headers.insert(ORIG_HOST, host);
             }
         }
@@ -593,5 +597,55 @@ mod tests {
             r.headers().get(MESH_ERROR).and_then(|v| v.to_str().ok()),
             Some("mesh-proxy outbound: no endpoints in web (route default of web)")
         );
+    }
+
+    /// An HTTP/1.1 request to a peer says so whichever carriage it takes, so that a sidecar
+    /// that answers `mesh/h1` with `mesh/h2` (built before `mesh/h1`) restores it; in HTTP/2 the
+    /// Host travels as `x-mesh-orig-host`, in HTTP/1.1 as itself.
+    #[test]
+    fn http1_requests_to_a_peer_say_they_were_http1_on_either_carriage() {
+        let endpoint: SocketAddr = ([10, 0, 0, 7], 8080).into();
+        let service = HeaderValue::from_static("web.default");
+        for (hop_version, host, orig_host) in [
+            (Version::HTTP_11, Some("web"), None),
+            (Version::HTTP_2, None, Some("web")),
+        ] {
+            let req = Request::builder()
+                .version(Version::HTTP_11)
+                .uri("/users?id=1")
+                .header(HOST, "web")
+                .header(CONNECTION, "keep-alive")
+                .body(())
+                .expect("request");
+            let hop = PeerHop {
+                port: 4143,
+                version: hop_version,
+                service: Some(&service),
+            };
+            let up = upstream_request(req, endpoint, false, None, Some(hop)).expect("upstream");
+            let header = |name: &str| up.headers().get(name).and_then(|v| v.to_str().ok());
+            assert_eq!(up.version(), hop_version);
+            assert_eq!(up.uri().to_string(), "http://10.0.0.7:4143/users?id=1");
+            assert_eq!(header(ORIG_PROTO), Some("HTTP/1.1"), "{hop_version:?}");
+            assert_eq!(header("host"), host, "{hop_version:?}");
+            assert_eq!(header(ORIG_HOST), orig_host, "{hop_version:?}");
+            assert_eq!(header(TARGET_PORT), Some("8080"));
+            assert_eq!(header(SERVICE), Some("web.default"));
+            assert_eq!(header("connection"), None);
+        }
+        // An HTTP/2 request stays HTTP/2 and says nothing of HTTP/1.1.
+        let req = Request::builder()
+            .version(Version::HTTP_2)
+            .uri("http://web/")
+            .body(())
+            .expect("request");
+        let hop = PeerHop {
+            port: 4143,
+            version: Version::HTTP_2,
+            service: None,
+        };
+        let up = upstream_request(req, endpoint, false, None, Some(hop)).expect("upstream");
+        assert_eq!(up.version(), Version::HTTP_2);
+        assert!(up.headers().get(ORIG_PROTO).is_none());
     }
 }

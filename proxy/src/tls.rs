@@ -44,6 +44,18 @@ impl Carriage {
         }
     }
 
+    /// The ALPN protocols a client offers for this carriage, in order. `mesh/h1` also offers
+    /// `mesh/h2`: a sidecar built before `mesh/h1` existed picks that, and the client then
+    /// speaks HTTP/2 on the connection (the request says it was HTTP/1.1), so an upgrade of one
+    /// side does not break traffic to the other.
+    pub const fn offers(self) -> &'static [Carriage] {
+        match self {
+            Carriage::Http1 => &[Carriage::Http1, Carriage::Http2],
+            Carriage::Http2 => &[Carriage::Http2],
+            Carriage::Tcp => &[Carriage::Tcp],
+        }
+    }
+
     pub fn from_alpn(alpn: Option<&[u8]>) -> Option<Carriage> {
         match alpn {
             Some(b"mesh/h1") => Some(Carriage::Http1),
@@ -150,7 +162,14 @@ impl std::fmt::Debug for MeshTls {
 }
 
 impl MeshTls {
+    /// Serves every carriage, the server's preference first: `mesh/h1` when the client offers it
+    /// (see [`Carriage::offers`]).
     pub fn new(identity: Arc<Identity>) -> Result<MeshTls, Error> {
+        MeshTls::serving(identity, &[Carriage::Http1, Carriage::Http2, Carriage::Tcp])
+    }
+
+    /// Serves `carriages` only, in that order of preference.
+    fn serving(identity: Arc<Identity>, carriages: &[Carriage]) -> Result<MeshTls, Error> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let verifier =
             WebPkiClientVerifier::builder_with_provider(identity.roots(), provider.clone())
@@ -160,11 +179,7 @@ impl MeshTls {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::new(CurrentCertificate(identity.clone())));
-        server.alpn_protocols = vec![
-            Carriage::Http1.alpn().to_vec(),
-            Carriage::Http2.alpn().to_vec(),
-            Carriage::Tcp.alpn().to_vec(),
-        ];
+        server.alpn_protocols = carriages.iter().map(|c| c.alpn().to_vec()).collect();
         Ok(MeshTls {
             identity,
             provider,
@@ -211,7 +226,11 @@ impl MeshTls {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_client_cert_resolver(Arc::new(CurrentCertificate(self.identity.clone())));
-        config.alpn_protocols = vec![carriage.alpn().to_vec()];
+        config.alpn_protocols = carriage
+            .offers()
+            .iter()
+            .map(|c| c.alpn().to_vec())
+            .collect();
         config.resumption = Resumption::store(self.sessions.clone());
         let config = Arc::new(config);
         clients.insert((expected.clone(), carriage), config.clone());
@@ -341,6 +360,52 @@ mod tests {
                 rustls::HandshakeKind::Resumed
             };
             assert_eq!(kind, Some(expected), "round {round}");
+        }
+    }
+
+    /// The carriage each client offer lands on, against a server of this build and one built
+    /// before `mesh/h1` (it served `mesh/h2` and `mesh/tcp` only).
+    #[tokio::test]
+    async fn http1_falls_back_to_http2_on_a_sidecar_without_mesh_h1() {
+        let root_key = KeyPair::generate().expect("key");
+        let mut root = CertificateParams::default();
+        root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        root.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let root_pem = root.self_signed(&root_key).expect("root").pem();
+        let issuer = Issuer::new(root, root_key);
+        let client = MeshTls::new(identity(&root_pem, &issuer, "client")).expect("client");
+        let current = MeshTls::new(identity(&root_pem, &issuer, "web")).expect("server");
+        let older = MeshTls::serving(
+            identity(&root_pem, &issuer, "web"),
+            &[Carriage::Http2, Carriage::Tcp],
+        )
+        .expect("server");
+
+        for (server, carriage, lands_on) in [
+            (&current, Carriage::Http1, Carriage::Http1),
+            (&current, Carriage::Http2, Carriage::Http2),
+            (&current, Carriage::Tcp, Carriage::Tcp),
+            (&older, Carriage::Http1, Carriage::Http2),
+            (&older, Carriage::Http2, Carriage::Http2),
+            (&older, Carriage::Tcp, Carriage::Tcp),
+        ] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let acceptor = server.acceptor().clone();
+            let accepted = tokio::spawn(async move {
+                let (tcp, _) = listener.accept().await.expect("accept");
+                let tls = acceptor.accept(tcp).await.expect("server handshake");
+                Carriage::from_alpn(tls.get_ref().1.alpn_protocol())
+            });
+            let tcp = TcpStream::connect(addr).await.expect("tcp");
+            let tls = client
+                .connect(tcp, addr.ip(), &id("web"), carriage)
+                .await
+                .expect("client handshake");
+            let client_sees = Carriage::from_alpn(tls.get_ref().1.alpn_protocol());
+            let server_sees = accepted.await.expect("server task");
+            assert_eq!(client_sees, Some(lands_on), "client offered {carriage:?}");
+            assert_eq!(server_sees, Some(lands_on), "client offered {carriage:?}");
         }
     }
 }
