@@ -34,7 +34,10 @@ case "${1:-}" in
     echo "ok: no client certificate -> $(grep -io 'tlsv13 alert certificate required\|alert[^:]*' <<<"$out" | head -1)"
     body=$(curl -sf --max-time 3 "http://127.0.0.1:$BENCH_LISTEN_PORT/")
     [[ $body == ok* ]] || { echo "FAIL: no ok through the pair"; exit 1; }
-    curl -sf "http://$SERVER_ADMIN/metrics" | grep -q '^mesh_tcp_connections_opened_total{direction="inbound"} [1-9]' \
+    # Read whole, then searched: `curl | grep -q` under pipefail fails when grep's early exit
+    # cuts curl off (SIGPIPE), which failed the check now and then once /metrics grew.
+    metrics=$(curl -sf "http://$SERVER_ADMIN/metrics") || { echo "FAIL: no /metrics from the server sidecar"; exit 1; }
+    grep -q '^mesh_tcp_connections_opened_total{direction="inbound"} [1-9]' <<<"$metrics" \
       || { echo "FAIL: the server sidecar saw no peer connection"; exit 1; }
     echo "ok: through the pair -> $body over mutual TLS 1.3 ($(grep -c 'BEGIN CERT' "$W/bundle.pem") root in the bundle)"
     ;;
