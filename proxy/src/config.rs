@@ -23,8 +23,8 @@ pub enum PeerHttp1 {
     /// In HTTP/2, multiplexed with the other requests to that peer (`mesh/h2`), as Linkerd's
     /// proxies do.
     Http2,
-    /// As HTTP/1.1 while fewer than `peer_http1_slots` requests to that peer are on `mesh/h1`,
-    /// in HTTP/2 beyond that ([`crate::peer_carriage`]).
+    /// As HTTP/1.1 while fewer than `peer_http1_slots` of the clients' HTTP/1.1 requests to that
+    /// peer are in flight (on either carriage), in HTTP/2 beyond that ([`crate::peer_carriage`]).
     Auto,
 }
 

@@ -77,12 +77,13 @@ struct PeerClients {
 enum Http1Carriage {
     Http1,
     Http2,
-    /// `mesh/h1` while one of the peer's slots is free, `mesh/h2` otherwise.
+    /// `mesh/h1` while few of the clients' HTTP/1.1 requests to the peer are in flight,
+    /// `mesh/h2` otherwise (see [`Http1Slots`]).
     Auto(Arc<Http1Slots>),
 }
 
-/// How a request goes to a peer sidecar: in `version`, holding `slot` while on `mesh/h1` under
-/// `--peer-http1 auto`.
+/// How a request goes to a peer sidecar: in `version`, holding `slot` (it counts the request
+/// in flight) under `--peer-http1 auto`.
 #[derive(Debug)]
 pub struct PeerRoute {
     pub version: Version,
@@ -99,8 +100,8 @@ impl PeerRoute {
 }
 
 impl HttpClients {
-    /// `peer_http1_slots`: under `PeerHttp1::Auto`, how many requests at once per peer go on
-    /// `mesh/h1`.
+    /// `peer_http1_slots`: under `PeerHttp1::Auto`, below how many of the clients' HTTP/1.1
+    /// requests in flight to a peer the next goes on `mesh/h1`.
     pub fn new(
         connect_timeout: Duration,
         peer: Option<PeerConnector>,
@@ -148,13 +149,17 @@ impl HttpClients {
         Some(match &clients.http1_as {
             Http1Carriage::Http1 => PeerRoute::of(Version::HTTP_11),
             Http1Carriage::Http2 => PeerRoute::of(Version::HTTP_2),
-            Http1Carriage::Auto(slots) => match slots.try_take(peer) {
-                Some(slot) => PeerRoute {
-                    version: Version::HTTP_11,
+            Http1Carriage::Auto(slots) => {
+                let slot = slots.take(peer);
+                PeerRoute {
+                    version: if slot.on_http1() {
+                        Version::HTTP_11
+                    } else {
+                        Version::HTTP_2
+                    },
                     slot: Some(slot),
-                },
-                None => PeerRoute::of(Version::HTTP_2),
-            },
+                }
+            }
         })
     }
 

@@ -42,13 +42,13 @@ struct Args {
     #[arg(long, value_enum, default_value_t = RelayMode::Splice)]
     relay: RelayMode,
     /// How HTTP/1.1 requests go to a peer sidecar: `auto` as HTTP/1.1 while fewer than
-    /// --peer-http1-slots of them to that peer are on HTTP/1.1 connections and in HTTP/2 beyond,
+    /// --peer-http1-slots of them to that peer are in flight and in HTTP/2 beyond,
     /// `http1` always as HTTP/1.1 over pooled mTLS connections, `http2` always multiplexed in
     /// HTTP/2. (HTTP/2 requests always go as HTTP/2, upgrades such as WebSocket as HTTP/1.1.)
     #[arg(long, value_enum, env = "MESH_PEER_HTTP1", default_value_t = PeerHttp1::Auto)]
     peer_http1: PeerHttp1,
-    /// Under --peer-http1 auto: how many requests at once per peer sidecar go as HTTP/1.1 (at
-    /// least 1).
+    /// Under --peer-http1 auto: below how many HTTP/1.1 requests in flight to a peer sidecar the
+    /// next goes as HTTP/1.1 (at least 1; also the most HTTP/1.1 connections to one peer).
     #[arg(long, env = "MESH_PEER_HTTP1_SLOTS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     peer_http1_slots: u16,
     /// The control plane to follow (xDS ADS), e.g. `http://10.0.0.1:15010`. Without it the

@@ -1,11 +1,15 @@
 //! Which carriage an HTTP/1.1 request to a peer sidecar takes under `--peer-http1 auto`: one of
-//! that peer's pooled HTTP/1.1 connections (`mesh/h1`) while fewer than `limit` requests to it are
-//! on them, otherwise its multiplexed HTTP/2 connection (`mesh/h2`).
+//! that peer's pooled HTTP/1.1 connections (`mesh/h1`) while fewer than `limit` of the clients'
+//! HTTP/1.1 requests to it are in flight, on either carriage; its multiplexed HTTP/2 connection
+//! (`mesh/h2`) otherwise.
 //!
 //! Measured side by side (`benches/RESULTS.md`), HTTP/1.1 between the sidecars costs less per
 //! request while requests come one at a time (no HTTP/2 framing, no task per stream), and HTTP/2
-//! costs less under load (many requests share each system call). A few slots per peer give the
-//! first to light traffic and the second to the rest, and bound the connections a busy peer gets.
+//! costs less under load (many requests share each system call). Counting the requests on both
+//! carriages sends a busy peer everything in HTTP/2: counting only those on `mesh/h1`, a quick
+//! HTTP/1.1 connection would take a freed place again and again, and carry a large share of a
+//! busy peer's requests at its higher cost. At most `limit` requests are ever on `mesh/h1`, so a
+//! peer gets at most `limit` such connections.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -15,22 +19,24 @@ use std::task::{Context, Poll};
 
 use hyper::body::{Body, Frame, SizeHint};
 
-/// The `mesh/h1` slots of every peer: how many requests each has on them now.
+/// The clients' HTTP/1.1 requests in flight to every peer, on either carriage.
 #[derive(Debug)]
 pub struct Http1Slots {
     limit: usize,
     busy: Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// One request's place on a peer's `mesh/h1` connections, given back when dropped.
+/// One request in flight to a peer, counted until dropped; `on_http1` says which carriage it
+/// takes.
 #[derive(Debug)]
 pub struct Http1Slot {
     slots: Arc<Http1Slots>,
     peer: IpAddr,
+    on_http1: bool,
 }
 
 impl Http1Slots {
-    /// At most `limit` requests at once per peer on `mesh/h1`.
+    /// `mesh/h1` while fewer than `limit` requests are in flight to the peer.
     pub fn new(limit: usize) -> Arc<Http1Slots> {
         Arc::new(Http1Slots {
             limit,
@@ -38,24 +44,30 @@ impl Http1Slots {
         })
     }
 
-    /// A slot on `peer`'s `mesh/h1` connections, if one is free.
-    pub fn try_take(self: &Arc<Self>, peer: IpAddr) -> Option<Http1Slot> {
+    /// Counts one more request to `peer`: on `mesh/h1` when fewer than the limit were in flight.
+    pub fn take(self: &Arc<Self>, peer: IpAddr) -> Http1Slot {
         let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let n = busy.entry(peer).or_insert(0);
-        if *n >= self.limit {
-            return None;
-        }
+        let on_http1 = *n < self.limit;
         *n += 1;
-        Some(Http1Slot {
+        Http1Slot {
             slots: self.clone(),
             peer,
-        })
+            on_http1,
+        }
     }
 
-    /// Requests on `peer`'s `mesh/h1` connections now.
+    /// Requests in flight to `peer` now.
     pub fn busy(&self, peer: IpAddr) -> usize {
         let busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         busy.get(&peer).copied().unwrap_or(0)
+    }
+}
+
+impl Http1Slot {
+    /// Whether this request goes on `mesh/h1`.
+    pub fn on_http1(&self) -> bool {
+        self.on_http1
     }
 }
 
@@ -71,8 +83,8 @@ impl Drop for Http1Slot {
     }
 }
 
-/// A response body that holds its request's slot until the body is done or dropped: the
-/// connection it came on takes no other request until then.
+/// A response body that holds its request's slot until the body is done or dropped: until then
+/// the request is in flight (and a `mesh/h1` connection it came on takes no other).
 #[derive(Debug)]
 pub struct SlotBody<B> {
     inner: B,
@@ -121,22 +133,30 @@ mod tests {
     const OTHER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 8));
 
     #[test]
-    fn a_peer_gets_at_most_limit_slots_and_each_comes_back_when_dropped() {
+    fn http1_while_fewer_than_limit_are_in_flight_on_either_carriage() {
         let slots = Http1Slots::new(2);
-        let a = slots.try_take(PEER).expect("first slot");
-        let b = slots.try_take(PEER).expect("second slot");
-        assert!(slots.try_take(PEER).is_none(), "the limit is 2");
-        assert!(slots.try_take(OTHER).is_some(), "each peer has its own");
+        let a = slots.take(PEER);
+        let b = slots.take(PEER);
+        let c = slots.take(PEER);
+        assert!(a.on_http1() && b.on_http1(), "the first 2 go on mesh/h1");
+        assert!(!c.on_http1(), "the limit is 2: the third goes in HTTP/2");
+        assert!(slots.take(OTHER).on_http1(), "each peer has its own count");
         drop(a);
-        let c = slots.try_take(PEER).expect("a slot came back");
-        drop((b, c));
+        assert!(
+            !slots.take(PEER).on_http1(),
+            "b and c are in flight, and one of them in HTTP/2: still busy"
+        );
+        drop(c);
+        let d = slots.take(PEER);
+        assert!(d.on_http1(), "one in flight: below the limit again");
+        drop((b, d));
         assert_eq!(slots.busy(PEER), 0);
     }
 
     #[tokio::test]
     async fn a_body_gives_its_slot_back_once_read_to_the_end() {
         let slots = Http1Slots::new(1);
-        let slot = slots.try_take(PEER).expect("slot");
+        let slot = slots.take(PEER);
         let mut body = SlotBody::new(Full::new(bytes::Bytes::from_static(b"ok")), slot);
         let first = body.frame().await.expect("a frame").expect("data");
         assert_eq!(first.into_data().ok().as_deref(), Some(&b"ok"[..]));

@@ -543,7 +543,8 @@ fn peak_ewma_balancing_moves_load_off_a_slow_endpoint() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `mesh-proxy --peer-http1-slots`' default: HTTP/1.1 requests at once per peer on `mesh/h1`.
+/// `mesh-proxy --peer-http1-slots`' default: below this many HTTP/1.1 requests in flight to a
+/// peer the next goes on `mesh/h1`; so also the most `mesh/h1` connections to one peer.
 const HTTP1_SLOTS: u64 = 4;
 
 #[test]
@@ -566,7 +567,7 @@ fn http1_requests_ride_pooled_http1_connections_up_to_the_slots_and_the_rest_one
             "mesh_peer_connections_total{{carriage=\"{alpn}\"}}"
         ))
     };
-    // 20 requests one after another, each on a new client connection: each finds a slot free,
+    // 20 requests one after another, each on a new client connection: none other is in flight,
     // so one pooled HTTP/1.1 connection between the sidecars carries them all.
     for _ in 0..20 {
         let out =
@@ -586,9 +587,9 @@ fn http1_requests_ride_pooled_http1_connections_up_to_the_slots_and_the_rest_one
         (1, 0),
         "one mesh/h1 connection carried the 20 requests"
     );
-    // Two more at once than there are slots, to an endpoint that answers after 2 s: the slots'
-    // requests on mesh/h1 (the idle connection and new ones), the others multiplexed on one
-    // mesh/h2 connection.
+    // Two more at once than there are slots, to an endpoint that answers after 2 s: the first
+    // HTTP1_SLOTS on mesh/h1 (the idle connection and new ones), the others, which find that
+    // many in flight, multiplexed on one mesh/h2 connection.
     let answers: Vec<anyhow::Result<std::process::Output>> = std::thread::scope(|scope| {
         let calls: Vec<_> = (0..HTTP1_SLOTS + 2)
             .map(|_| scope.spawn(|| s.a.curl(&["http://10.96.0.12/"])))
