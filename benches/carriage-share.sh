@@ -9,14 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/common.sh
 SECS=${1:-8}
-OUT=$(mktemp -d /tmp/mesh-carriage-share.XXXXXX)
-export BENCH_HOME=${BENCH_HOME:-$(cd ../shared/bench && pwd)} BENCH_WORKDIR=$OUT/work BENCH_MODE=http \
-  BENCH_LISTEN_PORT=19010 BENCH_UPSTREAM_HOST=127.0.0.1 BENCH_UPSTREAM_PORT=19000 \
-  BENCH_INTERNAL_PORT=19012 BENCH_THREADS=1
-taskset -c 1 $RELEASE_DIR/mesh-test-app http --listen 127.0.0.1:19000 --name ok >"$OUT/backend.log" 2>&1 &
-BACKEND=$!
-trap 'benches/contenders/mesh-pair-mtls.sh stop >/dev/null 2>&1 || true; kill $BACKEND 2>/dev/null || true; wait $BACKEND 2>/dev/null || true' EXIT
-taskset -c 1 benches/contenders/mesh-pair-mtls.sh start >/dev/null
+source benches/lib/pair.sh
+pair_start carriage-share
 taskset -c 0 wrk -t1 -c"${CONNS:-50}" -d"${SECS}s" http://127.0.0.1:19010/ | grep -E 'requests in|Requests/sec'
 echo "bytes received per peer connection (server sidecar, port $BENCH_INTERNAL_PORT):"
 ss -tinH state established "( sport = :$BENCH_INTERNAL_PORT )" | grep -o 'bytes_received:[0-9]*' | cut -d: -f2 | sort -n | paste -sd' '

@@ -9,16 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/common.sh
 SECS=${1:-6}
-OUT=$(mktemp -d /tmp/mesh-pair-memory.XXXXXX)
-export BENCH_HOME=${BENCH_HOME:-$(cd ../shared/bench && pwd)} BENCH_WORKDIR=$OUT/work BENCH_MODE=http \
-  BENCH_LISTEN_PORT=19010 BENCH_UPSTREAM_HOST=127.0.0.1 BENCH_UPSTREAM_PORT=19000 \
-  BENCH_INTERNAL_PORT=19012 BENCH_THREADS=1
-taskset -c 1 $RELEASE_DIR/mesh-test-app http --listen 127.0.0.1:19000 --name ok >"$OUT/backend.log" 2>&1 &
-BACKEND=$!
-trap 'benches/contenders/mesh-pair-mtls.sh stop >/dev/null 2>&1 || true; kill $BACKEND 2>/dev/null || true; wait $BACKEND 2>/dev/null || true' EXIT
-taskset -c 1 benches/contenders/mesh-pair-mtls.sh start
-curl -sf -o /dev/null --max-time 5 http://127.0.0.1:19010/ \
-  || { echo "pair-memory: no 2xx through the pair (logs in $BENCH_WORKDIR)" >&2; exit 1; }
+source benches/lib/pair.sh
+pair_start pair-memory
 taskset -c 0 wrk -t1 -c50 -d2s http://127.0.0.1:19010/ >/dev/null
 taskset -c 0 wrk -t1 -c50 -d"${SECS}s" http://127.0.0.1:19010/ | grep -E 'Requests/sec'
 for p in $(cat "$BENCH_WORKDIR/pids"); do

@@ -276,6 +276,16 @@ mod tests {
         SpiffeId::new("cluster.local", "default", sa).expect("id")
     }
 
+    /// A fresh root CA: its PEM (the trust bundle) and the issuer of the leaves.
+    fn root_ca() -> (String, Issuer<'static, KeyPair>) {
+        let root_key = KeyPair::generate().expect("key");
+        let mut root = CertificateParams::default();
+        root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        root.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let root_pem = root.self_signed(&root_key).expect("root").pem();
+        (root_pem, Issuer::new(root, root_key))
+    }
+
     /// An identity holding a certificate for `sa` from `issuer`.
     fn identity(root_pem: &str, issuer: &Issuer<'_, KeyPair>, sa: &str) -> Arc<Identity> {
         let identity = Identity::new(id(sa), "test", root_pem).expect("bundle");
@@ -299,12 +309,7 @@ mod tests {
 
     #[tokio::test]
     async fn clients_accept_only_the_published_identity_and_resume_sessions() {
-        let root_key = KeyPair::generate().expect("key");
-        let mut root = CertificateParams::default();
-        root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        root.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-        let root_pem = root.self_signed(&root_key).expect("root").pem();
-        let issuer = Issuer::new(root, root_key);
+        let (root_pem, issuer) = root_ca();
         let server = MeshTls::new(identity(&root_pem, &issuer, "web")).expect("server");
         let client = MeshTls::new(identity(&root_pem, &issuer, "client")).expect("client");
 
@@ -367,12 +372,7 @@ mod tests {
     /// before `mesh/h1` (it served `mesh/h2` and `mesh/tcp` only).
     #[tokio::test]
     async fn http1_falls_back_to_http2_on_a_sidecar_without_mesh_h1() {
-        let root_key = KeyPair::generate().expect("key");
-        let mut root = CertificateParams::default();
-        root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        root.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-        let root_pem = root.self_signed(&root_key).expect("root").pem();
-        let issuer = Issuer::new(root, root_key);
+        let (root_pem, issuer) = root_ca();
         let client = MeshTls::new(identity(&root_pem, &issuer, "client")).expect("client");
         let current = MeshTls::new(identity(&root_pem, &issuer, "web")).expect("server");
         let older = MeshTls::serving(
