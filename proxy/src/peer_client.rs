@@ -183,3 +183,107 @@ impl tower_service::Service<Uri> for PeerConnector {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::testing::{id, identity, older_sidecar, root_ca};
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty, Full};
+    use hyper::{Request, Response, Version};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use tokio::net::TcpListener;
+
+    /// Serves every connection on `listener` over the carriage its handshake chose; each
+    /// response says the version the request arrived in.
+    fn serve(listener: TcpListener, server: MeshTls) {
+        let acceptor = server.acceptor().clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let carriage = Carriage::from_alpn(tls.get_ref().1.alpn_protocol());
+                    let answer = hyper::service::service_fn(|req: Request<_>| async move {
+                        let version = format!("{:?}", req.version());
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
+                            version,
+                        ))))
+                    });
+                    let io = TokioIo::new(tls);
+                    let _ = if carriage == Some(Carriage::Http1) {
+                        hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, answer)
+                            .await
+                    } else {
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, answer)
+                            .await
+                    };
+                });
+            }
+        });
+    }
+
+    /// What [`connect`] does, minus the lookup of the peer's identity in xDS.
+    #[derive(Clone)]
+    struct Connector(Arc<MeshTls>);
+
+    impl tower_service::Service<Uri> for Connector {
+        type Response = TokioIo<PeerStream>;
+        type Error = io::Error;
+        type Future = Connecting;
+
+        fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, uri: Uri) -> Connecting {
+            let tls = self.0.clone();
+            Box::pin(async move {
+                let addr: SocketAddr = uri
+                    .authority()
+                    .and_then(|a| a.as_str().parse().ok())
+                    .ok_or_else(|| io::Error::other("no address"))?;
+                let tcp = TcpStream::connect(addr).await?;
+                let stream = tls
+                    .connect(tcp, addr.ip(), &id("web"), Carriage::Http1)
+                    .await?;
+                Ok(TokioIo::new(PeerStream(stream)))
+            })
+        }
+    }
+
+    /// The `mesh/h1` client as the sidecar builds it (`http2_only(false)`): against a sidecar
+    /// of this build the request goes in HTTP/1.1; against one built before `mesh/h1` the
+    /// handshake lands on `mesh/h2`, and the same client speaks HTTP/2 on that connection.
+    #[tokio::test]
+    async fn the_http1_client_speaks_http2_to_a_sidecar_without_mesh_h1() {
+        let (root_pem, issuer) = root_ca();
+        let client_tls =
+            Arc::new(MeshTls::new(identity(&root_pem, &issuer, "client")).expect("tls"));
+        let current = MeshTls::new(identity(&root_pem, &issuer, "web")).expect("tls");
+        let older = older_sidecar(identity(&root_pem, &issuer, "web"));
+        for (server, arrives_in) in [(current, "HTTP/1.1"), (older, "HTTP/2.0")] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            serve(listener, server);
+            let client = Client::builder(TokioExecutor::new())
+                .http2_only(false)
+                .build::<_, Empty<Bytes>>(Connector(client_tls.clone()));
+            for _ in 0..2 {
+                let req = Request::get(format!("http://{addr}/"))
+                    .version(Version::HTTP_11)
+                    .body(Empty::new())
+                    .expect("request");
+                let resp = client.request(req).await.expect("response");
+                assert!(resp.status().is_success(), "{}", resp.status());
+                let body = resp.into_body().collect().await.expect("body").to_bytes();
+                assert_eq!(body, arrives_in.as_bytes(), "the server's version");
+            }
+        }
+    }
+}

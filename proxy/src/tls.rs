@@ -261,23 +261,22 @@ pub fn peer_identity(conn: &rustls::CommonState) -> Option<SpiffeId> {
         .and_then(|leaf| spiffe_id(leaf))
 }
 
+/// Certificates and sidecar TLS set-ups for the tests of this crate.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
     use rcgen::{
         BasicConstraints, CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa,
         Issuer, KeyPair, KeyUsagePurpose, SanType,
     };
     use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
 
-    fn id(sa: &str) -> SpiffeId {
+    pub(crate) fn id(sa: &str) -> SpiffeId {
         SpiffeId::new("cluster.local", "default", sa).expect("id")
     }
 
     /// A fresh root CA: its PEM (the trust bundle) and the issuer of the leaves.
-    fn root_ca() -> (String, Issuer<'static, KeyPair>) {
+    pub(crate) fn root_ca() -> (String, Issuer<'static, KeyPair>) {
         let root_key = KeyPair::generate().expect("key");
         let mut root = CertificateParams::default();
         root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -287,7 +286,11 @@ mod tests {
     }
 
     /// An identity holding a certificate for `sa` from `issuer`.
-    fn identity(root_pem: &str, issuer: &Issuer<'_, KeyPair>, sa: &str) -> Arc<Identity> {
+    pub(crate) fn identity(
+        root_pem: &str,
+        issuer: &Issuer<'_, KeyPair>,
+        sa: &str,
+    ) -> Arc<Identity> {
         let identity = Identity::new(id(sa), "test", root_pem).expect("bundle");
         let key = KeyPair::generate().expect("key");
         let mut params = CertificateParams::default();
@@ -306,6 +309,19 @@ mod tests {
         );
         Arc::new(identity)
     }
+
+    /// The TLS of a sidecar built before `mesh/h1` existed: it served `mesh/h2` and `mesh/tcp`.
+    pub(crate) fn older_sidecar(identity: Arc<Identity>) -> MeshTls {
+        MeshTls::serving(identity, &[Carriage::Http2, Carriage::Tcp]).expect("server")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
 
     #[tokio::test]
     async fn clients_accept_only_the_published_identity_and_resume_sessions() {
@@ -375,11 +391,7 @@ mod tests {
         let (root_pem, issuer) = root_ca();
         let client = MeshTls::new(identity(&root_pem, &issuer, "client")).expect("client");
         let current = MeshTls::new(identity(&root_pem, &issuer, "web")).expect("server");
-        let older = MeshTls::serving(
-            identity(&root_pem, &issuer, "web"),
-            &[Carriage::Http2, Carriage::Tcp],
-        )
-        .expect("server");
+        let older = older_sidecar(identity(&root_pem, &issuer, "web"));
 
         for (server, carriage, lands_on) in [
             (&current, Carriage::Http1, Carriage::Http1),
