@@ -24,7 +24,8 @@ pub enum PeerHttp1 {
     /// proxies do.
     Http2,
     /// As HTTP/1.1 while fewer than `peer_http1_slots` of the clients' HTTP/1.1 requests to that
-    /// peer are in flight (on either carriage), in HTTP/2 beyond that ([`crate::peer_carriage`]).
+    /// peer are in flight (on either carriage), in HTTP/2 beyond that and for a short hold after
+    /// ([`crate::peer_carriage`]).
     Auto,
 }
 

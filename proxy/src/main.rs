@@ -42,7 +42,8 @@ struct Args {
     #[arg(long, value_enum, default_value_t = RelayMode::Splice)]
     relay: RelayMode,
     /// How HTTP/1.1 requests go to a peer sidecar: `auto` as HTTP/1.1 while fewer than
-    /// --peer-http1-slots of them to that peer are in flight and in HTTP/2 beyond,
+    /// --peer-http1-slots of them to that peer are in flight and in HTTP/2 beyond (and for
+    /// 20 ms after a request last found that many),
     /// `http1` always as HTTP/1.1 over pooled mTLS connections, `http2` always multiplexed in
     /// HTTP/2. (HTTP/2 requests always go as HTTP/2, upgrades such as WebSocket as HTTP/1.1.)
     #[arg(long, value_enum, env = "MESH_PEER_HTTP1", default_value_t = PeerHttp1::Auto)]
