@@ -34,7 +34,10 @@ if [[ ${1:-} == --check ]]; then
   found=$(sort -u proxy/symbol-order.txt | comm -12 - /tmp/mesh-symbols.$$ | wc -l)
   rm -f /tmp/mesh-symbols.$$
   echo "symbol-order: $found of $listed listed functions are in $RELEASE_DIR/mesh-proxy"
-  (( found * 10 >= listed * 9 )) || echo "symbol-order: the file is stale: run scripts/symbol-order.sh"
+  # 99%: with a file that matched 95% of a fresh clone's binary the pair peaked at 15.5 MB in
+  # the harness, against 14.6 MB after regenerating it (benches/RESULTS.md, the full runs of
+  # 2026-12-03): most of the memory target's margin.
+  (( found * 100 >= listed * 99 )) || echo "symbol-order: the file is stale ($found of $listed): run scripts/symbol-order.sh before measuring memory"
   exit 0
 fi
 for t in valgrind wrk curl; do
