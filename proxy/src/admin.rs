@@ -43,25 +43,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, drain: Drain) {
 pub fn respond(method: &Method, path: &str, ctx: &Context, drain: &Drain) -> Response<Full<Bytes>> {
     match (method, path) {
         (&Method::GET, "/live") => text(StatusCode::OK, "live\n".into()),
-        (&Method::GET, "/ready") if drain.is_draining() => {
-            text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
-        }
-        (&Method::GET, "/ready") if !ctx.xds.is_ready() => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "waiting for the first configuration from the control plane\n".into(),
-        ),
-        (&Method::GET, "/ready")
-            if ctx
-                .tls
-                .as_ref()
-                .is_some_and(|tls| !tls.identity().is_ready()) =>
-        {
-            text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no workload certificate from meshd's CA yet\n".into(),
-            )
-        }
-        (&Method::GET, "/ready") => text(StatusCode::OK, "ready\n".into()),
+        (&Method::GET, "/ready") => ready(ctx, drain),
         (&Method::GET, "/config_dump") => {
             let body = serde_json::to_string_pretty(&ctx.xds.dump()).unwrap_or_default();
             let mut r = text(StatusCode::OK, body);
@@ -97,6 +79,30 @@ pub fn respond(method: &Method, path: &str, ctx: &Context, drain: &Drain) -> Res
             StatusCode::NOT_FOUND,
             "not found; try GET /live, /ready, /metrics, /config_dump or POST /shutdown\n".into(),
         ),
+    }
+}
+
+/// `/ready`: 200 when serving; otherwise 503 with every unmet condition, one per line, so the
+/// answer names all that is missing whatever order the conditions are met in.
+fn ready(ctx: &Context, drain: &Drain) -> Response<Full<Bytes>> {
+    let mut missing = String::new();
+    if drain.is_draining() {
+        missing.push_str("draining\n");
+    }
+    if !ctx.xds.is_ready() {
+        missing.push_str("waiting for the first configuration from the control plane\n");
+    }
+    if ctx
+        .tls
+        .as_ref()
+        .is_some_and(|tls| !tls.identity().is_ready())
+    {
+        missing.push_str("no workload certificate from meshd's CA yet\n");
+    }
+    if missing.is_empty() {
+        text(StatusCode::OK, "ready\n".into())
+    } else {
+        text(StatusCode::SERVICE_UNAVAILABLE, missing)
     }
 }
 
@@ -156,6 +162,32 @@ mod tests {
         assert_eq!(
             respond(&Method::GET, "/live", &ctx, &drain).status(),
             StatusCode::OK
+        );
+    }
+
+    fn body(r: Response<Full<Bytes>>) -> String {
+        use http_body_util::BodyExt;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a current-thread runtime");
+        let bytes = rt
+            .block_on(r.into_body().collect())
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[test]
+    fn not_ready_names_every_unmet_condition() {
+        let mut ctx = ctx();
+        ctx.xds = std::sync::Arc::new(crate::xds::Xds::following("https://meshd:15012".into()));
+        let drain = Drain::new();
+        drain.start();
+        let r = respond(&Method::GET, "/ready", &ctx, &drain);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            body(r),
+            "draining\nwaiting for the first configuration from the control plane\n"
         );
     }
 
