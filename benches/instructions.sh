@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Instructions per request in each sidecar of the mTLS pair, counted by callgrind: a count, not
+# a rate, so it repeats on a noisy host (the same binary and load give the same figure within a
+# fraction of a percent), where the harness's CPU-per-request rows move by half between runs.
+# It counts user-space instructions only: not the kernel's share, nor cache misses, so it tells
+# whether a change to the request path does less work, not by how much the CPU rows move.
+#
+# How: the pair (benches/lib/pair.sh) with both sidecars under callgrind; a warm-up (20
+# requests, which opens the peer connections), then the counters are zeroed and each load runs
+# on its own, its counts dumped after it:
+#   - paced: oha at RATE req/s (default 100) over 50 connections: requests arrive one by one, as
+#     in the harness's 1000 req/s test (valgrind makes the sidecars ~50x slower, so the rate is
+#     lower for the same shape);
+#   - full: oha with no rate limit over 50 connections: requests overlap and batch, as under wrk.
+# Prints, per load and sidecar, the instructions per request and where they went (the functions
+# with the most inclusive cost, with PROFILE_TOP, default 0 = none).
+#   [MESH_BIN_DIR=DIR] [MESH_PROXY_ARGS=...] [RATE=100] [PROFILE_TOP=N] benches/instructions.sh [REQUESTS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/common.sh
+N=${1:-1000}
+RATE=${RATE:-100}
+for t in valgrind callgrind_control oha curl; do
+  command -v "$t" >/dev/null || die "needs $t (bash ../shared/bench/setup.sh installs oha; apt-get install -y valgrind curl)"
+done
+CG=$(mktemp -d /tmp/mesh-instructions-cg.XXXXXX)
+export MESH_READY_TRIES=600 \
+  MESH_PROXY_WRAPPER="valgrind --tool=callgrind --callgrind-out-file=$CG/callgrind.%p"
+source benches/lib/pair.sh
+pair_start instructions
+# pids holds the sidecars in start order: the server side first, then the client side.
+read -r -d '' SERVER CLIENT < <(grep -v '^$' "$BENCH_WORKDIR/pids" | tail -2; printf '\0') || true
+[[ -f $CG/callgrind.$SERVER && -f $CG/callgrind.$CLIENT ]] || die "the sidecars ($SERVER, $CLIENT) are not under callgrind (see $CG)"
+URL=http://127.0.0.1:19010/
+for _ in $(seq 20); do curl -sf -o /dev/null "$URL"; done
+for p in $SERVER $CLIENT; do callgrind_control --zero "$p" >/dev/null; done
+
+load() { # name, then oha's load flags
+  local name=$1; shift
+  echo "== $name: $N requests ($*)"
+  taskset -c 0 oha -n "$N" -c 50 "$@" --no-tui --output-format json "$URL" \
+    | python3 -c 'import json, sys; s = json.load(sys.stdin); print("   status codes:", s["statusCodeDistribution"])'
+  for p in $SERVER $CLIENT; do callgrind_control --dump="$name" "$p" >/dev/null; done
+}
+load paced -q "$RATE"
+load full
+
+python3 - "$CG" "$SERVER" "$CLIENT" "$N" "${PROFILE_TOP:-0}" <<'EOF'
+import glob, subprocess, sys
+cg, server, client, n, top = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+def parts(pid):
+    found = {}
+    for path in glob.glob(f'{cg}/callgrind.{pid}.*'):
+        desc, total = None, None
+        with open(path, errors='replace') as f:
+            for line in f:
+                if line.startswith('desc: Trigger: Client Request: '):
+                    desc = line.split(': ', 3)[3].strip()
+                elif line.startswith('summary:') or line.startswith('totals:'):
+                    total = int(line.split()[1])
+        if desc:
+            found[desc] = (total, path)
+    return found
+sides = {'server side': parts(server), 'client side': parts(client)}
+print(f'{"load":<6} {"sidecar":<12} {"instructions/request":>22}')
+for load in ('paced', 'full'):
+    for side, found in sides.items():
+        if load not in found:
+            sys.exit(f'instructions: no "{load}" dump for the {side} in {cg}')
+        total, path = found[load]
+        print(f'{load:<6} {side:<12} {total / n:>22,.0f}')
+        if top:
+            out = subprocess.run(['callgrind_annotate', '--inclusive=yes', path],
+                                 capture_output=True, text=True).stdout.splitlines()
+            rows = [l for l in out if '*' in l and ':' in l][:top]
+            print('\n'.join('    ' + r for r in rows))
+EOF
+echo "callgrind files in $CG (callgrind_annotate --inclusive=yes FILE)"
