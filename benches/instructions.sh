@@ -5,16 +5,16 @@
 # It counts user-space instructions only: not the kernel's share, nor cache misses, so it tells
 # whether a change to the request path does less work, not by how much the CPU rows move.
 #
-# How: the pair (benches/lib/pair.sh) with both sidecars under callgrind; a warm-up (20
-# requests, which opens the peer connections), then the counters are zeroed and each load runs
+# How: the pair (benches/lib/pair.sh) with both sidecars under callgrind; a warm-up, then the counters are zeroed and each load runs
 # on its own, its counts dumped after it:
 #   - paced: oha at RATE req/s (default 100) over 50 connections: requests arrive one by one, as
 #     in the harness's 1000 req/s test (valgrind makes the sidecars ~50x slower, so the rate is
 #     lower for the same shape);
 #   - full: oha with no rate limit over 50 connections: requests overlap and batch, as under wrk.
-# Prints, per load and sidecar, the instructions per request and where they went (the functions
-# with the most inclusive cost, with PROFILE_TOP, default 0 = none).
-#   [MESH_BIN_DIR=DIR] [MESH_PROXY_ARGS=...] [RATE=100] [PROFILE_TOP=N] benches/instructions.sh [REQUESTS]
+# Prints, per load and sidecar, the instructions per request and, with PROFILE_TOP=N, the N
+# functions that ran the most of them (their own, or with PROFILE_INCLUSIVE=yes with their callees).
+#   [MESH_BIN_DIR=DIR] [MESH_PROXY_ARGS=...] [RATE=100] [PROFILE_TOP=N] [PROFILE_INCLUSIVE=yes]
+#     benches/instructions.sh [REQUESTS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/common.sh
@@ -32,30 +32,36 @@ pair_start instructions
 read -r -d '' SERVER CLIENT < <(grep -v '^$' "$BENCH_WORKDIR/pids" | tail -2; printf '\0') || true
 [[ -f $CG/callgrind.$SERVER && -f $CG/callgrind.$CLIENT ]] || die "the sidecars ($SERVER, $CLIENT) are not under callgrind (see $CG)"
 URL=http://127.0.0.1:19010/
+# Warm-up in both shapes, so that the peer connections each load opens (up to the mesh/h1
+# slots and the mesh/h2 one) are open before counting: no handshake is counted.
 for _ in $(seq 20); do curl -sf -o /dev/null "$URL"; done
-for p in $SERVER $CLIENT; do callgrind_control --zero "$p" >/dev/null; done
+taskset -c 0 oha -n 200 -c 50 -q "$RATE" --no-tui "$URL" >/dev/null
+taskset -c 0 oha -n 200 -c 50 --no-tui "$URL" >/dev/null
+for p in $SERVER $CLIENT; do callgrind_control --zero "$p" >/dev/null 2>&1; done
 
 load() { # name, then oha's load flags
   local name=$1; shift
   echo "== $name: $N requests ($*)"
   taskset -c 0 oha -n "$N" -c 50 "$@" --no-tui --output-format json "$URL" \
     | python3 -c 'import json, sys; s = json.load(sys.stdin); print("   status codes:", s["statusCodeDistribution"])'
-  for p in $SERVER $CLIENT; do callgrind_control --dump="$name" "$p" >/dev/null; done
+  for p in $SERVER $CLIENT; do callgrind_control --dump="$name" "$p" >/dev/null 2>&1; done
 }
 load paced -q "$RATE"
 load full
 
-python3 - "$CG" "$SERVER" "$CLIENT" "$N" "${PROFILE_TOP:-0}" <<'EOF'
-import glob, subprocess, sys
+python3 - "$CG" "$SERVER" "$CLIENT" "$N" "${PROFILE_TOP:-0}" "${PROFILE_INCLUSIVE:-no}" <<'EOF'
+import glob, re, subprocess, sys
 cg, server, client, n, top = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+inclusive = sys.argv[6]
 def parts(pid):
     found = {}
     for path in glob.glob(f'{cg}/callgrind.{pid}.*'):
         desc, total = None, None
         with open(path, errors='replace') as f:
             for line in f:
-                if line.startswith('desc: Trigger: Client Request: '):
-                    desc = line.split(': ', 3)[3].strip()
+                if line.startswith('desc: Trigger: '):
+                    # "dump NAME" (callgrind_control --dump=NAME), or "Program termination"
+                    desc = line.split()[-1]
                 elif line.startswith('summary:') or line.startswith('totals:'):
                     total = int(line.split()[1])
         if desc:
@@ -70,9 +76,9 @@ for load in ('paced', 'full'):
         total, path = found[load]
         print(f'{load:<6} {side:<12} {total / n:>22,.0f}')
         if top:
-            out = subprocess.run(['callgrind_annotate', '--inclusive=yes', path],
+            out = subprocess.run(['callgrind_annotate', '--auto=no', f'--inclusive={inclusive}', path],
                                  capture_output=True, text=True).stdout.splitlines()
-            rows = [l for l in out if '*' in l and ':' in l][:top]
-            print('\n'.join('    ' + r for r in rows))
+            rows = [l for l in out if re.match(r'^\s*[\d,]+ \(\s*[\d.]+%\)\s+\S', l)][1:top + 1]
+            print('\n'.join('    ' + re.sub(r'/root/\.cargo/registry/src/[^/]+/', '', r) for r in rows))
 EOF
 echo "callgrind files in $CG (callgrind_annotate --inclusive=yes FILE)"

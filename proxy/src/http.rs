@@ -14,7 +14,10 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, LOCATION, TE, UPGRADE};
+use hyper::header::{
+    CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, LOCATION, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRAILER, UPGRADE,
+};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture};
@@ -37,18 +40,18 @@ use crate::tls::Carriage;
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 /// The header that marks (and explains) a response the mesh produced itself.
-pub const MESH_ERROR: &str = "x-mesh-error";
+pub const MESH_ERROR: HeaderName = HeaderName::from_static("x-mesh-error");
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1), never forwarded. (`te: trailers` is kept: it
 /// is the one TE value HTTP/2 allows, and gRPC requires it.)
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "trailer",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 7] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    TRAILER,
+    UPGRADE,
 ];
 
 /// Pooled upstream connections, one pool per protocol: a request goes upstream in the protocol
@@ -229,7 +232,7 @@ pub fn side_error(side: &str, status: StatusCode, reason: &str) -> Response<Prox
     *resp.status_mut() = status;
     if let Ok(v) = HeaderValue::from_str(&text) {
         resp.headers_mut()
-            .insert(HeaderName::from_static(MESH_ERROR), v);
+            .insert(MESH_ERROR, v);
     }
     resp
 }
@@ -529,6 +532,14 @@ fn upstream_request<B>(
 
 /// Removes hop-by-hop headers, including those the Connection header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over their few headers costs less than a lookup for
+    // each hop-by-hop name.
+    let any = headers
+        .iter()
+        .any(|(name, value)| HOP_BY_HOP.contains(name) || (name == TE && value != "trailers"));
+    if !any {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -539,7 +550,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     if headers.get(TE).is_some_and(|v| v != "trailers") {
@@ -572,6 +583,11 @@ mod tests {
         h.insert("te", HeaderValue::from_static("gzip"));
         strip_hop_by_hop(&mut h);
         assert_eq!(names(&h), vec!["x-kept"], "any other te goes");
+        for name in &HOP_BY_HOP {
+            h.insert(name, HeaderValue::from_static("1"));
+            strip_hop_by_hop(&mut h);
+            assert_eq!(names(&h), vec!["x-kept"], "{name} alone goes too");
+        }
     }
 
     #[test]
@@ -631,11 +647,11 @@ mod tests {
             let header = |name: &str| up.headers().get(name).and_then(|v| v.to_str().ok());
             assert_eq!(up.version(), hop_version);
             assert_eq!(up.uri().to_string(), "http://10.0.0.7:4143/users?id=1");
-            assert_eq!(header(ORIG_PROTO), Some("HTTP/1.1"), "{hop_version:?}");
+            assert_eq!(header(ORIG_PROTO.as_str()), Some("HTTP/1.1"), "{hop_version:?}");
             assert_eq!(header("host"), host, "{hop_version:?}");
-            assert_eq!(header(ORIG_HOST), orig_host, "{hop_version:?}");
-            assert_eq!(header(TARGET_PORT), Some("8080"));
-            assert_eq!(header(SERVICE), Some("web.default"));
+            assert_eq!(header(ORIG_HOST.as_str()), orig_host, "{hop_version:?}");
+            assert_eq!(header(TARGET_PORT.as_str()), Some("8080"));
+            assert_eq!(header(SERVICE.as_str()), Some("web.default"));
             assert_eq!(header("connection"), None);
         }
         // An HTTP/2 request stays HTTP/2 and says nothing of HTTP/1.1.
