@@ -76,9 +76,12 @@ for load in ('paced', 'full'):
         total, path = found[load]
         print(f'{load:<6} {side:<12} {total / n:>22,.0f}')
         if top:
-            out = subprocess.run(['callgrind_annotate', '--auto=no', f'--inclusive={inclusive}', path],
+            out = subprocess.run(['callgrind_annotate', '--auto=no', '--threshold=100',
+                                  f'--inclusive={inclusive}', path],
                                  capture_output=True, text=True).stdout.splitlines()
-            rows = [l for l in out if re.match(r'^\s*[\d,]+ \(\s*[\d.]+%\)\s+\S', l)][1:top + 1]
+            # Function rows, without the program's total and the frames every one is under.
+            rows = [l for l in out
+                    if (m := re.match(r'^\s*[\d,]+ \(\s*([\d.]+)%\)\s+\S', l)) and float(m[1]) < 99][:top]
             print('\n'.join('    ' + re.sub(r'/root/\.cargo/registry/src/[^/]+/', '', r) for r in rows))
 EOF
 echo "callgrind files in $CG (callgrind_annotate --inclusive=yes FILE)"

@@ -29,7 +29,9 @@ use tracing::Instrument;
 use crate::authz::{Attempt, Verdict};
 use crate::drain::Drain;
 use crate::forward::Context;
-use crate::http::{ProxyBody, join_upgraded, side_error, wants_upgrade};
+use crate::http::{
+    ProxyBody, authority_of, join_upgraded, path_and_query, side_error, wants_upgrade,
+};
 use crate::metrics::{Direction, RefuseReason, inc};
 use crate::tls::{Carriage, peer_identity};
 
@@ -369,15 +371,10 @@ async fn to_app(
         parts.headers.insert(HOST, host);
     }
     let app = SocketAddr::new(loopback, port);
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
     parts.uri = match Uri::builder()
         .scheme("http")
-        .authority(app.to_string())
-        .path_and_query(path)
+        .authority(authority_of(app))
+        .path_and_query(path_and_query(&parts.uri))
         .build()
     {
         Ok(uri) => uri,
