@@ -50,7 +50,9 @@ impl Peers {
     const FIRST_SWEEP: usize = 64;
 
     fn load(&mut self, peer: IpAddr, now: Instant) -> &mut PeerLoad {
-        if !self.loads.contains_key(&peer) && self.loads.len() >= self.sweep_at {
+        // The length first: it is nearly always below the mark, and then the peer is hashed
+        // once, by the entry below.
+        if self.loads.len() >= self.sweep_at && !self.loads.contains_key(&peer) {
             self.loads
                 .retain(|_, load| load.in_flight > 0 || load.busy_at(now));
             self.sweep_at = (2 * self.loads.len()).max(Peers::FIRST_SWEEP);
