@@ -5,8 +5,8 @@
 # It counts user-space instructions only: not the kernel's share, nor cache misses, so it tells
 # whether a change to the request path does less work, not by how much the CPU rows move.
 #
-# How: the pair (benches/lib/pair.sh) with both sidecars under callgrind; a warm-up, then the counters are zeroed and each load runs
-# on its own, its counts dumped after it:
+# How: the pair (benches/lib/pair.sh) with both sidecars under callgrind; a warm-up, then the
+# counters are zeroed and each load runs on its own, its counts dumped after it:
 #   - paced: oha at RATE req/s (default 100) over 50 connections: requests arrive one by one, as
 #     in the harness's 1000 req/s test (valgrind makes the sidecars ~50x slower, so the rate is
 #     lower for the same shape);
@@ -29,7 +29,8 @@ export MESH_READY_TRIES=600 \
 source benches/lib/pair.sh
 pair_start instructions
 # pids holds the sidecars in start order: the server side first, then the client side.
-read -r -d '' SERVER CLIENT < <(grep -v '^$' "$BENCH_WORKDIR/pids" | tail -2; printf '\0') || true
+mapfile -t PIDS < <(grep -v '^$' "$BENCH_WORKDIR/pids" | tail -2)
+SERVER=${PIDS[0]:-} CLIENT=${PIDS[1]:-}
 [[ -f $CG/callgrind.$SERVER && -f $CG/callgrind.$CLIENT ]] || die "the sidecars ($SERVER, $CLIENT) are not under callgrind (see $CG)"
 URL=http://127.0.0.1:19010/
 # Warm-up in both shapes, so that the peer connections each load opens (up to the mesh/h1

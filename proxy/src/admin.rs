@@ -121,6 +121,7 @@ mod tests {
     use super::*;
     use crate::config::ProxyConfig;
     use crate::metrics::Metrics;
+    use http_body_util::BodyExt;
 
     fn ctx() -> Context {
         Context {
@@ -165,28 +166,17 @@ mod tests {
         );
     }
 
-    fn body(r: Response<Full<Bytes>>) -> String {
-        use http_body_util::BodyExt;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("a current-thread runtime");
-        let bytes = rt
-            .block_on(r.into_body().collect())
-            .map(|c| c.to_bytes())
-            .unwrap_or_default();
-        String::from_utf8_lossy(&bytes).into_owned()
-    }
-
-    #[test]
-    fn not_ready_names_every_unmet_condition() {
+    #[tokio::test]
+    async fn not_ready_names_every_unmet_condition() {
         let mut ctx = ctx();
         ctx.xds = std::sync::Arc::new(crate::xds::Xds::following("https://meshd:15012".into()));
         let drain = Drain::new();
         drain.start();
         let r = respond(&Method::GET, "/ready", &ctx, &drain);
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = r.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(
-            body(r),
+            body,
             "draining\nwaiting for the first configuration from the control plane\n"
         );
     }
