@@ -20,8 +20,6 @@ use hyper::header::{
 };
 use hyper::http::uri::PathAndQuery;
 use hyper::{Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
@@ -32,6 +30,7 @@ use crate::io::Rewind;
 use crate::peer::{ORIG_HOST, ORIG_PROTO, SERVICE, TARGET_PORT};
 use crate::peer_carriage::{Http1Slot, Http1Slots, SlotBody};
 use crate::peer_client::PeerConnector;
+use crate::pool::{Pool, PoolError, PooledBody, TcpConnector, Version as PoolVersion};
 use crate::request_metrics::RouteStats;
 use crate::route::RequestView;
 use crate::routing::{Action, NoEndpoint, Route, Service, random_u32};
@@ -61,8 +60,8 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// identity (see [`PeerClients`]).
 #[derive(Debug, Clone)]
 pub struct HttpClients {
-    http1: Client<HttpConnector, Incoming>,
-    http2: Client<HttpConnector, Incoming>,
+    http1: Pool<TcpConnector, Incoming>,
+    http2: Pool<TcpConnector, Incoming>,
     peer: Option<PeerClients>,
 }
 
@@ -71,8 +70,8 @@ pub struct HttpClients {
 /// requests as `http1` says.
 #[derive(Debug, Clone)]
 struct PeerClients {
-    http1: Client<PeerConnector, Incoming>,
-    http2: Client<PeerConnector, Incoming>,
+    http1: Pool<PeerConnector, Incoming>,
+    http2: Pool<PeerConnector, Incoming>,
     http1_as: Http1Carriage,
 }
 
@@ -112,18 +111,10 @@ impl HttpClients {
         peer_http1: PeerHttp1,
         peer_http1_slots: usize,
     ) -> HttpClients {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        let builder = |http2: bool| {
-            let mut b = Client::builder(TokioExecutor::new());
-            b.pool_idle_timeout(Duration::from_secs(90))
-                .http2_only(http2);
-            b
-        };
+        let connector = TcpConnector::new(connect_timeout);
         let peer = peer.map(|connector| PeerClients {
-            http1: builder(false).build(connector.clone().over(Carriage::Http1)),
-            http2: builder(true).build(connector.over(Carriage::Http2)),
+            http1: Pool::new(connector.clone().over(Carriage::Http1), PoolVersion::Http1),
+            http2: Pool::new(connector.over(Carriage::Http2), PoolVersion::Http2),
             http1_as: match peer_http1 {
                 PeerHttp1::Http1 => Http1Carriage::Http1,
                 PeerHttp1::Http2 => Http1Carriage::Http2,
@@ -131,8 +122,8 @@ impl HttpClients {
             },
         });
         HttpClients {
-            http1: builder(false).build(connector.clone()),
-            http2: builder(true).build(connector),
+            http1: Pool::new(connector.clone(), PoolVersion::Http1),
+            http2: Pool::new(connector, PoolVersion::Http2),
             peer,
         }
     }
@@ -167,21 +158,21 @@ impl HttpClients {
         })
     }
 
-    /// Sends `req`; `to_peer` when it goes to a peer sidecar's port, over `mesh/h2` or
-    /// `mesh/h1` as its version says ([`HttpClients::peer_route`] chose it).
-    pub fn send(&self, req: Request<Incoming>, to_peer: bool) -> ResponseFuture {
+    /// Sends `req` to `addr`; `to_peer` when that is a peer sidecar's port, over `mesh/h2` or
+    /// `mesh/h1` as its version says ([`HttpClients::peer_route`] chose it). The request is as
+    /// [`upstream_request`] makes it.
+    pub async fn send(
+        &self,
+        req: Request<Incoming>,
+        addr: SocketAddr,
+        to_peer: bool,
+    ) -> Result<Response<PooledBody<Incoming>>, PoolError> {
+        let http2 = req.version() == Version::HTTP_2;
         match (&self.peer, to_peer) {
-            (Some(peer), true) if req.version() == Version::HTTP_2 => peer.http2.request(req),
-            (Some(peer), true) => peer.http1.request(req),
-            _ => self.for_version(req.version()).request(req),
-        }
-    }
-
-    pub fn for_version(&self, version: Version) -> &Client<HttpConnector, Incoming> {
-        if version == Version::HTTP_2 {
-            &self.http2
-        } else {
-            &self.http1
+            (Some(peer), true) if http2 => peer.http2.send(req, addr).await,
+            (Some(peer), true) => peer.http1.send(req, addr).await,
+            _ if http2 => self.http2.send(req, addr).await,
+            _ => self.http1.send(req, addr).await,
         }
     }
 }
@@ -380,11 +371,15 @@ async fn forward(
         None => (None, None),
     };
     let to_peer = peer.is_some();
+    let addr = match peer {
+        Some(hop) => SocketAddr::new(endpoint.ip(), hop.port),
+        None => endpoint,
+    };
     let upstream = match upstream_request(req, endpoint, upgrade.is_some(), path.as_deref(), peer) {
         Ok(r) => r,
         Err(reason) => return mesh_error(StatusCode::BAD_REQUEST, &reason),
     };
-    let sent = ctx.http.send(upstream, to_peer);
+    let sent = ctx.http.send(upstream, addr, to_peer);
     let result = match route.timeout {
         Some(limit) => match tokio::time::timeout(limit, sent).await {
             Ok(r) => r,
@@ -467,8 +462,10 @@ struct PeerHop<'a> {
     service: Option<&'a HeaderValue>,
 }
 
-/// The request as sent to `endpoint`: absolute URI for the pool, Host kept, hop-by-hop removed
-/// (except the upgrade headers of an upgrade request).
+/// The request as sent to `endpoint` (or its sidecar, `peer`): Host kept, hop-by-hop headers
+/// removed (except the upgrade headers of an upgrade request). Its URI is what the pool needs:
+/// origin form in HTTP/1.1 (with a Host header, the upstream address when the client sent
+/// none), absolute in HTTP/2 (the address as the authority).
 fn upstream_request<B>(
     req: Request<B>,
     endpoint: SocketAddr,
@@ -476,23 +473,16 @@ fn upstream_request<B>(
     rewritten: Option<&str>,
     peer: Option<PeerHop<'_>>,
 ) -> Result<Request<B>, String> {
-    let peer_port = peer.map(|hop| hop.port);
-    let (mut parts, body) = req.into_parts();
-    let authority = authority_of(match peer_port {
-        Some(port) => SocketAddr::new(endpoint.ip(), port),
+    let addr = match peer {
+        Some(hop) => SocketAddr::new(endpoint.ip(), hop.port),
         None => endpoint,
-    });
-    let uri = Uri::builder().scheme("http").authority(authority);
-    parts.uri = match rewritten {
-        Some(path) => uri
-            .path_and_query(path)
-            .build()
+    };
+    let (mut parts, body) = req.into_parts();
+    let path = match rewritten {
+        Some(path) => PathAndQuery::try_from(path)
             .map_err(|e| format!("cannot build the upstream URI for {path}: {e}"))?,
         // The client's path and query as they are (shared, not parsed again).
-        None => uri
-            .path_and_query(path_and_query(&parts.uri))
-            .build()
-            .map_err(|e| format!("cannot build the upstream URI: {e}"))?,
+        None => path_and_query(&parts.uri),
     };
     let upgrade_to = parts.headers.get(UPGRADE).cloned();
     strip_hop_by_hop(&mut parts.headers);
@@ -521,6 +511,7 @@ fn upstream_request<B>(
     } else if parts.version != Version::HTTP_2 {
         parts.version = Version::HTTP_11;
     }
+    parts.uri = target_uri(&mut parts, addr, path)?;
     if let (true, Some(protocol)) = (upgrade, upgrade_to) {
         parts.headers.insert(UPGRADE, protocol);
         parts
@@ -528,6 +519,29 @@ fn upstream_request<B>(
             .insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
     Ok(Request::from_parts(parts, body))
+}
+
+/// The URI a request of `parts.version` goes upstream to `addr` with: absolute in HTTP/2,
+/// origin form in HTTP/1.1, where a request without a Host header gets `addr`'s.
+pub(crate) fn target_uri(
+    parts: &mut hyper::http::request::Parts,
+    addr: SocketAddr,
+    path: PathAndQuery,
+) -> Result<Uri, String> {
+    if parts.version == Version::HTTP_2 {
+        return Uri::builder()
+            .scheme("http")
+            .authority(authority_of(addr))
+            .path_and_query(path)
+            .build()
+            .map_err(|e| format!("cannot build the upstream URI: {e}"));
+    }
+    if !parts.headers.contains_key(HOST) {
+        let host = HeaderValue::try_from(authority_of(addr))
+            .map_err(|e| format!("cannot write the Host header for {addr}: {e}"))?;
+        parts.headers.insert(HOST, host);
+    }
+    Ok(Uri::from(path))
 }
 
 /// `addr` as a URI authority (`ip:port`, `[ip]:port`). IPv4 is written without `fmt`:
@@ -684,9 +698,14 @@ mod tests {
     fn http1_requests_to_a_peer_say_they_were_http1_on_either_carriage() {
         let endpoint: SocketAddr = ([10, 0, 0, 7], 8080).into();
         let service = HeaderValue::from_static("web.default");
-        for (hop_version, host, orig_host) in [
-            (Version::HTTP_11, Some("web"), None),
-            (Version::HTTP_2, None, Some("web")),
+        for (hop_version, host, orig_host, uri) in [
+            (Version::HTTP_11, Some("web"), None, "/users?id=1"),
+            (
+                Version::HTTP_2,
+                None,
+                Some("web"),
+                "http://10.0.0.7:4143/users?id=1",
+            ),
         ] {
             let req = Request::builder()
                 .version(Version::HTTP_11)
@@ -703,7 +722,7 @@ mod tests {
             let up = upstream_request(req, endpoint, false, None, Some(hop)).expect("upstream");
             let header = |name: &str| up.headers().get(name).and_then(|v| v.to_str().ok());
             assert_eq!(up.version(), hop_version);
-            assert_eq!(up.uri().to_string(), "http://10.0.0.7:4143/users?id=1");
+            assert_eq!(up.uri().to_string(), uri, "origin form in HTTP/1.1 only");
             assert_eq!(
                 header(ORIG_PROTO.as_str()),
                 Some("HTTP/1.1"),

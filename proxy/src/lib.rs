@@ -24,6 +24,7 @@ pub mod orig_dst;
 pub mod peer;
 pub mod peer_carriage;
 pub mod peer_client;
+pub mod pool;
 pub mod relay;
 pub mod request_metrics;
 pub mod resident;

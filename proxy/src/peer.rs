@@ -19,7 +19,7 @@ use std::sync::Arc;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{HOST, HeaderName, HeaderValue};
-use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_proto::spiffe::SpiffeId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -30,7 +30,7 @@ use crate::authz::{Attempt, Verdict};
 use crate::drain::Drain;
 use crate::forward::Context;
 use crate::http::{
-    ProxyBody, authority_of, join_upgraded, path_and_query, side_error, wants_upgrade,
+    ProxyBody, join_upgraded, path_and_query, side_error, target_uri, wants_upgrade,
 };
 use crate::metrics::{Direction, RefuseReason, inc};
 use crate::tls::{Carriage, peer_identity};
@@ -371,29 +371,20 @@ async fn to_app(
         parts.headers.insert(HOST, host);
     }
     let app = SocketAddr::new(loopback, port);
-    parts.uri = match Uri::builder()
-        .scheme("http")
-        .authority(authority_of(app))
-        .path_and_query(path_and_query(&parts.uri))
-        .build()
-    {
-        Ok(uri) => uri,
-        Err(e) => {
-            return inbound_error(StatusCode::BAD_REQUEST, &format!("bad request target: {e}"));
-        }
-    };
     parts.version = if http1 {
         Version::HTTP_11
     } else {
         Version::HTTP_2
     };
+    let path = path_and_query(&parts.uri);
+    parts.uri = match target_uri(&mut parts, app, path) {
+        Ok(uri) => uri,
+        Err(e) => {
+            return inbound_error(StatusCode::BAD_REQUEST, &format!("bad request target: {e}"));
+        }
+    };
     let request = Request::from_parts(parts, body);
-    match ctx
-        .http
-        .for_version(request.version())
-        .request(request)
-        .await
-    {
+    match ctx.http.send(request, app, false).await {
         Ok(mut resp) => {
             if let Some(from_peer) =
                 upgrade.filter(|_| resp.status() == StatusCode::SWITCHING_PROTOCOLS)

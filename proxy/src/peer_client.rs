@@ -1,10 +1,9 @@
 //! The client side of connections between sidecars: TCP to the peer's sidecar port, then mutual
 //! TLS that proves the peer is the identity meshd published for that address.
 //!
-//! [`PeerConnector`] feeds the pooled HTTP clients (`mesh/h1` and `mesh/h2`); [`open_tcp`] opens
+//! [`PeerConnector`] feeds the connection pools (`mesh/h1` and `mesh/h2`); [`open_tcp`] opens
 //! one opaque stream (`mesh/tcp`) and sends the 2-byte target port first.
 
-use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -12,14 +11,13 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use hyper::Uri;
-use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use mesh_proto::spiffe::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use crate::pool::{Connect, Connected};
 use crate::tls::{Carriage, MeshTls};
 use crate::xds::Xds;
 
@@ -67,14 +65,10 @@ impl AsyncWrite for PeerStream {
     }
 }
 
-impl Connection for PeerStream {
-    fn connected(&self) -> Connected {
-        let alpn = self.0.get_ref().1.alpn_protocol();
-        if Carriage::from_alpn(alpn) == Some(Carriage::Http2) {
-            Connected::new().negotiated_h2()
-        } else {
-            Connected::new()
-        }
+impl PeerStream {
+    /// The handshake chose `mesh/h2`.
+    pub fn is_http2(&self) -> bool {
+        Carriage::from_alpn(self.0.get_ref().1.alpn_protocol()) == Some(Carriage::Http2)
     }
 }
 
@@ -160,26 +154,14 @@ impl PeerConnector {
     }
 }
 
-type Connecting = Pin<Box<dyn Future<Output = io::Result<TokioIo<PeerStream>>> + Send>>;
+impl Connect for PeerConnector {
+    type Io = TokioIo<PeerStream>;
 
-impl tower_service::Service<Uri> for PeerConnector {
-    type Response = TokioIo<PeerStream>;
-    type Error = io::Error;
-    type Future = Connecting;
-
-    fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Connecting {
-        let this = self.clone();
-        Box::pin(async move {
-            let addr: SocketAddr = uri
-                .authority()
-                .and_then(|a| a.as_str().parse().ok())
-                .ok_or_else(|| io::Error::other(format!("{uri} has no peer address")))?;
-            let stream = connect(&this.tls, &this.xds, addr, this.carriage, this.timeout).await?;
-            Ok(TokioIo::new(stream))
+    async fn connect(&self, addr: SocketAddr) -> io::Result<Connected<Self::Io>> {
+        let stream = connect(&self.tls, &self.xds, addr, self.carriage, self.timeout).await?;
+        Ok(Connected {
+            http2: stream.is_http2(),
+            io: TokioIo::new(stream),
         })
     }
 }
@@ -187,11 +169,11 @@ impl tower_service::Service<Uri> for PeerConnector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pool::{Pool, Version as PoolVersion};
     use crate::tls::testing::{id, identity, older_sidecar, root_ca};
     use bytes::Bytes;
     use http_body_util::{BodyExt, Empty, Full};
     use hyper::{Request, Response, Version};
-    use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
     use tokio::net::TcpListener;
 
@@ -232,36 +214,28 @@ mod tests {
     #[derive(Clone)]
     struct Connector(Arc<MeshTls>);
 
-    impl tower_service::Service<Uri> for Connector {
-        type Response = TokioIo<PeerStream>;
-        type Error = io::Error;
-        type Future = Connecting;
+    impl Connect for Connector {
+        type Io = TokioIo<PeerStream>;
 
-        fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, uri: Uri) -> Connecting {
-            let tls = self.0.clone();
-            Box::pin(async move {
-                let addr: SocketAddr = uri
-                    .authority()
-                    .and_then(|a| a.as_str().parse().ok())
-                    .ok_or_else(|| io::Error::other("no address"))?;
-                let tcp = TcpStream::connect(addr).await?;
-                let stream = tls
+        async fn connect(&self, addr: SocketAddr) -> io::Result<Connected<Self::Io>> {
+            let tcp = TcpStream::connect(addr).await?;
+            let stream = PeerStream(
+                self.0
                     .connect(tcp, addr.ip(), &id("web"), Carriage::Http1)
-                    .await?;
-                Ok(TokioIo::new(PeerStream(stream)))
+                    .await?,
+            );
+            Ok(Connected {
+                http2: stream.is_http2(),
+                io: TokioIo::new(stream),
             })
         }
     }
 
-    /// The `mesh/h1` client as the sidecar builds it (`http2_only(false)`): against a sidecar
-    /// of this build the request goes in HTTP/1.1; against one built before `mesh/h1` the
-    /// handshake lands on `mesh/h2`, and the same client speaks HTTP/2 on that connection.
+    /// The `mesh/h1` pool as the sidecar builds it: against a sidecar of this build the request
+    /// goes in HTTP/1.1; against one built before `mesh/h1` the handshake lands on `mesh/h2`,
+    /// and the same pool speaks HTTP/2 on that connection, and reuses it.
     #[tokio::test]
-    async fn the_http1_client_speaks_http2_to_a_sidecar_without_mesh_h1() {
+    async fn the_http1_pool_speaks_http2_to_a_sidecar_without_mesh_h1() {
         let (root_pem, issuer) = root_ca();
         let client_tls =
             Arc::new(MeshTls::new(identity(&root_pem, &issuer, "client")).expect("tls"));
@@ -271,19 +245,19 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = listener.local_addr().expect("addr");
             serve(listener, server);
-            let client = Client::builder(TokioExecutor::new())
-                .http2_only(false)
-                .build::<_, Empty<Bytes>>(Connector(client_tls.clone()));
+            let pool = Pool::new(Connector(client_tls.clone()), PoolVersion::Http1);
             for _ in 0..2 {
-                let req = Request::get(format!("http://{addr}/"))
+                let req = Request::get("/")
+                    .header(hyper::header::HOST, "web")
                     .version(Version::HTTP_11)
-                    .body(Empty::new())
+                    .body(Empty::<Bytes>::new())
                     .expect("request");
-                let resp = client.request(req).await.expect("response");
+                let resp = pool.send(req, addr).await.expect("response");
                 assert!(resp.status().is_success(), "{}", resp.status());
                 let body = resp.into_body().collect().await.expect("body").to_bytes();
                 assert_eq!(body, arrives_in.as_bytes(), "the server's version");
             }
+            assert_eq!(pool.pooled(), 1, "one connection, reused ({arrives_in})");
         }
     }
 }

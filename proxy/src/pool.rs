@@ -1,0 +1,754 @@
+//! Pooled upstream connections, keyed by the address they go to.
+//!
+//! - An HTTP/1.1 pool holds idle connections, one request at a time on each. A connection goes
+//!   back to the pool once its response has been read to the end (not when the body is dropped
+//!   before that: hyper then closes it), and the most recently used one is taken first.
+//! - An HTTP/2 pool holds one connection per address, shared by every request to it. The first
+//!   request to an address opens it, in a task of its own, and the requests that arrive while
+//!   it connects wait for it instead of opening more.
+//! - A request that finds its pooled connection closed before the request was written is sent
+//!   again, on another connection (never one sent on a fresh connection: that one failed).
+//! - [`Pool::sweep`] drops the connections that are closed or were left unused through
+//!   [`IDLE_SWEEPS`] sweeps; a task runs it every [`SWEEP_EVERY`], so a connection idle for
+//!   60 to 90 s is closed (hyper-util's pool, used before, closed them after 90 s).
+//!
+//! hyper-util's legacy client did this before. It cost 13-15% of each sidecar's instructions per
+//! request (`benches/instructions.sh`, PROFILE_TOP): hashing its string key one byte at a time,
+//! its checkout, and a task per HTTP/1.1 request to put the connection back.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1, http2};
+use hyper::{Request, Response, Uri};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+/// How often idle connections are looked at.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// How many sweeps an unused connection survives: the third closes it.
+pub const IDLE_SWEEPS: u8 = 3;
+
+/// A new connection to an upstream address.
+#[derive(Debug)]
+pub struct Connected<Io> {
+    pub io: Io,
+    /// The handshake chose HTTP/2 (ALPN `mesh/h2`), whatever the pool's version.
+    pub http2: bool,
+}
+
+/// Opens connections for a pool.
+pub trait Connect: Clone + Send + Sync + 'static {
+    type Io: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static;
+
+    fn connect(
+        &self,
+        addr: SocketAddr,
+    ) -> impl Future<Output = io::Result<Connected<Self::Io>>> + Send;
+}
+
+/// Plain TCP (no delay), within a timeout.
+#[derive(Debug, Clone)]
+pub struct TcpConnector {
+    timeout: Duration,
+}
+
+impl TcpConnector {
+    pub fn new(timeout: Duration) -> TcpConnector {
+        TcpConnector { timeout }
+    }
+}
+
+impl Connect for TcpConnector {
+    type Io = TokioIo<TcpStream>;
+
+    async fn connect(&self, addr: SocketAddr) -> io::Result<Connected<Self::Io>> {
+        let tcp = match tokio::time::timeout(self.timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => return Err(io::Error::new(e.kind(), format!("TCP to {addr}: {e}"))),
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("TCP to {addr} timed out after {:?}", self.timeout),
+                ));
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        Ok(Connected {
+            io: TokioIo::new(tcp),
+            http2: false,
+        })
+    }
+}
+
+/// Why a request got no response.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PoolError {
+    #[error("{0}")]
+    Connect(Arc<io::Error>),
+    #[error("HTTP handshake: {0}")]
+    Handshake(Arc<hyper::Error>),
+    #[error("{0}")]
+    Request(Arc<hyper::Error>),
+}
+
+impl PoolError {
+    /// No connection could be made (nothing was sent).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, PoolError::Connect(_) | PoolError::Handshake(_))
+    }
+}
+
+/// Which protocol a pool's connections speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// HTTP/1.1, unless the handshake chose HTTP/2 (an older sidecar without `mesh/h1`).
+    Http1,
+    Http2,
+}
+
+/// Connections to upstream addresses, of one [`Version`].
+#[derive(Debug)]
+pub struct Pool<C, B> {
+    inner: Arc<Inner<C, B>>,
+}
+
+impl<C, B> Clone for Pool<C, B> {
+    fn clone(&self) -> Self {
+        Pool {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner<C, B> {
+    connector: C,
+    version: Version,
+    state: Mutex<State<B>>,
+}
+
+#[derive(Debug)]
+struct State<B> {
+    /// HTTP/1.1 pools: idle connections by address, the most recent last.
+    idle: HashMap<SocketAddr, Vec<Idle<B>>>,
+    /// HTTP/2 pools (and HTTP/1.1 pools' connections that came up in HTTP/2).
+    shared: HashMap<SocketAddr, Shared<B>>,
+    sweeping: bool,
+}
+
+#[derive(Debug)]
+struct Idle<B> {
+    sender: http1::SendRequest<B>,
+    sweeps: u8,
+}
+
+#[derive(Debug)]
+enum Shared<B> {
+    Ready {
+        sender: http2::SendRequest<B>,
+        sweeps: u8,
+    },
+    /// Being opened; these requests wait for it.
+    Connecting(Vec<oneshot::Sender<Result<http2::SendRequest<B>, PoolError>>>),
+}
+
+/// A connection taken from the pool or just made.
+enum Taken<B> {
+    Http1(http1::SendRequest<B>),
+    Http2(http2::SendRequest<B>),
+}
+
+impl<C, B> Pool<C, B>
+where
+    C: Connect,
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    pub fn new(connector: C, version: Version) -> Pool<C, B> {
+        Pool {
+            inner: Arc::new(Inner {
+                connector,
+                version,
+                state: Mutex::new(State {
+                    idle: HashMap::new(),
+                    shared: HashMap::new(),
+                    sweeping: false,
+                }),
+            }),
+        }
+    }
+
+    /// Sends `req` to `addr`. An HTTP/1.1 request must be in origin form with a Host header; an
+    /// HTTP/2 one in absolute form (its scheme and authority become the pseudo-headers).
+    pub async fn send(
+        &self,
+        mut req: Request<B>,
+        addr: SocketAddr,
+    ) -> Result<Response<PooledBody<B>>, PoolError> {
+        loop {
+            let (taken, reused) = self.take(addr).await?;
+            let sent = match taken {
+                Taken::Http1(mut sender) => {
+                    if sender.ready().await.is_err() {
+                        if reused {
+                            continue;
+                        }
+                        return Err(PoolError::Connect(Arc::new(io::Error::other(format!(
+                            "the connection to {addr} closed before the request was sent"
+                        )))));
+                    }
+                    sender.try_send_request(req).await.map(|resp| {
+                        resp.map(|body| PooledBody::giving_back(body, &self.inner, addr, sender))
+                    })
+                }
+                Taken::Http2(mut sender) => {
+                    absolute_form(&mut req, addr);
+                    sender
+                        .try_send_request(req)
+                        .await
+                        .map(|resp| resp.map(PooledBody::plain))
+                }
+            };
+            match sent {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => {
+                        tracing::debug!(%addr, error = %e.error(), "pooled connection closed, sending again");
+                        req = unsent;
+                    }
+                    _ => return Err(PoolError::Request(Arc::new(e.into_error()))),
+                },
+            }
+        }
+    }
+
+    /// A connection to `addr`, and whether it was used before.
+    async fn take(&self, addr: SocketAddr) -> Result<(Taken<B>, bool), PoolError> {
+        let waiting = {
+            let mut state = self.inner.lock();
+            if self.inner.version == Version::Http1
+                && let Some(sender) = state.take_idle(addr)
+            {
+                return Ok((Taken::Http1(sender), true));
+            }
+            match state.shared.get_mut(&addr) {
+                Some(Shared::Ready { sender, sweeps }) if !sender.is_closed() => {
+                    *sweeps = 0;
+                    return Ok((Taken::Http2(sender.clone()), true));
+                }
+                Some(Shared::Connecting(waiters)) => {
+                    let (tx, rx) = oneshot::channel();
+                    waiters.push(tx);
+                    Some(rx)
+                }
+                _ if self.inner.version == Version::Http2 => {
+                    let (tx, rx) = oneshot::channel();
+                    state.shared.insert(addr, Shared::Connecting(vec![tx]));
+                    state.start_sweeping(&self.inner);
+                    tokio::spawn(connect_shared(self.inner.clone(), addr));
+                    Some(rx)
+                }
+                _ => None,
+            }
+        };
+        match waiting {
+            Some(rx) => {
+                let sender = rx.await.map_err(|_| {
+                    PoolError::Connect(Arc::new(io::Error::other(format!(
+                        "the connection to {addr} was dropped while it was being made"
+                    ))))
+                })??;
+                Ok((Taken::Http2(sender), false))
+            }
+            // Boxed: connecting (TCP, maybe TLS, the HTTP handshake) is a large future, and most
+            // requests do not connect; inline, every request's future would carry its size.
+            None => Ok((Box::pin(self.inner.connect_http1(addr)).await?, false)),
+        }
+    }
+
+    /// Drops the connections that are closed or were not used since the last
+    /// [`IDLE_SWEEPS`] sweeps.
+    pub fn sweep(&self) {
+        self.inner.lock().sweep();
+    }
+
+    /// Idle HTTP/1.1 connections and shared HTTP/2 ones, over all addresses.
+    pub fn pooled(&self) -> usize {
+        let state = self.inner.lock();
+        state.idle.values().map(Vec::len).sum::<usize>()
+            + state
+                .shared
+                .values()
+                .filter(|s| matches!(s, Shared::Ready { .. }))
+                .count()
+    }
+}
+
+impl<C, B> Inner<C, B>
+where
+    C: Connect,
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<B>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new connection for an HTTP/1.1 pool; one whose handshake chose HTTP/2 is shared.
+    async fn connect_http1(self: &Arc<Self>, addr: SocketAddr) -> Result<Taken<B>, PoolError> {
+        let connected = self
+            .connector
+            .connect(addr)
+            .await
+            .map_err(|e| PoolError::Connect(Arc::new(e)))?;
+        if connected.http2 {
+            let sender = handshake_http2(connected.io, addr).await?;
+            let mut state = self.lock();
+            state.shared.insert(
+                addr,
+                Shared::Ready {
+                    sender: sender.clone(),
+                    sweeps: 0,
+                },
+            );
+            state.start_sweeping(self);
+            return Ok(Taken::Http2(sender));
+        }
+        let (sender, conn) = http1::handshake(connected.io)
+            .await
+            .map_err(|e| PoolError::Handshake(Arc::new(e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended with an error");
+            }
+        });
+        Ok(Taken::Http1(sender))
+    }
+
+    /// Puts an HTTP/1.1 connection whose response has ended back, once it can take a request.
+    fn give_back(self: &Arc<Self>, addr: SocketAddr, mut sender: http1::SendRequest<B>) {
+        if sender.is_ready() {
+            let mut state = self.lock();
+            state
+                .idle
+                .entry(addr)
+                .or_default()
+                .push(Idle { sender, sweeps: 0 });
+            state.start_sweeping(self);
+        } else if !sender.is_closed() {
+            // Still finishing the exchange (say, the request's body is still going up).
+            let inner = Arc::downgrade(self);
+            tokio::spawn(async move {
+                if sender.ready().await.is_ok()
+                    && let Some(inner) = inner.upgrade()
+                {
+                    inner.give_back(addr, sender);
+                }
+            });
+        }
+    }
+}
+
+impl<B> State<B> {
+    /// The most recently used idle connection to `addr` that is still open.
+    fn take_idle(&mut self, addr: SocketAddr) -> Option<http1::SendRequest<B>> {
+        let idle = self.idle.get_mut(&addr)?;
+        while let Some(entry) = idle.pop() {
+            if !entry.sender.is_closed() {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    fn sweep(&mut self) {
+        self.idle.retain(|_, idle| {
+            idle.retain_mut(|entry| {
+                entry.sweeps += 1;
+                entry.sweeps < IDLE_SWEEPS && !entry.sender.is_closed()
+            });
+            !idle.is_empty()
+        });
+        self.shared.retain(|_, shared| match shared {
+            Shared::Ready { sender, sweeps } => {
+                *sweeps += 1;
+                *sweeps < IDLE_SWEEPS && !sender.is_closed()
+            }
+            Shared::Connecting(_) => true,
+        });
+    }
+
+    /// Starts the pool's sweeper, once: it ends when the pool is dropped.
+    fn start_sweeping<C: Send + Sync + 'static>(&mut self, inner: &Arc<Inner<C, B>>)
+    where
+        B: Send + 'static,
+    {
+        if std::mem::replace(&mut self.sweeping, true) {
+            return;
+        }
+        let inner: Weak<Inner<C, B>> = Arc::downgrade(inner);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(SWEEP_EVERY);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let Some(inner) = inner.upgrade() else {
+                    return;
+                };
+                inner
+                    .state
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .sweep();
+            }
+        });
+    }
+}
+
+/// Opens the shared HTTP/2 connection to `addr` and hands it to the requests waiting for it.
+async fn connect_shared<C, B>(inner: Arc<Inner<C, B>>, addr: SocketAddr)
+where
+    C: Connect,
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let made = match inner.connector.connect(addr).await {
+        Ok(connected) => handshake_http2(connected.io, addr).await,
+        Err(e) => Err(PoolError::Connect(Arc::new(e))),
+    };
+    let waiters = {
+        let mut state = inner.lock();
+        let waiters = match state.shared.remove(&addr) {
+            Some(Shared::Connecting(waiters)) => waiters,
+            _ => Vec::new(),
+        };
+        if let Ok(sender) = &made {
+            state.shared.insert(
+                addr,
+                Shared::Ready {
+                    sender: sender.clone(),
+                    sweeps: 0,
+                },
+            );
+        }
+        waiters
+    };
+    for waiter in waiters {
+        let _ = waiter.send(made.clone());
+    }
+}
+
+async fn handshake_http2<Io, B>(
+    io: Io,
+    addr: SocketAddr,
+) -> Result<http2::SendRequest<B>, PoolError>
+where
+    Io: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (mut sender, conn) = http2::handshake(TokioExecutor::new(), io)
+        .await
+        .map_err(|e| PoolError::Handshake(Arc::new(e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended with an error");
+        }
+    });
+    sender
+        .ready()
+        .await
+        .map_err(|e| PoolError::Handshake(Arc::new(e)))?;
+    Ok(sender)
+}
+
+/// HTTP/2 needs the scheme and authority: an HTTP/1.1 request in origin form (on a connection
+/// that came up in HTTP/2) gets them from the address.
+fn absolute_form<B>(req: &mut Request<B>, addr: SocketAddr) {
+    if req.uri().scheme().is_some() {
+        return;
+    }
+    let path = crate::http::path_and_query(req.uri());
+    if let Ok(uri) = Uri::builder()
+        .scheme("http")
+        .authority(crate::http::authority_of(addr))
+        .path_and_query(path)
+        .build()
+    {
+        *req.uri_mut() = uri;
+    }
+}
+
+/// A response body; an HTTP/1.1 one gives its connection back to the pool at its end.
+#[derive(Debug)]
+pub struct PooledBody<B> {
+    inner: Incoming,
+    back: Option<GiveBack<B>>,
+}
+
+struct GiveBack<B> {
+    pool: Arc<dyn Returns<B>>,
+    addr: SocketAddr,
+    sender: http1::SendRequest<B>,
+}
+
+impl<B> std::fmt::Debug for GiveBack<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GiveBack")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+/// A pool that takes HTTP/1.1 connections back (whatever its connector).
+trait Returns<B>: Send + Sync {
+    fn take_back(self: Arc<Self>, addr: SocketAddr, sender: http1::SendRequest<B>);
+}
+
+impl<C, B> Returns<B> for Inner<C, B>
+where
+    C: Connect,
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn take_back(self: Arc<Self>, addr: SocketAddr, sender: http1::SendRequest<B>) {
+        self.give_back(addr, sender);
+    }
+}
+
+impl<B: Send + 'static> PooledBody<B> {
+    fn plain(inner: Incoming) -> PooledBody<B> {
+        PooledBody { inner, back: None }
+    }
+
+    fn giving_back<C>(
+        inner: Incoming,
+        pool: &Arc<Inner<C, B>>,
+        addr: SocketAddr,
+        sender: http1::SendRequest<B>,
+    ) -> PooledBody<B>
+    where
+        Inner<C, B>: Returns<B> + 'static,
+    {
+        let mut body = PooledBody {
+            inner,
+            back: Some(GiveBack {
+                pool: pool.clone(),
+                addr,
+                sender,
+            }),
+        };
+        if body.inner.is_end_stream() {
+            body.end();
+        }
+        body
+    }
+
+    fn end(&mut self) {
+        if let Some(back) = self.back.take() {
+            back.pool.take_back(back.addr, back.sender);
+        }
+    }
+}
+
+impl<B: Send + Unpin + 'static> Body for PooledBody<B> {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<bytes::Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.end(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.end(),
+            // An error: the connection is not reused (dropping the sender lets it close).
+            Poll::Ready(Some(Err(_))) => self.back = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::net::TcpListener;
+
+    /// A backend that counts the connections it accepted and answers each request with the
+    /// number of its connection; `close_after_first` closes each connection after one answer.
+    async fn backend(http2: bool, close_after_first: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::spawn(async move {
+                    let answer =
+                        hyper::service::service_fn(move |_req: Request<Incoming>| async move {
+                            let mut resp = Response::new(http_body_util::Full::new(Bytes::from(
+                                n.to_string(),
+                            )));
+                            if close_after_first {
+                                resp.headers_mut().insert(
+                                    hyper::header::CONNECTION,
+                                    hyper::header::HeaderValue::from_static("close"),
+                                );
+                            }
+                            Ok::<_, std::convert::Infallible>(resp)
+                        });
+                    let io = TokioIo::new(tcp);
+                    let _ = if http2 {
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, answer)
+                            .await
+                    } else {
+                        hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, answer)
+                            .await
+                    };
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn get(addr: SocketAddr, http2: bool) -> Request<Empty<Bytes>> {
+        let builder = if http2 {
+            Request::get(format!("http://{addr}/")).version(hyper::Version::HTTP_2)
+        } else {
+            Request::get("/").header(hyper::header::HOST, addr.to_string())
+        };
+        builder.body(Empty::new()).expect("request")
+    }
+
+    /// Sends a request and reads its body: the number of the backend's connection it took.
+    async fn connection_of(pool: &Pool<TcpConnector, Empty<Bytes>>, addr: SocketAddr) -> String {
+        let http2 = pool.inner.version == Version::Http2;
+        let resp = pool.send(get(addr, http2), addr).await.expect("response");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
+    fn pool(version: Version) -> Pool<TcpConnector, Empty<Bytes>> {
+        Pool::new(TcpConnector::new(Duration::from_secs(5)), version)
+    }
+
+    #[tokio::test]
+    async fn an_http1_connection_is_reused_once_its_response_has_ended() {
+        let (addr, accepted) = backend(false, false).await;
+        let pool = pool(Version::Http1);
+        for _ in 0..3 {
+            assert_eq!(connection_of(&pool, addr).await, "1");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.pooled(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_http1_response_read_in_part_does_not_give_its_connection_back() {
+        let (addr, accepted) = backend(false, false).await;
+        let pool = pool(Version::Http1);
+        let resp = pool.send(get(addr, false), addr).await.expect("response");
+        drop(resp);
+        assert_eq!(pool.pooled(), 0, "a body dropped before its end");
+        assert_eq!(connection_of(&pool, addr).await, "2");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_backend_closed_is_not_taken() {
+        let (addr, accepted) = backend(false, true).await;
+        let pool = pool(Version::Http1);
+        assert_eq!(connection_of(&pool, addr).await, "1");
+        assert_eq!(connection_of(&pool, addr).await, "2");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn concurrent_http2_requests_to_a_new_address_share_one_connection() {
+        let (addr, accepted) = backend(true, false).await;
+        let pool = pool(Version::Http2);
+        let mut requests = tokio::task::JoinSet::new();
+        for _ in 0..20 {
+            let pool = pool.clone();
+            requests.spawn(async move { connection_of(&pool, addr).await });
+        }
+        let answers = requests.join_all().await;
+        assert!(answers.iter().all(|a| a == "1"), "{answers:?}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.pooled(), 1);
+    }
+
+    #[tokio::test]
+    async fn unused_connections_go_at_the_third_sweep_and_used_ones_stay() {
+        let (addr1, _) = backend(false, false).await;
+        let (addr2, _) = backend(true, false).await;
+        let http1 = pool(Version::Http1);
+        let http2 = pool(Version::Http2);
+        connection_of(&http1, addr1).await;
+        connection_of(&http2, addr2).await;
+        for _ in 1..IDLE_SWEEPS {
+            http1.sweep();
+            http2.sweep();
+        }
+        assert_eq!((http1.pooled(), http2.pooled()), (1, 1));
+        // Used again: the count starts over.
+        connection_of(&http1, addr1).await;
+        connection_of(&http2, addr2).await;
+        for _ in 1..IDLE_SWEEPS {
+            http1.sweep();
+            http2.sweep();
+        }
+        assert_eq!((http1.pooled(), http2.pooled()), (1, 1));
+        http1.sweep();
+        http2.sweep();
+        assert_eq!((http1.pooled(), http2.pooled()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn an_address_that_refuses_is_a_connect_error_naming_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        drop(listener);
+        for version in [Version::Http1, Version::Http2] {
+            let pool = pool(version);
+            let http2 = version == Version::Http2;
+            let e = pool
+                .send(get(addr, http2), addr)
+                .await
+                .expect_err("refused");
+            assert!(e.is_connect(), "{e:?}");
+            assert!(e.to_string().contains(&addr.to_string()), "{e}");
+        }
+    }
+}
