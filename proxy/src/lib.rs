@@ -6,6 +6,7 @@
 //! coordinates a graceful stop. [`xds`] follows the control plane and keeps the [`routing`]
 //! table that outbound connections to a Service's virtual IP are balanced by. [`identity`] holds the workload certificate that [`tls`] uses between sidecars. [`app`] wires these together from a [`config::ProxyConfig`].
 
+pub mod addr_map;
 pub mod admin;
 pub mod app;
 pub mod authz;

@@ -14,7 +14,6 @@
 //! the hold keeps a busy peer in HTTP/2 through those dips. At most `limit` requests are ever on `mesh/h1`, so
 //! a peer gets at most `limit` such connections.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -22,6 +21,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::body::{Body, Frame, SizeHint};
+
+use crate::addr_map::AddrMap;
 
 /// How long a peer stays in HTTP/2 after a request last found `limit` in flight. Under load the
 /// count dips below the limit between waves of responses (a sidecar finishes a batch of them
@@ -42,7 +43,7 @@ pub struct Http1Slots {
 /// which runs when the map has doubled since the last.
 #[derive(Debug, Default)]
 struct Peers {
-    loads: HashMap<IpAddr, PeerLoad>,
+    loads: AddrMap<IpAddr, PeerLoad>,
     sweep_at: usize,
 }
 

@@ -128,7 +128,7 @@ pub async fn open_tcp(
     Ok(stream)
 }
 
-/// Connects a pooled HTTP client to peer sidecars, over `carriage` (`mesh/h1` or `mesh/h2`).
+/// Connects the pools of connections to peer sidecars, over `carriage` (`mesh/h1` or `mesh/h2`).
 #[derive(Debug, Clone)]
 pub struct PeerConnector {
     tls: Arc<MeshTls>,

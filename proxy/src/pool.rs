@@ -16,7 +16,6 @@
 //! request (`benches/instructions.sh`, PROFILE_TOP): hashing its string key one byte at a time,
 //! its checkout, and a task per HTTP/1.1 request to put the connection back.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -31,6 +30,8 @@ use hyper::{Request, Response, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+
+use crate::addr_map::AddrMap;
 
 /// How often idle connections are looked at.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
@@ -140,9 +141,9 @@ struct Inner<C, B> {
 #[derive(Debug)]
 struct State<B> {
     /// HTTP/1.1 pools: idle connections by address, the most recent last.
-    idle: HashMap<SocketAddr, Vec<Idle<B>>>,
+    idle: AddrMap<SocketAddr, Vec<Idle<B>>>,
     /// HTTP/2 pools (and HTTP/1.1 pools' connections that came up in HTTP/2).
-    shared: HashMap<SocketAddr, Shared<B>>,
+    shared: AddrMap<SocketAddr, Shared<B>>,
     sweeping: bool,
 }
 
@@ -181,8 +182,8 @@ where
                 connector,
                 version,
                 state: Mutex::new(State {
-                    idle: HashMap::new(),
-                    shared: HashMap::new(),
+                    idle: AddrMap::default(),
+                    shared: AddrMap::default(),
                     sweeping: false,
                 }),
             }),

@@ -5,7 +5,7 @@
 //! The proxy is L4 here: a connection is routed by the Service's catch-all route (the rule that
 //! matches every request), since per-request matches need the HTTP layer.
 
-use std::collections::HashMap;
+use crate::addr_map::{AddrMap, AddrSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -217,14 +217,14 @@ impl Action {
 /// Every Service this proxy knows, by virtual address.
 #[derive(Debug, Default)]
 pub struct Routing {
-    pub services: HashMap<SocketAddr, Service>,
+    pub services: AddrMap<SocketAddr, Service>,
     /// Every endpoint port, by endpoint address: what a peer may ask this pod's sidecar for.
-    pub endpoint_ports: HashMap<std::net::IpAddr, std::collections::HashSet<u16>>,
+    pub endpoint_ports: AddrMap<std::net::IpAddr, AddrSet<u16>>,
     /// The first Service (cluster, by name) each endpoint belongs to: what inbound requests
     /// are counted under.
-    pub endpoint_services: HashMap<SocketAddr, String>,
+    pub endpoint_services: AddrMap<SocketAddr, String>,
     /// The identity of each endpoint address's sidecar, as meshd published it.
-    pub sidecars: HashMap<std::net::IpAddr, crate::xds::resources::SidecarName>,
+    pub sidecars: AddrMap<std::net::IpAddr, crate::xds::resources::SidecarName>,
 }
 
 impl Routing {

@@ -33,6 +33,7 @@ use mesh_proto::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::Matc
 use mesh_proto::google::protobuf::Any;
 use mesh_proto::prost::{Message, Name};
 
+use crate::addr_map::{AddrMap, AddrSet};
 use crate::balance::{Algorithm, EndpointRegistry};
 use crate::request_metrics::RequestRegistry;
 use crate::route::{HeaderEdits, PathRewrite, Redirect};
@@ -747,17 +748,14 @@ impl Resources {
             })
             .collect();
         endpoint_state.retain(&live);
-        let mut endpoint_ports: std::collections::HashMap<
-            std::net::IpAddr,
-            std::collections::HashSet<u16>,
-        > = std::collections::HashMap::new();
+        let mut endpoint_ports: AddrMap<std::net::IpAddr, AddrSet<u16>> = AddrMap::default();
         for (_, addr) in &live {
             endpoint_ports
                 .entry(addr.ip())
                 .or_default()
                 .insert(addr.port());
         }
-        let mut services = std::collections::HashMap::new();
+        let mut services = AddrMap::default();
         for (name, l) in &self.listeners {
             let table = match &l.target {
                 Target::Route(r) => match self.routes.get(r) {
@@ -834,7 +832,7 @@ impl Resources {
             .iter()
             .map(|(addr, name)| (addr.ip(), name.clone()))
             .collect();
-        let mut endpoint_services = std::collections::HashMap::new();
+        let mut endpoint_services = AddrMap::default();
         for (name, cluster) in &clusters {
             for endpoint in &cluster.endpoints {
                 endpoint_services
