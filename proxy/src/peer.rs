@@ -33,6 +33,7 @@ use crate::http::{
     ProxyBody, join_upgraded, path_and_query, side_error, target_uri, wants_upgrade,
 };
 use crate::metrics::{Direction, RefuseReason, inc};
+use crate::routing::Routing;
 use crate::tls::{Carriage, peer_identity};
 
 // The mesh's own headers are `HeaderName`s made at compile time: a `&str` name is parsed (and
@@ -268,30 +269,42 @@ where
     }
 }
 
-/// The counters a peer's request is recorded in: the Service its target port is an endpoint
-/// of (route `inbound`).
+/// The counters a peer's request is recorded in (route `inbound`): those of the Service its
+/// `x-mesh-service` names, if meshd published that Service; else those of the Service its
+/// target port is an endpoint of. A peer cannot make up new series: a name no Service has is
+/// not counted under.
 fn inbound_stats(
     req: &Request<Incoming>,
     pod_ip: IpAddr,
     ctx: &Context,
 ) -> Arc<crate::request_metrics::RouteStats> {
+    let registry = &ctx.xds.inbound_requests;
+    let named = req.headers().get(SERVICE).and_then(|v| v.to_str().ok());
+    // The usual case, one lookup: a name counted before (so checked then).
+    if let Some(stats) = named.and_then(|service| registry.existing(service, "inbound")) {
+        return stats;
+    }
     let port = req
         .headers()
         .get(TARGET_PORT)
         .and_then(|v| v.to_str().ok().and_then(|p| p.parse::<u16>().ok()));
-    if let Some(service) = req
-        .headers()
-        .get(SERVICE)
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| s.len() <= 253)
-    {
-        return ctx.xds.inbound_requests.stats(service, "inbound");
-    }
     let routing = ctx.xds.routing.load();
-    let service = port
-        .and_then(|p| routing.endpoint_services.get(&SocketAddr::new(pod_ip, p)))
-        .map_or("unknown", String::as_str);
-    ctx.xds.inbound_requests.stats(service, "inbound")
+    registry.stats(inbound_service(named, port, pod_ip, &routing), "inbound")
+}
+
+/// The Service a peer's request is counted under: the one it names if meshd published it, else
+/// the one (`pod_ip`, `port`) is an endpoint of, else `unknown`.
+fn inbound_service<'a>(
+    named: Option<&'a str>,
+    port: Option<u16>,
+    pod_ip: IpAddr,
+    routing: &'a Routing,
+) -> &'a str {
+    if let Some(service) = named.filter(|s| routing.service_names.contains(*s)) {
+        return service;
+    }
+    port.and_then(|p| routing.endpoint_services.get(&SocketAddr::new(pod_ip, p)))
+        .map_or("unknown", String::as_str)
 }
 
 fn loopback_of(local: SocketAddr) -> IpAddr {
@@ -397,5 +410,32 @@ async fn to_app(
             StatusCode::BAD_GATEWAY,
             &format!("the app at {app} failed: {e}"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer can name only a Service meshd published: any other name is counted under the
+    /// Service of the endpoint it reached, so a caller cannot add series to `/metrics`.
+    #[test]
+    fn requests_are_counted_under_a_published_service_only() {
+        let pod: IpAddr = [10, 0, 0, 4].into();
+        let mut routing = Routing::default();
+        routing.service_names.insert("web.default.svc:80".into());
+        routing.service_names.insert("api.default.svc:80".into());
+        routing
+            .endpoint_services
+            .insert(SocketAddr::new(pod, 8080), "web.default.svc:80".into());
+        let count = |named, port| inbound_service(named, port, pod, &routing);
+        assert_eq!(
+            count(Some("api.default.svc:80"), Some(8080)),
+            "api.default.svc:80"
+        );
+        assert_eq!(count(Some("made-up"), Some(8080)), "web.default.svc:80");
+        assert_eq!(count(None, Some(8080)), "web.default.svc:80");
+        assert_eq!(count(Some("made-up"), Some(9999)), "unknown");
+        assert_eq!(count(None, None), "unknown");
     }
 }

@@ -7,7 +7,8 @@
 //!   request to an address opens it, in a task of its own, and the requests that arrive while
 //!   it connects wait for it instead of opening more.
 //! - A request that finds its pooled connection closed before the request was written is sent
-//!   again, on another connection (never one sent on a fresh connection: that one failed).
+//!   again, on another pooled connection, and after [`MAX_REUSED_ATTEMPTS`] of those on a new
+//!   one. A request that fails on a new connection is not sent again.
 //! - [`Pool::sweep`] drops the connections that are closed or were left unused through
 //!   [`IDLE_SWEEPS`] sweeps; a task runs it every [`SWEEP_EVERY`], so a connection idle for
 //!   60 to 90 s is closed (hyper-util's pool, used before, closed them after 90 s).
@@ -38,6 +39,9 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// How many sweeps an unused connection survives: the third closes it.
 pub const IDLE_SWEEPS: u8 = 3;
+
+/// How many pooled connections a request tries before it takes a new one.
+const MAX_REUSED_ATTEMPTS: usize = 3;
 
 /// A new connection to an upstream address.
 #[derive(Debug)]
@@ -197,8 +201,13 @@ where
         mut req: Request<B>,
         addr: SocketAddr,
     ) -> Result<Response<PooledBody<B>>, PoolError> {
+        // A pooled connection can still look open when the request finds it closing: after a
+        // few such, the request takes a new connection, and a failure there is the answer.
+        let mut reused_attempts = 0;
         loop {
-            let (taken, reused) = self.take(addr).await?;
+            let reuse = reused_attempts < MAX_REUSED_ATTEMPTS;
+            let (taken, reused) = self.take(addr, reuse).await?;
+            reused_attempts += usize::from(reused);
             let sent = match taken {
                 Taken::Http1(mut sender) => {
                     if sender.ready().await.is_err() {
@@ -234,17 +243,18 @@ where
         }
     }
 
-    /// A connection to `addr`, and whether it was used before.
-    async fn take(&self, addr: SocketAddr) -> Result<(Taken<B>, bool), PoolError> {
+    /// A connection to `addr` (a new one unless `reuse`), and whether it was used before.
+    async fn take(&self, addr: SocketAddr, reuse: bool) -> Result<(Taken<B>, bool), PoolError> {
         let waiting = {
             let mut state = self.inner.lock();
-            if self.inner.version == Version::Http1
+            if reuse
+                && self.inner.version == Version::Http1
                 && let Some(sender) = state.take_idle(addr)
             {
                 return Ok((Taken::Http1(sender), true));
             }
             match state.shared.get_mut(&addr) {
-                Some(Shared::Ready { sender, sweeps }) if !sender.is_closed() => {
+                Some(Shared::Ready { sender, sweeps }) if reuse && !sender.is_closed() => {
                     *sweeps = 0;
                     return Ok((Taken::Http2(sender.clone()), true));
                 }

@@ -54,10 +54,18 @@ impl RequestRegistry {
     /// The counters of (service, route), made on first use; finding existing ones allocates
     /// nothing (the inbound side asks once per request).
     pub fn stats(&self, service: &str, route: &str) -> Arc<RouteStats> {
+        self.existing(service, route)
+            .unwrap_or_else(|| self.add(service, route))
+    }
+
+    /// The counters of (service, route) if they were made already.
+    pub fn existing(&self, service: &str, route: &str) -> Option<Arc<RouteStats>> {
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes.get(service).and_then(|r| r.get(route)).cloned()
+    }
+
+    fn add(&self, service: &str, route: &str) -> Arc<RouteStats> {
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(stats) = routes.get(service).and_then(|r| r.get(route)) {
-            return stats.clone();
-        }
         routes
             .entry(service.to_string())
             .or_default()

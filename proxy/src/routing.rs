@@ -137,7 +137,8 @@ impl Service {
     /// it, with or without its port; when none does, the first (the connection's original
     /// destination chose this Service already).
     pub fn virtual_host(&self, authority: Option<&str>) -> usize {
-        let Some(authority) = authority else {
+        // One virtual host (the usual Service): it is the answer whatever the authority.
+        let (Some(authority), true) = (authority, self.vhosts.len() > 1) else {
             return 0;
         };
         let host = match authority.rsplit_once(':') {
@@ -225,6 +226,8 @@ pub struct Routing {
     pub endpoint_services: AddrMap<SocketAddr, String>,
     /// The identity of each endpoint address's sidecar, as meshd published it.
     pub sidecars: AddrMap<std::net::IpAddr, crate::xds::resources::SidecarName>,
+    /// The names of the Services in `services`: what a peer's `x-mesh-service` may name.
+    pub service_names: std::collections::HashSet<String>,
 }
 
 impl Routing {

@@ -840,11 +840,16 @@ impl Resources {
                     .or_insert_with(|| (*name).clone());
             }
         }
+        let service_names = services
+            .values()
+            .map(|s: &routing::Service| s.name.clone())
+            .collect();
         Routing {
             services,
             endpoint_ports,
             endpoint_services,
             sidecars,
+            service_names,
         }
     }
 }
