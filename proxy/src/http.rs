@@ -371,10 +371,7 @@ async fn forward(
         None => (None, None),
     };
     let to_peer = peer.is_some();
-    let addr = match peer {
-        Some(hop) => SocketAddr::new(endpoint.ip(), hop.port),
-        None => endpoint,
-    };
+    let addr = upstream_addr(endpoint, peer);
     let upstream = match upstream_request(req, endpoint, upgrade.is_some(), path.as_deref(), peer) {
         Ok(r) => r,
         Err(reason) => return mesh_error(StatusCode::BAD_REQUEST, &reason),
@@ -473,10 +470,7 @@ fn upstream_request<B>(
     rewritten: Option<&str>,
     peer: Option<PeerHop<'_>>,
 ) -> Result<Request<B>, String> {
-    let addr = match peer {
-        Some(hop) => SocketAddr::new(endpoint.ip(), hop.port),
-        None => endpoint,
-    };
+    let addr = upstream_addr(endpoint, peer);
     let (mut parts, body) = req.into_parts();
     let path = match rewritten {
         Some(path) => PathAndQuery::try_from(path)
@@ -519,6 +513,14 @@ fn upstream_request<B>(
             .insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
     Ok(Request::from_parts(parts, body))
+}
+
+/// Where a request for `endpoint` goes: the endpoint, or its sidecar's peer port.
+fn upstream_addr(endpoint: SocketAddr, peer: Option<PeerHop<'_>>) -> SocketAddr {
+    match peer {
+        Some(hop) => SocketAddr::new(endpoint.ip(), hop.port),
+        None => endpoint,
+    }
 }
 
 /// The URI a request of `parts.version` goes upstream to `addr` with: absolute in HTTP/2,

@@ -9,7 +9,7 @@
 //! - A request that finds its pooled connection closed before the request was written is sent
 //!   again, on another pooled connection, and after [`MAX_REUSED_ATTEMPTS`] of those on a new
 //!   one. A request that fails on a new connection is not sent again.
-//! - [`Pool::sweep`] drops the connections that are closed or were left unused through
+//! - A sweep drops the connections that are closed or were left unused through
 //!   [`IDLE_SWEEPS`] sweeps; a task runs it every [`SWEEP_EVERY`], so a connection idle for
 //!   60 to 90 s is closed (hyper-util's pool, used before, closed them after 90 s).
 //!
@@ -288,14 +288,15 @@ where
         }
     }
 
-    /// Drops the connections that are closed or were not used since the last
-    /// [`IDLE_SWEEPS`] sweeps.
-    pub fn sweep(&self) {
+    /// What the sweeper does every [`SWEEP_EVERY`], for the tests.
+    #[cfg(test)]
+    fn sweep(&self) {
         self.inner.lock().sweep();
     }
 
     /// Idle HTTP/1.1 connections and shared HTTP/2 ones, over all addresses.
-    pub fn pooled(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn pooled(&self) -> usize {
         let state = self.inner.lock();
         state.idle.values().map(Vec::len).sum::<usize>()
             + state

@@ -5,7 +5,6 @@
 //! The proxy is L4 here: a connection is routed by the Service's catch-all route (the rule that
 //! matches every request), since per-request matches need the HTTP layer.
 
-use crate::addr_map::{AddrMap, AddrSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -14,6 +13,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::addr_map::{AddrMap, AddrSet};
 use crate::balance::{self, Algorithm, Endpoint};
 use crate::request_metrics::RouteStats;
 use crate::route::{HeaderEdits, PathRewrite, Redirect, RequestMatch, RequestView};
