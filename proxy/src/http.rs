@@ -26,8 +26,9 @@ use tokio::net::TcpStream;
 use crate::config::PeerHttp1;
 use crate::detect::Protocol;
 use crate::forward::Context;
+use crate::hop::{HOP, Hop};
 use crate::io::Rewind;
-use crate::peer::{ORIG_HOST, ORIG_PROTO, SERVICE, TARGET_PORT};
+use crate::peer::ORIG_HOST;
 use crate::peer_carriage::{Http1Slot, Http1Slots, SlotBody};
 use crate::peer_client::PeerConnector;
 use crate::pool::{Pool, PoolError, PooledBody, TcpConnector, Version as PoolVersion};
@@ -364,7 +365,7 @@ async fn forward(
             let hop = PeerHop {
                 port: ctx.config.peer_addr.port(),
                 version: route.version,
-                service: service.name_header.as_ref(),
+                service: Some(&service.name),
             };
             (Some(hop), route.slot)
         }
@@ -456,7 +457,7 @@ pub fn join_upgraded(
 struct PeerHop<'a> {
     port: u16,
     version: Version,
-    service: Option<&'a HeaderValue>,
+    service: Option<&'a str>,
 }
 
 /// The request as sent to `endpoint` (or its sidecar, `peer`): Host kept, hop-by-hop headers
@@ -481,25 +482,23 @@ fn upstream_request<B>(
     let upgrade_to = parts.headers.get(UPGRADE).cloned();
     strip_hop_by_hop(&mut parts.headers);
     if let Some(hop) = peer {
-        // To the peer sidecar, with what it needs to restore the request.
-        parts
-            .headers
-            .insert(TARGET_PORT, HeaderValue::from(endpoint.port()));
-        if let Some(service) = hop.service {
-            parts.headers.insert(SERVICE, service.clone());
-        }
-        if parts.version != Version::HTTP_2 {
-            // The peer restores the HTTP/1.1 request from these when it comes in HTTP/2: as
-            // chosen here, or on a `mesh/h1` connection to a sidecar that answered `mesh/h2`
-            // (one built before `mesh/h1`, see `Carriage::offers`), where Host goes as is.
-            parts
-                .headers
-                .insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
-            if hop.version == Version::HTTP_2
-                && let Some(host) = parts.headers.remove(HOST)
-            {
-                parts.headers.insert(ORIG_HOST, host);
-            }
+        // To the peer sidecar, with what it needs to restore the request (see
+        // [`crate::hop`]). An HTTP/1.1 request says so on either carriage: the peer restores it
+        // when it comes in HTTP/2, as chosen here or on a `mesh/h1` connection to a sidecar
+        // that answered `mesh/h2` (one built before `mesh/h1`, see `Carriage::offers`), where
+        // Host goes as is.
+        let http1 = parts.version != Version::HTTP_2;
+        let said = Hop {
+            port: endpoint.port(),
+            http1,
+            service: hop.service,
+        };
+        parts.headers.insert(HOP, said.to_value());
+        if http1
+            && hop.version == Version::HTTP_2
+            && let Some(host) = parts.headers.remove(HOST)
+        {
+            parts.headers.insert(ORIG_HOST, host);
         }
         parts.version = hop.version;
     } else if parts.version != Version::HTTP_2 {
@@ -565,7 +564,8 @@ pub(crate) fn authority_of(addr: SocketAddr) -> String {
     s
 }
 
-fn push_decimal(s: &mut String, mut n: u16) {
+/// Appends `n` in decimal (without `fmt`).
+pub(crate) fn push_decimal(s: &mut String, mut n: u16) {
     let mut digits = [0u8; 5];
     let mut start = digits.len();
     loop {
@@ -699,7 +699,6 @@ mod tests {
     #[test]
     fn http1_requests_to_a_peer_say_they_were_http1_on_either_carriage() {
         let endpoint: SocketAddr = ([10, 0, 0, 7], 8080).into();
-        let service = HeaderValue::from_static("web.default");
         for (hop_version, host, orig_host, uri) in [
             (Version::HTTP_11, Some("web"), None, "/users?id=1"),
             (
@@ -719,21 +718,19 @@ mod tests {
             let hop = PeerHop {
                 port: 4143,
                 version: hop_version,
-                service: Some(&service),
+                service: Some("web.default"),
             };
             let up = upstream_request(req, endpoint, false, None, Some(hop)).expect("upstream");
             let header = |name: &str| up.headers().get(name).and_then(|v| v.to_str().ok());
             assert_eq!(up.version(), hop_version);
             assert_eq!(up.uri().to_string(), uri, "origin form in HTTP/1.1 only");
             assert_eq!(
-                header(ORIG_PROTO.as_str()),
-                Some("HTTP/1.1"),
+                header(HOP.as_str()),
+                Some("8080 h1 web.default"),
                 "{hop_version:?}"
             );
             assert_eq!(header("host"), host, "{hop_version:?}");
             assert_eq!(header(ORIG_HOST.as_str()), orig_host, "{hop_version:?}");
-            assert_eq!(header(TARGET_PORT.as_str()), Some("8080"));
-            assert_eq!(header(SERVICE.as_str()), Some("web.default"));
             assert_eq!(header("connection"), None);
         }
         // An HTTP/2 request stays HTTP/2 and says nothing of HTTP/1.1.
@@ -749,6 +746,9 @@ mod tests {
         };
         let up = upstream_request(req, endpoint, false, None, Some(hop)).expect("upstream");
         assert_eq!(up.version(), Version::HTTP_2);
-        assert!(up.headers().get(ORIG_PROTO).is_none());
+        assert_eq!(
+            up.headers().get(HOP).and_then(|v| v.to_str().ok()),
+            Some("8080 h2")
+        );
     }
 }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod detect;
 pub mod drain;
 pub mod forward;
+pub mod hop;
 pub mod http;
 pub mod identity;
 pub mod io;

@@ -5,10 +5,10 @@
 //! HTTP/2 requests over one multiplexed HTTP/2 connection (ALPN `mesh/h2`); protocol upgrades
 //! (WebSocket) over pooled HTTP/1.1 connections (`mesh/h1`), where an upgraded connection stays
 //! inside the mutual TLS; HTTP/1.1 requests over either, as that sidecar's `--peer-http1` says
-//! (see [`crate::peer_carriage`]). Each request carries the app port it is for (`x-mesh-target-port`), and
-//! an HTTP/1.1 request carried in HTTP/2 also its original protocol (`x-mesh-orig-proto:
-//! HTTP/1.1`) and `Host` (`x-mesh-orig-host`). Here those markers are removed and the request
-//! goes to the app on loopback in its original protocol.
+//! (see [`crate::peer_carriage`]). Each request carries the app port it is for, the protocol the
+//! client spoke and the Service it addressed (`x-mesh-hop`, see [`crate::hop`]), and an HTTP/1.1
+//! request carried in HTTP/2 also its `Host` (`x-mesh-orig-host`). Here those markers are
+//! removed and the request goes to the app on loopback in its original protocol.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,6 +29,7 @@ use tracing::Instrument;
 use crate::authz::{Attempt, Verdict};
 use crate::drain::Drain;
 use crate::forward::Context;
+use crate::hop::{self, HOP, Hop};
 use crate::http::{
     ProxyBody, join_upgraded, path_and_query, side_error, target_uri, wants_upgrade,
 };
@@ -40,14 +41,8 @@ use crate::tls::{Carriage, peer_identity};
 // lower-cased, checked) on every insert, get and remove, a few hundred instructions a header per
 // request in callgrind's count (benches/instructions.sh).
 
-/// The app port a request between sidecars is for.
-pub const TARGET_PORT: HeaderName = HeaderName::from_static("x-mesh-target-port");
-/// Set when the client spoke HTTP/1.1 (the value is the protocol).
-pub const ORIG_PROTO: HeaderName = HeaderName::from_static("x-mesh-orig-proto");
-/// The client's `Host`, for an HTTP/1.1 request.
+/// The client's `Host`, for an HTTP/1.1 request carried in HTTP/2.
 pub const ORIG_HOST: HeaderName = HeaderName::from_static("x-mesh-orig-host");
-/// The Service the client addressed (what the inbound side counts the request under).
-pub const SERVICE: HeaderName = HeaderName::from_static("x-mesh-service");
 
 /// The header that tells the app who called: `By=<this pod's identity>;URI=<the caller's>`
 /// (Envoy's format). The mesh sets it on requests from an authenticated peer and removes it from
@@ -174,8 +169,21 @@ async fn serve_http<S>(
         let caller = caller.clone();
         async move {
             let start = std::time::Instant::now();
-            let stats = inbound_stats(&req, local.ip(), &ctx);
-            let response = to_app(req, local.ip(), loopback, caller.as_deref(), &ctx).await;
+            let mut req = req;
+            let value = req.headers_mut().remove(HOP);
+            let hop = match &value {
+                Some(value) => Hop::parse(value),
+                None => hop::take_old(req.headers_mut()).ok_or_else(|| {
+                    format!(
+                        "a request from a peer without {HOP} (nor the older x-mesh-target-port)"
+                    )
+                }),
+            };
+            let stats = inbound_stats(hop.as_ref().ok(), local.ip(), &ctx);
+            let response = match hop {
+                Ok(hop) => to_app(req, hop, local.ip(), loopback, caller.as_deref(), &ctx).await,
+                Err(reason) => inbound_error(StatusCode::BAD_REQUEST, &reason),
+            };
             stats.record(response.status().as_u16(), start.elapsed());
             Ok::<_, Infallible>(response)
         }
@@ -275,24 +283,21 @@ where
 }
 
 /// The counters a peer's request is recorded in (route `inbound`): those of the Service its
-/// `x-mesh-service` names, if meshd published that Service; else those of the Service its
-/// target port is an endpoint of. A peer cannot make up new series: a name no Service has is
-/// not counted under.
+/// `x-mesh-hop` names, if meshd published that Service; else those of the Service its target
+/// port is an endpoint of (`unknown` without a readable `x-mesh-hop`). A peer cannot make up
+/// new series: a name no Service has is not counted under.
 fn inbound_stats(
-    req: &Request<Incoming>,
+    hop: Option<&Hop<'_>>,
     pod_ip: IpAddr,
     ctx: &Context,
 ) -> Arc<crate::request_metrics::RouteStats> {
     let registry = &ctx.xds.inbound_requests;
-    let named = req.headers().get(SERVICE).and_then(|v| v.to_str().ok());
+    let named = hop.and_then(|h| h.service);
     // The usual case, one lookup: a name counted before (so checked then).
     if let Some(stats) = named.and_then(|service| registry.existing(service, "inbound")) {
         return stats;
     }
-    let port = req
-        .headers()
-        .get(TARGET_PORT)
-        .and_then(|v| v.to_str().ok().and_then(|p| p.parse::<u16>().ok()));
+    let port = hop.map(|h| h.port);
     let routing = ctx.xds.routing.load();
     registry.stats(inbound_service(named, port, pod_ip, &routing), "inbound")
 }
@@ -338,9 +343,11 @@ fn inbound_error(status: StatusCode, reason: &str) -> Response<ProxyBody> {
     side_error("inbound", status, reason)
 }
 
-/// Restores a peer's request and sends it to the app on loopback.
+/// Restores a peer's request (its `x-mesh-hop` already taken off as `hop`) and sends it to the
+/// app on loopback.
 async fn to_app(
     mut req: Request<Incoming>,
+    hop: Hop<'_>,
     pod_ip: IpAddr,
     loopback: IpAddr,
     caller: Option<&Caller>,
@@ -351,16 +358,7 @@ async fn to_app(
     let upgrade = (req.version() != Version::HTTP_2 && wants_upgrade(req.headers()))
         .then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let port = parts
-        .headers
-        .remove(TARGET_PORT)
-        .and_then(|v| v.to_str().ok().and_then(|p| p.parse::<u16>().ok()));
-    let Some(port) = port else {
-        return inbound_error(
-            StatusCode::BAD_REQUEST,
-            "a request from a peer without x-mesh-target-port",
-        );
-    };
+    let port = hop.port;
     if let Err(reason) = check_app_port(ctx, pod_ip, port) {
         return inbound_error(StatusCode::FORBIDDEN, &reason);
     }
@@ -379,12 +377,12 @@ async fn to_app(
             &format!("{} {} from {who}: {reason}", parts.method, parts.uri.path()),
         );
     }
-    parts.headers.remove(CLIENT_CERT);
-    if let Some(value) = caller.and_then(|c| c.client_cert.clone()) {
-        parts.headers.insert(CLIENT_CERT, value);
-    }
-    parts.headers.remove(SERVICE);
-    let http1 = parts.headers.remove(ORIG_PROTO).is_some() || parts.version != Version::HTTP_2;
+    // Set for an authenticated caller, removed from any other request.
+    match caller.and_then(|c| c.client_cert.clone()) {
+        Some(value) => parts.headers.insert(CLIENT_CERT, value),
+        None => parts.headers.remove(CLIENT_CERT),
+    };
+    let http1 = hop.http1 || parts.version != Version::HTTP_2;
     if let Some(host) = parts.headers.remove(ORIG_HOST) {
         parts.headers.insert(HOST, host);
     }

@@ -107,8 +107,6 @@ impl Route {
 #[derive(Debug)]
 pub struct Service {
     pub name: String,
-    /// `name` as a header value, made once (sent to peers as `x-mesh-service`).
-    pub name_header: Option<hyper::header::HeaderValue>,
     pub routes: Vec<Route>,
     /// The domains of each virtual host (lowercase; `*`, `*.suffix`, `prefix*`, with or without
     /// a port).
@@ -341,7 +339,6 @@ mod tests {
         let v2 = Arc::new(Cluster::new("v2".into(), vec![addr("10.0.0.2:80")]));
         let s = Service {
             name: "web".into(),
-            name_header: None,
             vhosts: vec![],
             routes: vec![Route::catch_all(Action::Forward {
                 backends: vec![(v1, 90), (v2, 10)],
@@ -369,7 +366,6 @@ mod tests {
         let empty = Arc::new(Cluster::new("empty".into(), vec![]));
         let s = Service {
             name: "s".into(),
-            name_header: None,
             vhosts: vec![],
             routes: vec![Route::catch_all(Action::Forward {
                 backends: vec![(empty, 1)],
@@ -385,7 +381,6 @@ mod tests {
         );
         let r = Service {
             name: "r".into(),
-            name_header: None,
             vhosts: vec![],
             routes: vec![Route::catch_all(Action::Reject {
                 reason: "no backends".into(),

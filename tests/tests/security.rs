@@ -110,7 +110,7 @@ fn no_plaintext_crosses_the_wire_between_meshed_pods() -> anyhow::Result<()> {
     // Between a and b only the peer port is used, and nothing of the HTTP exchange is readable.
     assert!(packets.contains("10.77.0.4.15008"), "{packets}");
     assert!(!packets.contains("10.77.0.4.8080"), "{packets}");
-    for plaintext in ["hello from b", "GET / HTTP", "x-mesh-target-port"] {
+    for plaintext in ["hello from b", "GET / HTTP", "x-mesh-hop"] {
         assert!(
             !packets.contains(plaintext),
             "`{plaintext}` on the wire:\n{packets}"

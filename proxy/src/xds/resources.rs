@@ -820,7 +820,6 @@ impl Resources {
                 l.address,
                 routing::Service {
                     name: name.clone(),
-                    name_header: HeaderValue::from_str(name).ok(),
                     routes,
                     vhosts,
                     http: l.http,
