@@ -14,9 +14,10 @@
 //! (benches/instructions.sh; benches/RESULTS.md). A peer still accepts the old headers from an
 //! older sidecar.
 
+use bytes::Bytes;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::http::push_decimal;
+use crate::http::decimal;
 
 /// The header between sidecars.
 pub const HOP: HeaderName = HeaderName::from_static("x-mesh-hop");
@@ -44,55 +45,82 @@ impl Hop<'_> {
         let service = self
             .service
             .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic()));
-        let mut s = String::with_capacity(9 + service.map_or(0, str::len));
-        push_decimal(&mut s, self.port);
-        s.push_str(if self.http1 { " h1" } else { " h2" });
+        let (digits, start) = decimal(self.port);
+        let port = &digits[start..];
+        // The exact length: a vector as long as its capacity becomes `Bytes` without a copy
+        // or a second allocation.
+        let len = port.len() + 3 + service.map_or(0, |s| 1 + s.len());
+        let mut v = Vec::with_capacity(len);
+        v.extend_from_slice(port);
+        v.extend_from_slice(if self.http1 { b" h1" } else { b" h2" });
         if let Some(service) = service {
-            s.push(' ');
-            s.push_str(service);
+            v.push(b' ');
+            v.extend_from_slice(service.as_bytes());
         }
         // Digits, spaces and visible ASCII: always a valid value.
-        HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+        HeaderValue::from_maybe_shared(Bytes::from(v))
+            .unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 }
 
 impl<'a> Hop<'a> {
     /// Reads `value`; the error names what is wrong with it.
     pub fn parse(value: &'a HeaderValue) -> Result<Hop<'a>, String> {
-        let text = value
-            .to_str()
-            .map_err(|_| format!("{HOP} is not visible ASCII: {value:?}"))?;
-        let mut fields = text.split(' ');
-        let port = fields.next().unwrap_or("");
-        let port = port.parse::<u16>().map_err(|_| {
-            format!("{HOP} {text:?}: the app port {port:?} is not a number below 65536")
+        let bytes = value.as_bytes();
+        let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let bad = |what: String| format!("{HOP} {:?}: {what}", lossy(bytes));
+        let mut fields = bytes.splitn(3, |&b| b == b' ');
+        let port = fields.next().unwrap_or_default();
+        let port = parse_u16(port).ok_or_else(|| {
+            bad(format!(
+                "the app port {:?} is not a number below 65536",
+                lossy(port)
+            ))
         })?;
         let http1 = match fields.next() {
-            Some("h1") => true,
-            Some("h2") => false,
+            Some(b"h1") => true,
+            Some(b"h2") => false,
             Some(other) => {
-                return Err(format!(
-                    "{HOP} {text:?}: the protocol {other:?} is neither h1 nor h2"
-                ));
+                return Err(bad(format!(
+                    "the protocol {:?} is neither h1 nor h2",
+                    lossy(other)
+                )));
             }
-            None => {
-                return Err(format!(
-                    "{HOP} {text:?}: no protocol (h1 or h2) after the port"
-                ));
+            None => return Err(bad("no protocol (h1 or h2) after the port".into())),
+        };
+        let service = match fields.next() {
+            None | Some(b"") => None,
+            Some(rest) => {
+                if let Some(space) = rest.iter().position(|&b| b == b' ') {
+                    return Err(bad(format!(
+                        "unexpected {:?} after the Service",
+                        lossy(&rest[space + 1..])
+                    )));
+                }
+                let name = std::str::from_utf8(rest)
+                    .ok()
+                    .filter(|s| s.bytes().all(|b| b.is_ascii_graphic()))
+                    .ok_or_else(|| bad("the Service is not visible ASCII".into()))?;
+                Some(name)
             }
         };
-        let service = fields.next().filter(|s| !s.is_empty());
-        if let Some(extra) = fields.next() {
-            return Err(format!(
-                "{HOP} {text:?}: unexpected {extra:?} after the Service"
-            ));
-        }
         Ok(Hop {
             port,
             http1,
             service,
         })
     }
+}
+
+/// `digits` as a decimal `u16` (no sign, no spaces).
+fn parse_u16(digits: &[u8]) -> Option<u16> {
+    if digits.is_empty() || digits.len() > 5 {
+        return None;
+    }
+    let n = digits.iter().try_fold(0u32, |n, &d| {
+        d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
+    })?;
+    u16::try_from(n).ok()
 }
 
 /// What an older sidecar sent in its three headers (removed from `headers`), if it sent the
@@ -164,6 +192,14 @@ mod tests {
         assert!(refused("8080").contains("no protocol"));
         assert!(refused("8080 h3").contains("the protocol \"h3\" is neither h1 nor h2"));
         assert!(refused("8080 h1 web extra").contains("unexpected \"extra\""));
+        assert!(refused("+80 h1").contains("the app port \"+80\""));
+        let latin1 =
+            HeaderValue::from_bytes(b"8080 h1 caf\xe9").expect("obs-text is a valid value");
+        let refused = Hop::parse(&latin1).expect_err("not ASCII");
+        assert!(
+            refused.contains("the Service is not visible ASCII"),
+            "{refused}"
+        );
     }
 
     #[test]
