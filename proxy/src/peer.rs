@@ -419,6 +419,75 @@ async fn to_app(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use http_body_util::Empty;
+
+    fn ctx() -> Arc<Context> {
+        Arc::new(Context {
+            config: crate::config::ProxyConfig::default(),
+            metrics: crate::metrics::Metrics::default(),
+            http: crate::http::HttpClients::new(
+                std::time::Duration::from_secs(1),
+                None,
+                crate::config::PeerHttp1::Auto,
+                4,
+            ),
+            xds: Arc::new(crate::xds::Xds::standalone()),
+            tls: None,
+            first_connection: Default::default(),
+        })
+    }
+
+    /// What the peer side answers to one HTTP/1.1 request from a peer carrying `hop` (as
+    /// `x-mesh-hop`, when given): its status and `x-mesh-error`.
+    async fn answer_to(hop: Option<&'static str>) -> (StatusCode, String) {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let local: SocketAddr = ([10, 0, 0, 4], 15008).into();
+        let drain = Drain::new();
+        let server = tokio::spawn(async move {
+            serve_http(theirs, Version::HTTP_11, local, None, ctx(), &drain).await;
+        });
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(ours))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let mut req = Request::builder().uri("/").header(HOST, "web");
+        if let Some(hop) = hop {
+            req = req.header(HOP, hop);
+        }
+        let resp = send
+            .send_request(req.body(Empty::<Bytes>::new()).expect("request"))
+            .await
+            .expect("response");
+        let error = resp
+            .headers()
+            .get(crate::http::MESH_ERROR)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        drop(send);
+        server.abort();
+        (resp.status(), error)
+    }
+
+    /// A request from a peer without a readable `x-mesh-hop` is refused with a 400 that names
+    /// the header and what is wrong with it; a readable one goes on to the port check.
+    #[tokio::test]
+    async fn a_peer_request_without_a_readable_hop_is_refused_naming_it() {
+        let (status, error) = answer_to(None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(error.contains("without x-mesh-hop"), "{error}");
+        let (status, error) = answer_to(Some("http h1")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            error.contains("x-mesh-hop \"http h1\": the app port \"http\""),
+            "{error}"
+        );
+        // Readable: refused further on, since no Service has port 8080 of this pod.
+        let (status, error) = answer_to(Some("8080 h1 web")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{error}");
+        assert!(error.contains("port 8080"), "{error}");
+    }
 
     /// A peer can name only a Service meshd published: any other name is counted under the
     /// Service of the endpoint it reached, so a caller cannot add series to `/metrics`.
