@@ -119,24 +119,10 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ProxyConfig;
-    use crate::metrics::Metrics;
     use http_body_util::BodyExt;
 
     fn ctx() -> Context {
-        Context {
-            config: ProxyConfig::default(),
-            metrics: Metrics::default(),
-            http: crate::http::HttpClients::new(
-                std::time::Duration::from_secs(1),
-                None,
-                crate::config::PeerHttp1::Auto,
-                4,
-            ),
-            xds: std::sync::Arc::new(crate::xds::Xds::standalone()),
-            tls: None,
-            first_connection: Default::default(),
-        }
+        Context::for_tests()
     }
 
     #[test]

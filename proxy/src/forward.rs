@@ -111,6 +111,24 @@ fn resolve_outbound(xds: &Xds, orig: SocketAddr) -> Result<Outbound, String> {
 }
 
 impl Context {
+    /// A context for unit tests: default configuration, no control plane, no identity.
+    #[cfg(test)]
+    pub fn for_tests() -> Context {
+        Context {
+            config: ProxyConfig::default(),
+            metrics: Metrics::default(),
+            http: crate::http::HttpClients::new(
+                std::time::Duration::from_secs(1),
+                None,
+                crate::config::PeerHttp1::Auto,
+                4,
+            ),
+            xds: Arc::new(Xds::standalone()),
+            tls: None,
+            first_connection: Default::default(),
+        }
+    }
+
     /// Checks `attempt` against this workload's AuthorizationPolicies, and counts the decision.
     pub fn authorize(&self, attempt: &Attempt<'_>) -> Verdict {
         let verdict = self.xds.policy.load().check(attempt);

@@ -4,15 +4,15 @@
 //! - the app port on the peer's pod the request is for;
 //! - the protocol the client spoke: `h1` for HTTP/1.1, which the peer restores toward its app
 //!   whichever carriage the request took (`mesh/h2` or `mesh/h1`), `h2` for HTTP/2;
-//! - the Service the client addressed, when it has a name that is a valid header value (the
-//!   peer counts the request under it, if meshd published it).
+//! - the Service the client addressed, when its name is visible ASCII without spaces (the peer
+//!   counts the request under it, if meshd published it).
 //!
 //! One header instead of one each (`x-mesh-target-port`, `x-mesh-orig-proto`,
 //! `x-mesh-service`, as sidecars before this one sent): each header a request carries between
-//! the sidecars is inserted, encoded (HPACK or HTTP/1.1 text), decoded and removed again, and
-//! the two saved cost 1.9k-3.3k instructions a request over the pair in callgrind's count
-//! (benches/instructions.sh; benches/RESULTS.md). A peer still accepts the old headers from an
-//! older sidecar.
+//! the sidecars is inserted, encoded (HPACK or HTTP/1.1 text), decoded and removed again; one
+//! in place of three saved 3.7k instructions a request over the pair paced and 4.5k at full
+//! load in callgrind's count (`benches/instructions.sh 1000`; benches/RESULTS.md). A peer still
+//! accepts the old headers from an older sidecar.
 
 use bytes::Bytes;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
@@ -97,11 +97,11 @@ impl<'a> Hop<'a> {
                         lossy(&rest[space + 1..])
                     )));
                 }
-                let name = std::str::from_utf8(rest)
-                    .ok()
-                    .filter(|s| s.bytes().all(|b| b.is_ascii_graphic()))
-                    .ok_or_else(|| bad("the Service is not visible ASCII".into()))?;
-                Some(name)
+                if !rest.iter().all(u8::is_ascii_graphic) {
+                    return Err(bad("the Service is not visible ASCII".into()));
+                }
+                // Visible ASCII is UTF-8.
+                std::str::from_utf8(rest).ok()
             }
         };
         Ok(Hop {

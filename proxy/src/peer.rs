@@ -422,22 +422,6 @@ mod tests {
     use bytes::Bytes;
     use http_body_util::Empty;
 
-    fn ctx() -> Arc<Context> {
-        Arc::new(Context {
-            config: crate::config::ProxyConfig::default(),
-            metrics: crate::metrics::Metrics::default(),
-            http: crate::http::HttpClients::new(
-                std::time::Duration::from_secs(1),
-                None,
-                crate::config::PeerHttp1::Auto,
-                4,
-            ),
-            xds: Arc::new(crate::xds::Xds::standalone()),
-            tls: None,
-            first_connection: Default::default(),
-        })
-    }
-
     /// What the peer side answers to one HTTP/1.1 request from a peer carrying `hop` (as
     /// `x-mesh-hop`, when given): its status and `x-mesh-error`.
     async fn answer_to(hop: Option<&'static str>) -> (StatusCode, String) {
@@ -445,7 +429,15 @@ mod tests {
         let local: SocketAddr = ([10, 0, 0, 4], 15008).into();
         let drain = Drain::new();
         let server = tokio::spawn(async move {
-            serve_http(theirs, Version::HTTP_11, local, None, ctx(), &drain).await;
+            serve_http(
+                theirs,
+                Version::HTTP_11,
+                local,
+                None,
+                Arc::new(Context::for_tests()),
+                &drain,
+            )
+            .await;
         });
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(ours))
             .await
