@@ -31,14 +31,14 @@ use crate::io::Rewind;
 use crate::peer::ORIG_HOST;
 use crate::peer_carriage::{Http1Slot, Http1Slots, SlotBody};
 use crate::peer_client::PeerConnector;
-use crate::pool::{Pool, PoolError, PooledBody, TcpConnector, Version as PoolVersion};
+use crate::pool::{BodyError, Pool, PoolError, PooledBody, TcpConnector, Version as PoolVersion};
 use crate::request_metrics::RouteStats;
 use crate::route::RequestView;
 use crate::routing::{Action, NoEndpoint, Route, Service, random_u32};
 use crate::tls::Carriage;
 
 /// Response bodies: the upstream's, streamed, or a short one the proxy made.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub type ProxyBody = BoxBody<Bytes, BodyError>;
 
 /// The header that marks (and explains) a response the mesh produced itself.
 pub const MESH_ERROR: HeaderName = HeaderName::from_static("x-mesh-error");

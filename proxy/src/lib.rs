@@ -17,6 +17,7 @@ pub mod drain;
 pub mod forward;
 pub mod hop;
 pub mod http;
+pub mod http2_client;
 pub mod identity;
 pub mod io;
 pub mod listener;

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use mesh_proto::spiffe::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -155,13 +154,13 @@ impl PeerConnector {
 }
 
 impl Connect for PeerConnector {
-    type Io = TokioIo<PeerStream>;
+    type Io = PeerStream;
 
     async fn connect(&self, addr: SocketAddr) -> io::Result<Connected<Self::Io>> {
         let stream = connect(&self.tls, &self.xds, addr, self.carriage, self.timeout).await?;
         Ok(Connected {
             http2: stream.is_http2(),
-            io: TokioIo::new(stream),
+            io: stream,
         })
     }
 }
@@ -174,7 +173,7 @@ mod tests {
     use bytes::Bytes;
     use http_body_util::{BodyExt, Empty, Full};
     use hyper::{Request, Response, Version};
-    use hyper_util::rt::TokioExecutor;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
     use tokio::net::TcpListener;
 
     /// Serves every connection on `listener` over the carriage its handshake chose; each
@@ -215,7 +214,7 @@ mod tests {
     struct Connector(Arc<MeshTls>);
 
     impl Connect for Connector {
-        type Io = TokioIo<PeerStream>;
+        type Io = PeerStream;
 
         async fn connect(&self, addr: SocketAddr) -> io::Result<Connected<Self::Io>> {
             let tcp = TcpStream::connect(addr).await?;
@@ -226,7 +225,7 @@ mod tests {
             );
             Ok(Connected {
                 http2: stream.is_http2(),
-                io: TokioIo::new(stream),
+                io: stream,
             })
         }
     }

@@ -25,14 +25,26 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http1;
 use hyper::{Request, Response, Uri};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use crate::addr_map::AddrMap;
+use crate::http2_client::{self, SendError};
+
+/// Why a response's body could not be read to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Http1(#[from] hyper::Error),
+    #[error(transparent)]
+    Http2(#[from] http2_client::Error),
+}
 
 /// How often idle connections are looked at.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
@@ -53,7 +65,7 @@ pub struct Connected<Io> {
 
 /// Opens connections for a pool.
 pub trait Connect: Clone + Send + Sync + 'static {
-    type Io: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static;
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
 
     fn connect(
         &self,
@@ -74,7 +86,7 @@ impl TcpConnector {
 }
 
 impl Connect for TcpConnector {
-    type Io = TokioIo<TcpStream>;
+    type Io = TcpStream;
 
     async fn connect(&self, addr: SocketAddr) -> io::Result<Connected<Self::Io>> {
         let tcp = match tokio::time::timeout(self.timeout, TcpStream::connect(addr)).await {
@@ -89,7 +101,7 @@ impl Connect for TcpConnector {
         };
         let _ = tcp.set_nodelay(true);
         Ok(Connected {
-            io: TokioIo::new(tcp),
+            io: tcp,
             http2: false,
         })
     }
@@ -101,9 +113,11 @@ pub enum PoolError {
     #[error("{0}")]
     Connect(Arc<io::Error>),
     #[error("HTTP handshake: {0}")]
-    Handshake(Arc<hyper::Error>),
+    Handshake(Arc<dyn std::error::Error + Send + Sync>),
     #[error("{0}")]
     Request(Arc<hyper::Error>),
+    #[error("HTTP/2: {0}")]
+    Http2(Arc<http2_client::Error>),
 }
 
 impl PoolError {
@@ -147,7 +161,7 @@ struct State<B> {
     /// HTTP/1.1 pools: idle connections by address, the most recent last.
     idle: AddrMap<SocketAddr, Vec<Idle<B>>>,
     /// HTTP/2 pools (and HTTP/1.1 pools' connections that came up in HTTP/2).
-    shared: AddrMap<SocketAddr, Shared<B>>,
+    shared: AddrMap<SocketAddr, Shared>,
     sweeping: bool,
 }
 
@@ -158,26 +172,25 @@ struct Idle<B> {
 }
 
 #[derive(Debug)]
-enum Shared<B> {
+enum Shared {
     Ready {
-        sender: http2::SendRequest<B>,
+        sender: http2_client::Sender,
         sweeps: u8,
     },
     /// Being opened; these requests wait for it.
-    Connecting(Vec<oneshot::Sender<Result<http2::SendRequest<B>, PoolError>>>),
+    Connecting(Vec<oneshot::Sender<Result<http2_client::Sender, PoolError>>>),
 }
 
 /// A connection taken from the pool or just made.
 enum Taken<B> {
     Http1(http1::SendRequest<B>),
-    Http2(http2::SendRequest<B>),
+    Http2(http2_client::Sender),
 }
 
 impl<C, B> Pool<C, B>
 where
     C: Connect,
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     pub fn new(connector: C, version: Version) -> Pool<C, B> {
@@ -224,10 +237,18 @@ where
                 }
                 Taken::Http2(mut sender) => {
                     absolute_form(&mut req, addr);
-                    sender
-                        .try_send_request(req)
-                        .await
-                        .map(|resp| resp.map(PooledBody::plain))
+                    match sender.send(req).await {
+                        Ok(resp) => return Ok(resp.map(PooledBody::http2)),
+                        Err(SendError {
+                            unsent: Some(unsent),
+                            error,
+                        }) if reused => {
+                            tracing::debug!(%addr, %error, "pooled connection closed, sending again");
+                            req = unsent;
+                            continue;
+                        }
+                        Err(e) => return Err(PoolError::Http2(Arc::new(e.error))),
+                    }
                 }
             };
             match sent {
@@ -310,8 +331,7 @@ where
 impl<C, B> Inner<C, B>
 where
     C: Connect,
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     fn lock(&self) -> std::sync::MutexGuard<'_, State<B>> {
@@ -338,7 +358,7 @@ where
             state.start_sweeping(self);
             return Ok(Taken::Http2(sender));
         }
-        let (sender, conn) = http1::handshake(connected.io)
+        let (sender, conn) = http1::handshake(TokioIo::new(connected.io))
             .await
             .map_err(|e| PoolError::Handshake(Arc::new(e)))?;
         tokio::spawn(async move {
@@ -433,8 +453,7 @@ impl<B> State<B> {
 async fn connect_shared<C, B>(inner: Arc<Inner<C, B>>, addr: SocketAddr)
 where
     C: Connect,
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let made = match inner.connector.connect(addr).await {
@@ -463,29 +482,13 @@ where
     }
 }
 
-async fn handshake_http2<Io, B>(
-    io: Io,
-    addr: SocketAddr,
-) -> Result<http2::SendRequest<B>, PoolError>
+async fn handshake_http2<Io>(io: Io, addr: SocketAddr) -> Result<http2_client::Sender, PoolError>
 where
-    Io: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = http2::handshake(TokioExecutor::new(), io)
+    http2_client::handshake(io, addr)
         .await
-        .map_err(|e| PoolError::Handshake(Arc::new(e)))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended with an error");
-        }
-    });
-    sender
-        .ready()
-        .await
-        .map_err(|e| PoolError::Handshake(Arc::new(e)))?;
-    Ok(sender)
+        .map_err(|e| PoolError::Handshake(Arc::new(e)))
 }
 
 /// HTTP/2 needs the scheme and authority: an HTTP/1.1 request in origin form (on a connection
@@ -508,8 +511,15 @@ fn absolute_form<B>(req: &mut Request<B>, addr: SocketAddr) {
 /// A response body; an HTTP/1.1 one gives its connection back to the pool at its end.
 #[derive(Debug)]
 pub struct PooledBody<B> {
-    inner: Incoming,
+    inner: Received,
     back: Option<GiveBack<B>>,
+}
+
+/// What a response's body is read from.
+#[derive(Debug)]
+enum Received {
+    Http1(Incoming),
+    Http2(http2_client::ResponseBody),
 }
 
 struct GiveBack<B> {
@@ -534,8 +544,7 @@ trait Returns<B>: Send + Sync {
 impl<C, B> Returns<B> for Inner<C, B>
 where
     C: Connect,
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     fn take_back(self: Arc<Self>, addr: SocketAddr, sender: http1::SendRequest<B>) {
@@ -544,8 +553,11 @@ where
 }
 
 impl<B: Send + 'static> PooledBody<B> {
-    fn plain(inner: Incoming) -> PooledBody<B> {
-        PooledBody { inner, back: None }
+    fn http2(inner: http2_client::ResponseBody) -> PooledBody<B> {
+        PooledBody {
+            inner: Received::Http2(inner),
+            back: None,
+        }
     }
 
     fn giving_back<C>(
@@ -558,7 +570,7 @@ impl<B: Send + 'static> PooledBody<B> {
         Inner<C, B>: Returns<B> + 'static,
     {
         let mut body = PooledBody {
-            inner,
+            inner: Received::Http1(inner),
             back: Some(GiveBack {
                 pool: pool.clone(),
                 addr,
@@ -579,14 +591,19 @@ impl<B: Send + 'static> PooledBody<B> {
 }
 
 impl<B: Send + Unpin + 'static> Body for PooledBody<B> {
-    type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Data = Bytes;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<bytes::Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let polled = match &mut self.inner {
+            Received::Http2(body) => {
+                return Pin::new(body).poll_frame(cx).map_err(BodyError::Http2);
+            }
+            Received::Http1(body) => Pin::new(body).poll_frame(cx).map_err(BodyError::Http1),
+        };
         match &polled {
             Poll::Ready(None) => self.end(),
             Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.end(),
@@ -602,7 +619,19 @@ impl<B: Send + Unpin + 'static> Body for PooledBody<B> {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Received::Http1(body) => body.size_hint(),
+            Received::Http2(body) => body.size_hint(),
+        }
+    }
+}
+
+impl Received {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Received::Http1(body) => body.is_end_stream(),
+            Received::Http2(body) => body.is_end_stream(),
+        }
     }
 }
 
@@ -611,6 +640,7 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::TokioExecutor;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::net::TcpListener;
 
