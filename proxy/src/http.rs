@@ -28,7 +28,6 @@ use crate::detect::Protocol;
 use crate::forward::Context;
 use crate::hop::{HOP, Hop};
 use crate::io::Rewind;
-use crate::peer::ORIG_HOST;
 use crate::peer_carriage::{Http1Slot, Http1Slots, SlotBody};
 use crate::peer_client::PeerConnector;
 use crate::pool::{BodyError, Pool, PoolError, PooledBody, TcpConnector, Version as PoolVersion};
@@ -258,7 +257,11 @@ async fn dispatch(
             None,
         );
     };
-    let authority = req.headers().get(HOST).and_then(|h| h.to_str().ok());
+    // HTTP/2 carries it as `:authority` (the URI's), HTTP/1.1 as Host.
+    let authority = match req.uri().authority() {
+        Some(authority) => Some(authority.as_str()),
+        None => req.headers().get(HOST).and_then(|h| h.to_str().ok()),
+    };
     let view = RequestView {
         method: req.method(),
         authority,
@@ -460,10 +463,9 @@ struct PeerHop<'a> {
     service: Option<&'a str>,
 }
 
-/// The request as sent to `endpoint` (or its sidecar, `peer`): Host kept, hop-by-hop headers
-/// removed (except the upgrade headers of an upgrade request). Its URI is what the pool needs:
-/// origin form in HTTP/1.1 (with a Host header, the upstream address when the client sent
-/// none), absolute in HTTP/2 (the address as the authority).
+/// The request as sent to `endpoint` (or its sidecar, `peer`): the client's authority kept,
+/// hop-by-hop headers removed (except the upgrade headers of an upgrade request). Its URI is
+/// what the pool needs: origin form in HTTP/1.1, absolute in HTTP/2 (see [`target_uri`]).
 fn upstream_request<B>(
     req: Request<B>,
     endpoint: SocketAddr,
@@ -494,12 +496,6 @@ fn upstream_request<B>(
             service: hop.service,
         };
         parts.headers.insert(HOP, said.to_value());
-        if http1
-            && hop.version == Version::HTTP_2
-            && let Some(host) = parts.headers.remove(HOST)
-        {
-            parts.headers.insert(ORIG_HOST, host);
-        }
         parts.version = hop.version;
     } else if parts.version != Version::HTTP_2 {
         parts.version = Version::HTTP_11;
@@ -522,17 +518,31 @@ fn upstream_addr(endpoint: SocketAddr, peer: Option<PeerHop<'_>>) -> SocketAddr 
     }
 }
 
-/// The URI a request of `parts.version` goes upstream to `addr` with: absolute in HTTP/2,
-/// origin form in HTTP/1.1, where a request without a Host header gets `addr`'s.
+/// The URI a request of `parts.version` goes upstream to `addr` with, keeping the client's
+/// authority as Linkerd and Envoy do (the app sees the Host or `:authority` the client sent):
+/// - HTTP/2: absolute, with the request's authority: its URI's (it came in HTTP/2), else its
+///   Host header's, which moves into `:authority` (a Host that is not a valid authority stays a
+///   header), else `addr`'s;
+/// - HTTP/1.1: origin form, with the Host header, else the URI's authority as Host (it came in
+///   HTTP/2), else `addr`'s.
 pub(crate) fn target_uri(
     parts: &mut hyper::http::request::Parts,
     addr: SocketAddr,
     path: PathAndQuery,
 ) -> Result<Uri, String> {
     if parts.version == Version::HTTP_2 {
+        let authority = match parts.uri.authority() {
+            Some(authority) => authority.clone(),
+            None => match host_authority(&parts.headers) {
+                Some(authority) => {
+                    parts.headers.remove(HOST);
+                    authority
+                }
+                None => Authority::from_maybe_shared(Bytes::from(authority_of(addr)))
+                    .map_err(|e| format!("cannot write the authority for {addr}: {e}"))?,
+            },
+        };
         // From its parts: the builder parses the scheme and copies the authority again.
-        let authority = Authority::from_maybe_shared(Bytes::from(authority_of(addr)))
-            .map_err(|e| format!("cannot write the authority for {addr}: {e}"))?;
         let mut uri = uri::Parts::default();
         uri.scheme = Some(Scheme::HTTP);
         uri.authority = Some(authority);
@@ -540,11 +550,19 @@ pub(crate) fn target_uri(
         return Uri::from_parts(uri).map_err(|e| format!("cannot build the upstream URI: {e}"));
     }
     if !parts.headers.contains_key(HOST) {
-        let host = HeaderValue::try_from(authority_of(addr))
-            .map_err(|e| format!("cannot write the Host header for {addr}: {e}"))?;
+        let host = match parts.uri.authority() {
+            Some(authority) => HeaderValue::from_str(authority.as_str()),
+            None => HeaderValue::try_from(authority_of(addr)),
+        }
+        .map_err(|e| format!("cannot write the Host header for {addr}: {e}"))?;
         parts.headers.insert(HOST, host);
     }
     Ok(Uri::from(path))
+}
+
+/// The Host header as a URI authority, when it is one.
+fn host_authority(headers: &HeaderMap) -> Option<Authority> {
+    Authority::try_from(headers.get(HOST)?.as_bytes()).ok()
 }
 
 /// `addr` as a URI authority (`ip:port`, `[ip]:port`). IPv4 is written without `fmt`:
@@ -700,18 +718,13 @@ mod tests {
 
     /// An HTTP/1.1 request to a peer says so whichever carriage it takes, so that a sidecar
     /// that answers `mesh/h1` with `mesh/h2` (built before `mesh/h1`) restores it; in HTTP/2 the
-    /// Host travels as `x-mesh-orig-host`, in HTTP/1.1 as itself.
+    /// Host travels as `:authority`, in HTTP/1.1 as itself.
     #[test]
     fn http1_requests_to_a_peer_say_they_were_http1_on_either_carriage() {
         let endpoint: SocketAddr = ([10, 0, 0, 7], 8080).into();
-        for (hop_version, host, orig_host, uri) in [
-            (Version::HTTP_11, Some("web"), None, "/users?id=1"),
-            (
-                Version::HTTP_2,
-                None,
-                Some("web"),
-                "http://10.0.0.7:4143/users?id=1",
-            ),
+        for (hop_version, host, uri) in [
+            (Version::HTTP_11, Some("web"), "/users?id=1"),
+            (Version::HTTP_2, None, "http://web/users?id=1"),
         ] {
             let req = Request::builder()
                 .version(Version::HTTP_11)
@@ -735,13 +748,13 @@ mod tests {
                 "{hop_version:?}"
             );
             assert_eq!(header("host"), host, "{hop_version:?}");
-            assert_eq!(header(ORIG_HOST.as_str()), orig_host, "{hop_version:?}");
+            assert_eq!(header("x-mesh-orig-host"), None, "{hop_version:?}");
             assert_eq!(header("connection"), None);
         }
-        // An HTTP/2 request stays HTTP/2 and says nothing of HTTP/1.1.
+        // An HTTP/2 request stays HTTP/2, keeps its authority and says nothing of HTTP/1.1.
         let req = Request::builder()
             .version(Version::HTTP_2)
-            .uri("http://web/")
+            .uri("http://web.default.svc:80/")
             .body(())
             .expect("request");
         let hop = PeerHop {
@@ -751,9 +764,67 @@ mod tests {
         };
         let up = upstream_request(req, endpoint, false, None, Some(hop)).expect("upstream");
         assert_eq!(up.version(), Version::HTTP_2);
+        assert_eq!(up.uri().to_string(), "http://web.default.svc:80/");
         assert_eq!(
             up.headers().get(HOP).and_then(|v| v.to_str().ok()),
             Some("8080 h2")
+        );
+    }
+
+    /// Whichever protocols the two hops speak, the upstream sees the authority the client
+    /// sent; only a request without one gets the address's.
+    #[test]
+    fn the_clients_authority_is_kept_across_protocols() {
+        let addr: SocketAddr = ([127, 0, 0, 1], 8080).into();
+        let target = |version_in, uri: &str, host: Option<&str>, version_out| {
+            let mut req = Request::builder().version(version_in).uri(uri);
+            if let Some(host) = host {
+                req = req.header(HOST, host);
+            }
+            let (mut parts, ()) = req.body(()).expect("request").into_parts();
+            parts.version = version_out;
+            let path = path_and_query(&parts.uri);
+            let uri = target_uri(&mut parts, addr, path).expect("target");
+            let host = parts
+                .headers
+                .get(HOST)
+                .map(|h| h.to_str().expect("ascii").to_string());
+            (uri.to_string(), host)
+        };
+        let (h1, h2) = (Version::HTTP_11, Version::HTTP_2);
+        let some = |s: &str| Some(s.to_string());
+        // HTTP/1.1 in, HTTP/2 out: Host becomes :authority.
+        assert_eq!(
+            target(h1, "/a?b=1", Some("web:80"), h2),
+            ("http://web:80/a?b=1".into(), None)
+        );
+        // HTTP/2 in, HTTP/1.1 out: :authority becomes Host.
+        assert_eq!(
+            target(h2, "http://web:80/a", None, h1),
+            ("/a".into(), some("web:80"))
+        );
+        // HTTP/2 both ways, HTTP/1.1 both ways: as they are.
+        assert_eq!(
+            target(h2, "http://web/a", None, h2),
+            ("http://web/a".into(), None)
+        );
+        assert_eq!(
+            target(h1, "/a", Some("web"), h1),
+            ("/a".into(), some("web"))
+        );
+        // No authority at all: the address's.
+        assert_eq!(
+            target(h1, "/a", None, h2),
+            ("http://127.0.0.1:8080/a".into(), None)
+        );
+        assert_eq!(
+            target(h1, "/a", None, h1),
+            ("/a".into(), some("127.0.0.1:8080"))
+        );
+        // A Host that is no authority stays a header; :authority is the address's.
+        assert_eq!(
+            target(h1, "/a", Some("bad host"), h2),
+            ("http://127.0.0.1:8080/a".into(), some("bad host"))
         );
     }
 }

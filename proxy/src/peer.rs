@@ -6,9 +6,10 @@
 //! (WebSocket) over pooled HTTP/1.1 connections (`mesh/h1`), where an upgraded connection stays
 //! inside the mutual TLS; HTTP/1.1 requests over either, as that sidecar's `--peer-http1` says
 //! (see [`crate::peer_carriage`]). Each request carries the app port it is for, the protocol the
-//! client spoke and the Service it addressed (`x-mesh-hop`, see [`crate::hop`]), and an HTTP/1.1
-//! request carried in HTTP/2 also its `Host` (`x-mesh-orig-host`). Here those markers are
-//! removed and the request goes to the app on loopback in its original protocol.
+//! client spoke and the Service it addressed (`x-mesh-hop`, see [`crate::hop`]); an HTTP/1.1
+//! request carried in HTTP/2 has its `Host` as `:authority` (sidecars built before 2026-12-04
+//! sent it as `x-mesh-orig-host`, still read). Here those markers are removed and the request
+//! goes to the app on loopback in its original protocol, with the client's authority.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -41,8 +42,9 @@ use crate::tls::{Carriage, peer_identity};
 // lower-cased, checked) on every insert, get and remove, a few hundred instructions a header per
 // request in callgrind's count (benches/instructions.sh).
 
-/// The client's `Host`, for an HTTP/1.1 request carried in HTTP/2.
-pub const ORIG_HOST: HeaderName = HeaderName::from_static("x-mesh-orig-host");
+/// The client's `Host`, as sidecars built before 2026-12-04 sent it for an HTTP/1.1 request
+/// carried in HTTP/2 (they are read still; this build sends it as `:authority`).
+pub(crate) const ORIG_HOST: HeaderName = HeaderName::from_static("x-mesh-orig-host");
 
 /// The header that tells the app who called: `By=<this pod's identity>;URI=<the caller's>`
 /// (Envoy's format). The mesh sets it on requests from an authenticated peer and removes it from

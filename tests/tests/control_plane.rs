@@ -559,6 +559,7 @@ fn http1_requests_ride_pooled_http1_connections_up_to_the_slots_and_the_rest_one
         "slow",
         "--delay-ms",
         "2000",
+        "--report-host",
     ])?;
     let services = "apiVersion: mesh.dev/v1\nkind: Service\nmetadata: {name: only-v1}\nspec: {ports: [{port: 80, targetPort: 8080, appProtocol: http}], selector: {app: web, version: v1}, vip: 10.96.0.11}\n---\napiVersion: mesh.dev/v1\nkind: Service\nmetadata: {name: slow}\nspec: {ports: [{port: 80, targetPort: 8081, appProtocol: http}], selector: {app: web, version: v1}, vip: 10.96.0.12}\n";
     apply(&s.cp, &s.net, services, true)?;
@@ -589,10 +590,15 @@ fn http1_requests_ride_pooled_http1_connections_up_to_the_slots_and_the_rest_one
     );
     // Two more at once than there are slots, to an endpoint that answers after 2 s: the first
     // HTTP1_SLOTS on mesh/h1 (the idle connection and new ones), the others, which find that
-    // many in flight, multiplexed on one mesh/h2 connection.
+    // many in flight, multiplexed on one mesh/h2 connection. On either the app sees the Host
+    // the client sent.
     let answers: Vec<anyhow::Result<std::process::Output>> = std::thread::scope(|scope| {
         let calls: Vec<_> = (0..HTTP1_SLOTS + 2)
-            .map(|_| scope.spawn(|| s.a.curl(&["http://10.96.0.12/"])))
+            .map(|_| {
+                scope.spawn(|| {
+                    s.a.curl(&["-i", "-H", "host: slow.default", "http://10.96.0.12/"])
+                })
+            })
             .collect();
         calls
             .into_iter()
@@ -604,10 +610,10 @@ fn http1_requests_ride_pooled_http1_connections_up_to_the_slots_and_the_rest_one
     });
     for answer in answers {
         let out = answer?;
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            "hello from slow\n",
-            "{}",
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("x-seen-host: slow.default\r\n") && text.ends_with("hello from slow\n"),
+            "{text}{}",
             String::from_utf8_lossy(&out.stderr)
         );
     }

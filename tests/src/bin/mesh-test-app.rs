@@ -33,6 +33,10 @@ enum Mode {
         /// Wait this long before each response (a slow endpoint).
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
+        /// Report the Host each request arrived with (`x-seen-host`). Off by default, so that
+        /// the responses of benches/instructions.sh's backend stay the same.
+        #[arg(long)]
+        report_host: bool,
     },
     /// TCP echo server.
     Echo {
@@ -133,7 +137,13 @@ async fn main() -> anyhow::Result<()> {
             listen,
             name,
             delay_ms,
-        } => serve(listen, move |s| http(s, name.clone(), delay_ms)).await,
+            report_host,
+        } => {
+            serve(listen, move |s| {
+                http(s, name.clone(), delay_ms, report_host)
+            })
+            .await
+        }
         Mode::Echo { listen } => serve(listen, echo).await,
         Mode::Send {
             connect,
@@ -202,7 +212,12 @@ where
     Ok(())
 }
 
-async fn http(mut stream: TcpStream, name: String, delay_ms: u64) -> anyhow::Result<()> {
+async fn http(
+    mut stream: TcpStream,
+    name: String,
+    delay_ms: u64,
+    report_host: bool,
+) -> anyhow::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
@@ -212,8 +227,8 @@ async fn http(mut stream: TcpStream, name: String, delay_ms: u64) -> anyhow::Res
         }
         buf.extend_from_slice(&chunk[..n]);
         while let Some(end) = find(&buf, b"\r\n\r\n") {
-            // Report what arrived: the request target, x-from-mesh when a route set it, and the
-            // caller the mesh authenticated (x-forwarded-client-cert).
+            // Report what arrived: the request target, the Host when asked, x-from-mesh when a
+            // route set it, and the caller the mesh authenticated (x-forwarded-client-cert).
             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
             let target = head.split(' ').nth(1).unwrap_or("?").to_string();
             let seen = |name: &str, reported: &str| {
@@ -227,7 +242,12 @@ async fn http(mut stream: TcpStream, name: String, delay_ms: u64) -> anyhow::Res
                     .unwrap_or_default()
             };
             let from_mesh = format!(
-                "{}{}",
+                "{}{}{}",
+                if report_host {
+                    seen("host", "x-seen-host")
+                } else {
+                    String::new()
+                },
                 seen("x-from-mesh", "x-seen-x-from-mesh"),
                 seen("x-forwarded-client-cert", "x-seen-client-cert")
             );
