@@ -5,27 +5,31 @@
 //! request to the connection's task through a channel and the response back through a
 //! oneshot: the spawn alone, which copies a future the size of hyper's connection-task enum
 //! into each new task, was 3.3k instructions a request at full load over the mTLS pair
-//! (`benches/instructions.sh 1000`, `PROFILE_TOP`). With this client the client side ran
-//! 41.9k instructions a request at full load instead of 49.9k. Here the caller opens the stream on the shared
-//! connection and polls the response itself; only a request with a body to send spawns a task,
-//! which streams it with the peer's flow control.
+//! (`benches/instructions.sh 1000`, `PROFILE_TOP`). Here the caller opens the stream on the
+//! shared connection and polls the response itself; only a request with a body to send spawns
+//! a task, which streams it with the peer's flow control. The client side ran 41.9k
+//! instructions a request at full load with this, against 49.9k with hyper's client.
 //!
 //! The settings are hyper's defaults (windows of 5 MB for the connection and 2 MB a stream,
-//! 16 KB frames, a 1 MB send buffer, no push), so the traffic on the wire is unchanged.
+//! 16 KB frames, a 1 MB send buffer, no push), so the traffic on the wire is unchanged, and a
+//! PING checks every 10 s that the peer is still there ([`KeepAlive`]).
 
 use std::future::{Future, poll_fn};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use h2::{Reason, RecvStream, SendStream};
+use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{CONNECTION, CONTENT_LENGTH, HeaderMap, HeaderName, TE, TRANSFER_ENCODING};
 use hyper::{Method, Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::task::AbortHandle;
 
 /// Errors of the streams and connections here.
 pub type Error = h2::Error;
@@ -59,16 +63,31 @@ pub struct SendError<B> {
     pub unsent: Option<Request<B>>,
 }
 
-/// Runs the HTTP/2 handshake on `io` and drives the connection in a task of its own, which
-/// logs how it ended as `what`.
-pub async fn handshake<Io>(
-    io: Io,
-    what: impl std::fmt::Display + Send + 'static,
-) -> Result<Sender, Error>
+/// How a connection checks that its peer is still there: a PING every `every`, and the
+/// connection ends when its PONG has not come within `timeout` (its requests fail, and the
+/// pool opens a new connection for the next). Without it a peer that vanished without closing
+/// (its node gone) would hold the requests on its connection until TCP gave up, many minutes.
+#[derive(Debug, Clone, Copy)]
+pub struct KeepAlive {
+    pub every: Duration,
+    pub timeout: Duration,
+}
+
+impl KeepAlive {
+    /// A ping every 10 s, answered within 3 s.
+    pub const DEFAULT: KeepAlive = KeepAlive {
+        every: Duration::from_secs(10),
+        timeout: Duration::from_secs(3),
+    };
+}
+
+/// Runs the HTTP/2 handshake on `io` to `addr` and drives the connection in a task of its own,
+/// kept alive as `keep_alive` says.
+pub async fn handshake<Io>(io: Io, addr: SocketAddr, keep_alive: KeepAlive) -> Result<Sender, Error>
 where
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (streams, connection) = h2::client::Builder::new()
+    let (streams, mut connection) = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONN_WINDOW)
         .max_frame_size(MAX_FRAME)
@@ -77,16 +96,60 @@ where
         .enable_push(false)
         .handshake::<_, Bytes>(io)
         .await?;
+    let pings = connection.ping_pong();
     let closed = Arc::new(AtomicBool::new(false));
     let ended = closed.clone();
-    tokio::spawn(async move {
+    let driven = tokio::spawn(async move {
         if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "HTTP/2 connection to {what} ended with an error");
+            tracing::debug!(%addr, error = %e, "HTTP/2 connection ended with an error");
         }
         ended.store(true, Ordering::Release);
     });
+    if let Some(pings) = pings {
+        // A task of its own, so that the connection's task, woken for every frame, polls no
+        // timer.
+        let watch = Watch {
+            connection: driven.abort_handle(),
+            closed: closed.clone(),
+            addr,
+        };
+        tokio::spawn(watch.keep_alive(pings, keep_alive));
+    }
     let streams = streams.ready().await?;
     Ok(Sender { streams, closed })
+}
+
+/// What a connection's keep-alive ends when the peer stops answering.
+struct Watch {
+    connection: AbortHandle,
+    closed: Arc<AtomicBool>,
+    addr: SocketAddr,
+}
+
+impl Watch {
+    async fn keep_alive(self, mut pings: PingPong, keep_alive: KeepAlive) {
+        loop {
+            tokio::time::sleep(keep_alive.every).await;
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            match tokio::time::timeout(keep_alive.timeout, pings.ping(Ping::opaque())).await {
+                Ok(Ok(_pong)) => {}
+                // The connection has ended.
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::warn!(
+                        addr = %self.addr,
+                        "no answer to an HTTP/2 PING within {:?}: closing the connection",
+                        keep_alive.timeout
+                    );
+                    self.closed.store(true, Ordering::Release);
+                    self.connection.abort();
+                    return;
+                }
+            }
+        }
+    }
 }
 
 impl Sender {
@@ -122,6 +185,11 @@ impl Sender {
         let (response, upload) = match self.streams.send_request(head, end_of_stream) {
             Ok(sent) => sent,
             Err(error) => {
+                // The connection went away between the check above and here: the next
+                // request takes a new one.
+                if error.is_go_away() || error.is_io() {
+                    self.closed.store(true, Ordering::Release);
+                }
                 return Err(SendError {
                     error,
                     unsent: None,
@@ -148,8 +216,12 @@ impl Sender {
     }
 }
 
+/// Whether a body of length 0 is worth a `content-length: 0` (as hyper decides it).
 fn has_payload_semantics(method: &Method) -> bool {
-    matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT
+    )
 }
 
 /// Removes what HTTP/2 forbids: the connection-specific headers, those `Connection` names, and
@@ -375,9 +447,59 @@ mod tests {
         addr
     }
 
-    async fn sender(addr: std::net::SocketAddr) -> Sender {
+    async fn sender(addr: SocketAddr) -> Sender {
+        sender_keeping_alive(addr, KeepAlive::DEFAULT).await
+    }
+
+    async fn sender_keeping_alive(addr: SocketAddr, keep_alive: KeepAlive) -> Sender {
         let tcp = TcpStream::connect(addr).await.expect("connect");
-        handshake(tcp, addr).await.expect("handshake")
+        handshake(tcp, addr, keep_alive).await.expect("handshake")
+    }
+
+    /// Pings every 10 ms; a pong may take 2 s (a loaded CI machine stalls a test for a while).
+    const QUICK: KeepAlive = KeepAlive {
+        every: Duration::from_millis(10),
+        timeout: Duration::from_secs(2),
+    };
+
+    #[tokio::test]
+    async fn a_peer_that_answers_pings_keeps_its_connection() {
+        let addr = echo_server().await;
+        let mut sender = sender_keeping_alive(addr, QUICK).await;
+        // Requests one after another through many ping rounds.
+        let start = std::time::Instant::now();
+        while start.elapsed() < 20 * QUICK.every {
+            let req = Request::get(format!("http://{addr}/"))
+                .body(http_body_util::Empty::<Bytes>::new())
+                .expect("request");
+            let resp = sender.send(req).await.expect("response");
+            resp.into_body().collect().await.expect("body");
+        }
+        assert!(!sender.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_stops_answering_pings_loses_its_connection_and_its_requests_fail() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (handshaken, held) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            // Handshake, then never poll the connection again: no frame is answered.
+            let conn = h2::server::handshake(tcp).await.expect("server handshake");
+            let _ = handshaken.send(conn);
+        });
+        let mut sender = sender_keeping_alive(addr, QUICK).await;
+        let _conn = held.await.expect("the server's connection");
+        // Its requests wait for the pong's timeout (2 s), and no longer.
+        let req = Request::get(format!("http://{addr}/"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .expect("request");
+        let failed = tokio::time::timeout(LIMIT, sender.send(req))
+            .await
+            .expect("the request fails instead of waiting");
+        assert!(failed.is_err(), "no answer can come");
+        assert!(sender.is_closed());
     }
 
     #[tokio::test]

@@ -35,7 +35,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use crate::addr_map::AddrMap;
-use crate::http2_client::{self, SendError};
+use crate::http2_client::{self, KeepAlive, SendError};
 
 /// Why a response's body could not be read to its end.
 #[derive(Debug, thiserror::Error)]
@@ -486,7 +486,7 @@ async fn handshake_http2<Io>(io: Io, addr: SocketAddr) -> Result<http2_client::S
 where
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    http2_client::handshake(io, addr)
+    http2_client::handshake(io, addr, KeepAlive::DEFAULT)
         .await
         .map_err(|e| PoolError::Handshake(Arc::new(e)))
 }
