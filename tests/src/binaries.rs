@@ -1,7 +1,8 @@
 //! Where the binaries under test are.
 //!
 //! The proxy runs as uid 1337, which may not be allowed to traverse the checkout, so the
-//! binaries are copied once per test process into a world-readable directory under /tmp.
+//! binaries are linked (or copied) once per test process into a world-readable directory under
+//! /tmp.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -46,7 +47,13 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
             );
         }
         let tmp = dir.join(format!("{name}.tmp{:?}", std::thread::current().id()));
-        std::fs::copy(&src, &tmp).with_context(|| format!("cannot copy {}", src.display()))?;
+        // A hard link where /tmp is on the checkout's filesystem: a copy is open for writing
+        // while it is made, and a process another test thread forks meanwhile inherits that
+        // descriptor until it execs, so running the copy can fail with ETXTBSY ("Text file
+        // busy"; seen once in the suite). A link is never open for writing.
+        if std::fs::hard_link(&src, &tmp).is_err() {
+            std::fs::copy(&src, &tmp).with_context(|| format!("cannot copy {}", src.display()))?;
+        }
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
         std::fs::rename(&tmp, &dest)?;
     }
