@@ -353,8 +353,7 @@ where
                 let reason = reason?;
                 return Poll::Ready(Err(format!("the peer reset the stream: {reason:?}").into()));
             }
-            if let Some((_, last)) = &me.waiting {
-                let last = *last;
+            if let Some(&(_, last)) = me.waiting.as_ref() {
                 while me.stream.capacity() == 0 {
                     match ready!(me.stream.poll_capacity(cx)) {
                         Some(Ok(_)) => {}
