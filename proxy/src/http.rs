@@ -23,6 +23,7 @@ use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
+use crate::body::{BodyError, StreamBody};
 use crate::config::PeerHttp1;
 use crate::detect::Protocol;
 use crate::forward::Context;
@@ -30,7 +31,7 @@ use crate::hop::{HOP, Hop};
 use crate::io::Rewind;
 use crate::peer_carriage::{Http1Slot, Http1Slots, SlotBody};
 use crate::peer_client::PeerConnector;
-use crate::pool::{BodyError, Pool, PoolError, PooledBody, TcpConnector, Version as PoolVersion};
+use crate::pool::{Pool, PoolError, PooledBody, TcpConnector, Version as PoolVersion};
 use crate::request_metrics::RouteStats;
 use crate::route::RequestView;
 use crate::routing::{Action, NoEndpoint, Route, Service, random_u32};
@@ -60,8 +61,8 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// identity (see [`PeerClients`]).
 #[derive(Debug, Clone)]
 pub struct HttpClients {
-    http1: Pool<TcpConnector, Incoming>,
-    http2: Pool<TcpConnector, Incoming>,
+    http1: Pool<TcpConnector, StreamBody>,
+    http2: Pool<TcpConnector, StreamBody>,
     peer: Option<PeerClients>,
 }
 
@@ -70,8 +71,8 @@ pub struct HttpClients {
 /// requests as `http1` says.
 #[derive(Debug, Clone)]
 struct PeerClients {
-    http1: Pool<PeerConnector, Incoming>,
-    http2: Pool<PeerConnector, Incoming>,
+    http1: Pool<PeerConnector, StreamBody>,
+    http2: Pool<PeerConnector, StreamBody>,
     http1_as: Http1Carriage,
 }
 
@@ -163,10 +164,10 @@ impl HttpClients {
     /// [`upstream_request`] makes it.
     pub async fn send(
         &self,
-        req: Request<Incoming>,
+        req: Request<StreamBody>,
         addr: SocketAddr,
         to_peer: bool,
-    ) -> Result<Response<PooledBody<Incoming>>, PoolError> {
+    ) -> Result<Response<PooledBody<StreamBody>>, PoolError> {
         let http2 = req.version() == Version::HTTP_2;
         match (&self.peer, to_peer) {
             (Some(peer), true) if http2 => peer.http2.send(req, addr).await,
@@ -185,8 +186,9 @@ pub async fn serve_outbound(
     ctx: Arc<Context>,
     protocol: Protocol,
 ) {
-    let service = hyper::service::service_fn(move |req| {
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let ctx = ctx.clone();
+        let req = req.map(StreamBody::Hyper);
         async move { Ok::<_, Infallible>(route_request(req, vip, &ctx).await) }
     });
     let served = if protocol == Protocol::Http2 {
@@ -230,7 +232,7 @@ pub fn side_error(side: &str, status: StatusCode, reason: &str) -> Response<Prox
 
 /// Routes one request and records it in its route's counters (`none` when no route matched).
 async fn route_request(
-    req: Request<Incoming>,
+    req: Request<StreamBody>,
     vip: SocketAddr,
     ctx: &Context,
 ) -> Response<ProxyBody> {
@@ -243,7 +245,7 @@ async fn route_request(
 
 /// Finds the request's route and forwards it; returns the response and the route's counters.
 async fn dispatch(
-    req: Request<Incoming>,
+    req: Request<StreamBody>,
     vip: SocketAddr,
     ctx: &Context,
 ) -> (Response<ProxyBody>, Option<Arc<RouteStats>>) {
@@ -321,7 +323,7 @@ fn redirect_response(status: u16, location: &str, route: &Route) -> Response<Pro
 
 /// Sends the request to an endpoint of the route's backends, within the route's timeout.
 async fn forward(
-    mut req: Request<Incoming>,
+    mut req: Request<StreamBody>,
     route: &Route,
     service: &Service,
     ctx: &Context,

@@ -14,22 +14,22 @@
 //! 16 KB frames, a 1 MB send buffer, no push), so the traffic on the wire is unchanged, and a
 //! PING checks every 10 s that the peer is still there ([`KeepAlive`]).
 
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
-use hyper::body::{Body, Frame, SizeHint};
-use hyper::header::{CONNECTION, CONTENT_LENGTH, HeaderMap, HeaderName, TE, TRANSFER_ENCODING};
+use h2::{Ping, PingPong};
+use hyper::body::Body;
+use hyper::header::CONTENT_LENGTH;
 use hyper::{Method, Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::AbortHandle;
+
+use crate::http2_body::{RecvBody, SendBody, strip_connection_specific};
 
 /// Errors of the streams and connections here.
 pub type Error = h2::Error;
@@ -39,14 +39,6 @@ const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const MAX_FRAME: u32 = 16 * 1024;
 const MAX_HEADER_LIST: u32 = 16 * 1024;
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
-
-/// Headers that name a connection's own state, which HTTP/2 forbids (RFC 9113 section 8.2.2).
-const CONNECTION_SPECIFIC: [HeaderName; 4] = [
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    TRANSFER_ENCODING,
-    hyper::header::UPGRADE,
-];
 
 /// One HTTP/2 connection, shared: each clone sends on it.
 #[derive(Debug, Clone)]
@@ -160,7 +152,7 @@ impl Sender {
 
     /// Sends `req` (in absolute form: its scheme and authority become the pseudo-headers) and
     /// waits for the response's head. A body to send goes up from a task of its own.
-    pub async fn send<B>(&mut self, req: Request<B>) -> Result<Response<ResponseBody>, SendError<B>>
+    pub async fn send<B>(&mut self, req: Request<B>) -> Result<Response<RecvBody>, SendError<B>>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -197,22 +189,15 @@ impl Sender {
             }
         };
         if !end_of_stream {
-            tokio::spawn(Upload::new(body, upload));
+            tokio::spawn(SendBody::new(body, upload));
         }
         let response = response.await.map_err(|error| SendError {
             error,
             unsent: None,
         })?;
         let (parts, recv) = response.into_parts();
-        let length = content_length(&parts.headers);
-        Ok(Response::from_parts(
-            parts,
-            ResponseBody {
-                recv,
-                length,
-                data_done: false,
-            },
-        ))
+        let body = RecvBody::new(recv, &parts.headers);
+        Ok(Response::from_parts(parts, body))
     }
 }
 
@@ -224,191 +209,13 @@ fn has_payload_semantics(method: &Method) -> bool {
     )
 }
 
-/// Removes what HTTP/2 forbids: the connection-specific headers, those `Connection` names, and
-/// any `TE` but `trailers`.
-fn strip_connection_specific(headers: &mut HeaderMap) {
-    for name in &CONNECTION_SPECIFIC {
-        headers.remove(name);
-    }
-    if headers.get(TE).is_some_and(|te| te != "trailers") {
-        headers.remove(TE);
-    }
-    if let Some(named) = headers.remove(CONNECTION)
-        && let Ok(named) = named.to_str()
-    {
-        for name in named.split(',').map(str::trim) {
-            if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
-                headers.remove(name);
-            }
-        }
-    }
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
-}
-
-/// A response's body, read off its stream; what is read is given back to the peer's window.
-#[derive(Debug)]
-pub struct ResponseBody {
-    recv: RecvStream,
-    /// What `content-length` said, for the size hint.
-    length: Option<u64>,
-    data_done: bool,
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
-        let me = &mut *self;
-        if !me.data_done {
-            match ready!(me.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = me.recv.flow_control().release_capacity(data.len());
-                    if let Some(left) = &mut me.length {
-                        *left = left.saturating_sub(data.len() as u64);
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                // RST_STREAM with NO_ERROR: the peer answered before reading all of the
-                // request (RFC 9113 section 8.1); the body ends there.
-                Some(Err(e)) if e.reason() == Some(Reason::NO_ERROR) => return Poll::Ready(None),
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                None => me.data_done = true,
-            }
-        }
-        match ready!(me.recv.poll_trailers(cx)) {
-            Ok(trailers) => Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t)))),
-            Err(e) if e.reason() == Some(Reason::NO_ERROR) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(e))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.length
-            .map_or_else(SizeHint::default, SizeHint::with_exact)
-    }
-}
-
-/// Streams a request's body up its HTTP/2 stream, as the peer's flow control allows.
-struct Upload<B> {
-    body: B,
-    stream: SendStream<Bytes>,
-    /// A chunk read from the body that waits for send capacity, and whether it is the last.
-    waiting: Option<(Bytes, bool)>,
-}
-
-impl<B> Upload<B> {
-    fn new(body: B, stream: SendStream<Bytes>) -> Upload<B> {
-        Upload {
-            body,
-            stream,
-            waiting: None,
-        }
-    }
-}
-
-impl<B> Future for Upload<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        match ready!(self.as_mut().pump(cx)) {
-            Ok(()) => {}
-            Err(e) => {
-                tracing::debug!(error = %e, "request body not sent in full");
-                self.stream.send_reset(Reason::CANCEL);
-            }
-        }
-        Poll::Ready(())
-    }
-}
-
-impl<B> Upload<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    /// Sends what the body has until it ends, the peer resets the stream, or the body fails.
-    fn pump(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), Box<dyn std::error::Error + Send + Sync>>> {
-        let me = self.get_mut();
-        loop {
-            // Woken as well when the peer resets the stream, whatever else is awaited.
-            if let Poll::Ready(reason) = me.stream.poll_reset(cx) {
-                let reason = reason?;
-                return Poll::Ready(Err(format!("the peer reset the stream: {reason:?}").into()));
-            }
-            if let Some(&(_, last)) = me.waiting.as_ref() {
-                while me.stream.capacity() == 0 {
-                    match ready!(me.stream.poll_capacity(cx)) {
-                        Some(Ok(_)) => {}
-                        Some(Err(e)) => return Poll::Ready(Err(e.into())),
-                        None => return Poll::Ready(Err("the stream closed while sending".into())),
-                    }
-                }
-                if let Some((data, _)) = me.waiting.take() {
-                    me.stream.send_data(data, last)?;
-                }
-                if last {
-                    return Poll::Ready(Ok(()));
-                }
-                continue;
-            }
-            // The next frame is read before any capacity is reserved, so that a body that
-            // sends nothing for a while holds none of the connection's window.
-            match ready!(Pin::new(&mut me.body).poll_frame(cx)) {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => {
-                        let last = me.body.is_end_stream();
-                        if data.is_empty() {
-                            me.stream.send_data(data, last)?;
-                            if last {
-                                return Poll::Ready(Ok(()));
-                            }
-                        } else {
-                            // A small claim: h2 raises it to what is buffered on send_data.
-                            me.stream.reserve_capacity(1);
-                            me.waiting = Some((data, last));
-                        }
-                    }
-                    Err(frame) => {
-                        if let Ok(trailers) = frame.into_trailers() {
-                            me.stream.reserve_capacity(0);
-                            me.stream.send_trailers(trailers)?;
-                            return Poll::Ready(Ok(()));
-                        }
-                    }
-                },
-                Some(Err(e)) => return Poll::Ready(Err(e.into())),
-                None => {
-                    me.stream.send_data(Bytes::new(), true)?;
-                    return Poll::Ready(Ok(()));
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use http_body_util::{BodyExt, Full, StreamBody};
+    use hyper::body::Frame;
     use hyper::body::Incoming;
+    use hyper::header::HeaderMap;
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use tokio::net::{TcpListener, TcpStream};
 
@@ -573,24 +380,5 @@ mod tests {
             .expect("request");
         let e = sender.send(req).await.expect_err("a closed connection");
         assert!(e.unsent.is_some(), "nothing was sent: {}", e.error);
-    }
-
-    #[test]
-    fn connection_specific_headers_and_those_connection_names_are_removed() {
-        let mut headers = HeaderMap::new();
-        headers.insert(CONNECTION, "x-private, keep-alive".parse().expect("value"));
-        headers.insert("x-private", "1".parse().expect("value"));
-        headers.insert("keep-alive", "timeout=5".parse().expect("value"));
-        headers.insert(TE, "gzip".parse().expect("value"));
-        headers.insert("x-kept", "1".parse().expect("value"));
-        strip_connection_specific(&mut headers);
-        assert_eq!(
-            headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
-            ["x-kept"]
-        );
-        let mut grpc = HeaderMap::new();
-        grpc.insert(TE, "trailers".parse().expect("value"));
-        strip_connection_specific(&mut grpc);
-        assert_eq!(grpc[TE], "trailers");
     }
 }

@@ -21,19 +21,21 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{HOST, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Version};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use mesh_proto::spiffe::SpiffeId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use crate::authz::{Attempt, Verdict};
+use crate::body::StreamBody;
 use crate::drain::Drain;
 use crate::forward::Context;
 use crate::hop::{self, HOP, Hop};
 use crate::http::{
     ProxyBody, join_upgraded, path_and_query, side_error, target_uri, wants_upgrade,
 };
+use crate::http2_server;
 use crate::metrics::{Direction, RefuseReason, inc};
 use crate::routing::Routing;
 use crate::tls::{Carriage, peer_identity};
@@ -166,51 +168,53 @@ async fn serve_http<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let loopback = loopback_of(local);
-    let answer = move |req: Request<Incoming>| {
-        let ctx = ctx.clone();
-        let caller = caller.clone();
-        async move {
-            let start = std::time::Instant::now();
-            let mut req = req;
-            let value = req.headers_mut().remove(HOP);
-            let hop = match &value {
-                Some(value) => Hop::parse(value),
-                None => hop::take_old(req.headers_mut()).ok_or_else(|| {
-                    format!(
-                        "a request from a peer without {HOP} (nor the older x-mesh-target-port)"
-                    )
-                }),
-            };
-            let stats = inbound_stats(hop.as_ref().ok(), local.ip(), &ctx);
-            let response = match hop {
-                Ok(hop) => to_app(req, hop, local.ip(), loopback, caller.as_deref(), &ctx).await,
-                Err(reason) => inbound_error(StatusCode::BAD_REQUEST, &reason),
-            };
-            stats.record(response.status().as_u16(), start.elapsed());
-            Ok::<_, Infallible>(response)
-        }
-    };
-    let io = TokioIo::new(stream);
+    let caller = caller.as_deref();
+    let ctx = &*ctx;
+    let answer = move |req: Request<StreamBody>| answer_peer(req, local, loopback, caller, ctx);
     // On drain: GOAWAY (HTTP/2) or `Connection: close` on the next response (HTTP/1.1), so the
     // peer opens its next requests elsewhere while these finish.
-    let result = if version == Version::HTTP_2 {
-        // Boxed: hyper spawns a task per HTTP/2 stream, and tokio copies the task's future
-        // into it about three times; a box is cheaper to copy than the request's future
-        // (the server side ran 2.4k fewer instructions a request at full load, 56.6k to 54.2k,
-        // in benches/instructions.sh's count). HTTP/1.1 keeps it inline: there it lives in the connection's own task.
-        let service = hyper::service::service_fn(move |req| Box::pin(answer(req)));
-        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .serve_connection(io, service);
-        until_drained(conn, drain, |c| c.graceful_shutdown()).await
-    } else {
-        let conn = hyper::server::conn::http1::Builder::new()
-            .serve_connection(io, hyper::service::service_fn(answer))
-            .with_upgrades();
-        until_drained(conn, drain, |c| c.graceful_shutdown()).await
-    };
-    if let Err(e) = result {
+    if version == Version::HTTP_2 {
+        let served = http2_server::serve(stream, drain, |req| answer(req.map(StreamBody::H2)));
+        if let Err(e) = served.await {
+            tracing::debug!(error = %e, "peer connection ended with an error");
+        }
+        return;
+    }
+    let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+        Ok::<_, Infallible>(answer(req.map(StreamBody::Hyper)).await)
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    if let Err(e) = until_drained(conn, drain, |c| c.graceful_shutdown()).await {
         tracing::debug!(error = %e, "peer connection ended with an error");
     }
+}
+
+/// One request from a peer: its `x-mesh-hop` read and removed, the request restored and sent
+/// to the app, and counted.
+async fn answer_peer(
+    mut req: Request<StreamBody>,
+    local: SocketAddr,
+    loopback: IpAddr,
+    caller: Option<&Caller>,
+    ctx: &Context,
+) -> Response<ProxyBody> {
+    let start = std::time::Instant::now();
+    let value = req.headers_mut().remove(HOP);
+    let hop = match &value {
+        Some(value) => Hop::parse(value),
+        None => hop::take_old(req.headers_mut()).ok_or_else(|| {
+            format!("a request from a peer without {HOP} (nor the older x-mesh-target-port)")
+        }),
+    };
+    let stats = inbound_stats(hop.as_ref().ok(), local.ip(), ctx);
+    let response = match hop {
+        Ok(hop) => to_app(req, hop, local.ip(), loopback, caller, ctx).await,
+        Err(reason) => inbound_error(StatusCode::BAD_REQUEST, &reason),
+    };
+    stats.record(response.status().as_u16(), start.elapsed());
+    response
 }
 
 /// Runs `conn` to its end, calling `shutdown` on it once a drain starts.
@@ -348,7 +352,7 @@ fn inbound_error(status: StatusCode, reason: &str) -> Response<ProxyBody> {
 /// Restores a peer's request (its `x-mesh-hop` already taken off as `hop`) and sends it to the
 /// app on loopback.
 async fn to_app(
-    mut req: Request<Incoming>,
+    mut req: Request<StreamBody>,
     hop: Hop<'_>,
     pod_ip: IpAddr,
     loopback: IpAddr,

@@ -35,16 +35,9 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use crate::addr_map::AddrMap;
+use crate::body::{BodyError, StreamBody};
+use crate::http2_body::RecvBody;
 use crate::http2_client::{self, KeepAlive, SendError};
-
-/// Why a response's body could not be read to its end.
-#[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    #[error(transparent)]
-    Http1(#[from] hyper::Error),
-    #[error(transparent)]
-    Http2(#[from] http2_client::Error),
-}
 
 /// How often idle connections are looked at.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
@@ -511,15 +504,8 @@ fn absolute_form<B>(req: &mut Request<B>, addr: SocketAddr) {
 /// A response body; an HTTP/1.1 one gives its connection back to the pool at its end.
 #[derive(Debug)]
 pub struct PooledBody<B> {
-    inner: Received,
+    inner: StreamBody,
     back: Option<GiveBack<B>>,
-}
-
-/// What a response's body is read from.
-#[derive(Debug)]
-enum Received {
-    Http1(Incoming),
-    Http2(http2_client::ResponseBody),
 }
 
 struct GiveBack<B> {
@@ -553,9 +539,9 @@ where
 }
 
 impl<B: Send + 'static> PooledBody<B> {
-    fn http2(inner: http2_client::ResponseBody) -> PooledBody<B> {
+    fn http2(inner: RecvBody) -> PooledBody<B> {
         PooledBody {
-            inner: Received::Http2(inner),
+            inner: StreamBody::H2(inner),
             back: None,
         }
     }
@@ -570,7 +556,7 @@ impl<B: Send + 'static> PooledBody<B> {
         Inner<C, B>: Returns<B> + 'static,
     {
         let mut body = PooledBody {
-            inner: Received::Http1(inner),
+            inner: StreamBody::Hyper(inner),
             back: Some(GiveBack {
                 pool: pool.clone(),
                 addr,
@@ -598,12 +584,7 @@ impl<B: Send + Unpin + 'static> Body for PooledBody<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let polled = match &mut self.inner {
-            Received::Http2(body) => {
-                return Pin::new(body).poll_frame(cx).map_err(BodyError::Http2);
-            }
-            Received::Http1(body) => Pin::new(body).poll_frame(cx).map_err(BodyError::Http1),
-        };
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => self.end(),
             Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.end(),
@@ -619,19 +600,7 @@ impl<B: Send + Unpin + 'static> Body for PooledBody<B> {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            Received::Http1(body) => body.size_hint(),
-            Received::Http2(body) => body.size_hint(),
-        }
-    }
-}
-
-impl Received {
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Received::Http1(body) => body.is_end_stream(),
-            Received::Http2(body) => body.is_end_stream(),
-        }
+        self.inner.size_hint()
     }
 }
 
