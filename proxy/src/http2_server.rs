@@ -18,22 +18,29 @@
 //! The settings are hyper's server defaults (windows of 1 MB for the connection and a stream,
 //! 16 KB frames, at most 200 concurrent streams, a 400 KB send buffer), so the traffic on the wire
 //! is what it was. Unlike hyper's server, no `date` header is added to a response without one.
+//!
+//! The server checks that its peer is still there as the client does ([`KeepAlive`]): a PING
+//! every 10 s from a task of its own, and a connection whose PONG does not come in time is
+//! closed, dropping the answers still in progress on it (and with them their requests upstream),
+//! instead of holding them until TCP gives up on a peer that vanished without closing.
 
 use std::future::{Future, poll_fn};
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::task::Poll;
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::server::SendResponse;
-use h2::{Reason, RecvStream};
+use h2::{Ping, PingPong, Reason, RecvStream};
 use hyper::body::Body;
 use hyper::header::CONTENT_LENGTH;
 use hyper::{Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::oneshot;
 
 use crate::drain::Drain;
 use crate::http2_body::{RecvBody, SendBody, strip_connection_specific};
+pub use crate::http2_client::KeepAlive;
 
 const CONN_WINDOW: u32 = 1024 * 1024;
 const STREAM_WINDOW: u32 = 1024 * 1024;
@@ -45,10 +52,15 @@ const MAX_CONCURRENT_STREAMS: u32 = 200;
 /// figure): a bound on what a misbehaving peer costs.
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
-/// Serves HTTP/2 on `io` until the peer closes the connection, each request answered by
-/// `answer`. Once `drain` starts, the peer is sent a GOAWAY and the streams it opened before
-/// finish.
-pub async fn serve<Io, A, F, B>(io: Io, drain: &Drain, answer: A) -> Result<(), h2::Error>
+/// Serves HTTP/2 on `io` until the peer closes the connection (or stops answering the PINGs
+/// of `keep_alive`), each request answered by `answer`. Once `drain` starts, the peer is sent a
+/// GOAWAY and the streams it opened before finish.
+pub async fn serve<Io, A, F, B>(
+    io: Io,
+    drain: &Drain,
+    keep_alive: KeepAlive,
+    answer: A,
+) -> Result<(), h2::Error>
 where
     Io: AsyncRead + AsyncWrite + Unpin,
     A: Fn(Request<RecvBody>) -> F,
@@ -66,12 +78,30 @@ where
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
         .handshake::<_, Bytes>(io)
         .await?;
+    // Told by the keep-alive's task when a PONG is late; `None` once that task has ended.
+    let mut silent = conn.ping_pong().map(|pings| {
+        let (tell, told) = oneshot::channel();
+        tokio::spawn(keep_alive_watch(pings, keep_alive, tell));
+        told
+    });
     let answer = &answer;
     let mut streams = FuturesUnordered::new();
     let mut drained = pin!(drain.started());
     let mut draining = false;
     poll_fn(|cx| {
         loop {
+            if let Some(told) = silent.as_mut()
+                && let Poll::Ready(told) = Pin::new(told).poll(cx)
+            {
+                silent = None;
+                if told.is_ok() {
+                    tracing::warn!(
+                        "no answer to an HTTP/2 PING within {:?}: closing the peer's connection",
+                        keep_alive.timeout
+                    );
+                    return Poll::Ready(Ok(()));
+                }
+            }
             if !draining && drained.as_mut().poll(cx).is_ready() {
                 draining = true;
                 conn.graceful_shutdown();
@@ -91,6 +121,36 @@ where
         }
     })
     .await
+}
+
+/// Pings the peer every `keep_alive.every` and tells `silent` when a PONG has not come within
+/// `keep_alive.timeout`. Ends with the connection: when `silent`'s receiver is gone, or a PING
+/// can no longer be sent.
+async fn keep_alive_watch(
+    mut pings: PingPong,
+    keep_alive: KeepAlive,
+    mut silent: oneshot::Sender<()>,
+) {
+    loop {
+        tokio::select! {
+            () = silent.closed() => return,
+            () = tokio::time::sleep(keep_alive.every) => {}
+        }
+        tokio::select! {
+            () = silent.closed() => return,
+            answered = tokio::time::timeout(keep_alive.timeout, pings.ping(Ping::opaque())) => {
+                match answered {
+                    Ok(Ok(_pong)) => {}
+                    // The connection has ended.
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        let _ = silent.send(());
+                        return;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// One stream: its request answered, unless the peer resets the stream first, and the answer
@@ -168,13 +228,24 @@ mod tests {
         B: Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        server_pinging(KeepAlive::DEFAULT, answer, drain).await
+    }
+
+    /// As [`server`], its connections kept alive as `keep_alive` says.
+    async fn server_pinging<A, F, B>(keep_alive: KeepAlive, answer: A, drain: Drain) -> SocketAddr
+    where
+        A: Fn(Request<RecvBody>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<B>> + Send,
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let (answer, drain) = (answer.clone(), drain.clone());
                 tokio::spawn(async move {
-                    let _ = serve(tcp, &drain, answer).await;
+                    let _ = serve(tcp, &drain, keep_alive, answer).await;
                 });
             }
         });
@@ -338,6 +409,71 @@ mod tests {
         tokio::time::timeout(LIMIT, dropped.notified())
             .await
             .expect("the answer is dropped once the peer resets the stream");
+    }
+
+    /// Pings every 20 ms, each answered within 200 ms.
+    const QUICK_PINGS: KeepAlive = KeepAlive {
+        every: Duration::from_millis(20),
+        timeout: Duration::from_millis(200),
+    };
+
+    #[tokio::test]
+    async fn a_peer_that_answers_pings_keeps_its_connection_through_many_rounds() {
+        // The answer takes 25 ping rounds; the client's connection answers each PING.
+        let addr = server_pinging(
+            QUICK_PINGS,
+            |_req| async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                Response::new(Full::new(Bytes::from_static(b"still here")))
+            },
+            Drain::new(),
+        )
+        .await;
+        let mut sender = client(addr).await;
+        let exchange = async {
+            let resp = sender.send(get(addr, "/")).await.expect("response");
+            resp.into_body().collect().await.expect("body").to_bytes()
+        };
+        let body = tokio::time::timeout(LIMIT, exchange)
+            .await
+            .expect("answered within the limit");
+        assert_eq!(&body[..], b"still here");
+        assert!(!sender.is_closed(), "the connection is still open");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_stops_answering_pings_loses_its_connection() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = server_pinging(
+            QUICK_PINGS,
+            |_req| async { Response::new(Empty::<Bytes>::new()) },
+            Drain::new(),
+        )
+        .await;
+        // A peer that sends the preface and its SETTINGS, then never answers anything.
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .expect("preface");
+        let read_to_end = async {
+            let mut got = Vec::new();
+            tcp.read_to_end(&mut got).await.map(|_| got)
+        };
+        let got = tokio::time::timeout(LIMIT, read_to_end)
+            .await
+            .expect("the server closes the connection within the limit")
+            .unwrap_or_default();
+        // Frames: 3 bytes of length, 1 of type (6 is PING), 1 of flags, 4 of stream id.
+        let mut at = 0;
+        let mut pinged = false;
+        while at + 9 <= got.len() {
+            let len = usize::from(got[at]) << 16
+                | usize::from(got[at + 1]) << 8
+                | usize::from(got[at + 2]);
+            pinged |= got[at + 3] == 6 && got[at + 4] & 1 == 0;
+            at += 9 + len;
+        }
+        assert!(pinged, "the server sent a PING before it closed: {got:?}");
     }
 
     #[tokio::test]

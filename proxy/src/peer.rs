@@ -174,7 +174,9 @@ async fn serve_http<S>(
     // On drain: GOAWAY (HTTP/2) or `Connection: close` on the next response (HTTP/1.1), so the
     // peer opens its next requests elsewhere while these finish.
     if version == Version::HTTP_2 {
-        let served = http2_server::serve(stream, drain, |req| answer(req.map(StreamBody::H2)));
+        let served = http2_server::serve(stream, drain, http2_server::KeepAlive::DEFAULT, |req| {
+            answer(req.map(StreamBody::H2))
+        });
         if let Err(e) = served.await {
             tracing::debug!(error = %e, "peer connection ended with an error");
         }
