@@ -71,6 +71,23 @@ impl KeepAlive {
         every: Duration::from_secs(10),
         timeout: Duration::from_secs(3),
     };
+
+    /// Pings the peer every `every` until a PONG is late (then `true`) or the connection has
+    /// ended (`false`; `ended` is asked after each wait).
+    pub async fn until_silent(self, mut pings: PingPong, ended: impl Fn() -> bool) -> bool {
+        loop {
+            tokio::time::sleep(self.every).await;
+            if ended() {
+                return false;
+            }
+            match tokio::time::timeout(self.timeout, pings.ping(Ping::opaque())).await {
+                Ok(Ok(_pong)) => {}
+                // The connection has ended.
+                Ok(Err(_)) => return false,
+                Err(_) => return true,
+            }
+        }
+    }
 }
 
 /// Runs the HTTP/2 handshake on `io` to `addr` and drives the connection in a task of its own,
@@ -119,27 +136,16 @@ struct Watch {
 }
 
 impl Watch {
-    async fn keep_alive(self, mut pings: PingPong, keep_alive: KeepAlive) {
-        loop {
-            tokio::time::sleep(keep_alive.every).await;
-            if self.closed.load(Ordering::Acquire) {
-                return;
-            }
-            match tokio::time::timeout(keep_alive.timeout, pings.ping(Ping::opaque())).await {
-                Ok(Ok(_pong)) => {}
-                // The connection has ended.
-                Ok(Err(_)) => return,
-                Err(_) => {
-                    tracing::warn!(
-                        addr = %self.addr,
-                        "no answer to an HTTP/2 PING within {:?}: closing the connection",
-                        keep_alive.timeout
-                    );
-                    self.closed.store(true, Ordering::Release);
-                    self.connection.abort();
-                    return;
-                }
-            }
+    async fn keep_alive(self, pings: PingPong, keep_alive: KeepAlive) {
+        let ended = || self.closed.load(Ordering::Acquire);
+        if keep_alive.until_silent(pings, ended).await {
+            tracing::warn!(
+                addr = %self.addr,
+                "no answer to an HTTP/2 PING within {:?}: closing the connection",
+                keep_alive.timeout
+            );
+            self.closed.store(true, Ordering::Release);
+            self.connection.abort();
         }
     }
 }

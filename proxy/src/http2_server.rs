@@ -31,7 +31,7 @@ use std::task::Poll;
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::server::SendResponse;
-use h2::{Ping, PingPong, Reason, RecvStream};
+use h2::{PingPong, Reason, RecvStream};
 use hyper::body::Body;
 use hyper::header::CONTENT_LENGTH;
 use hyper::{Request, Response};
@@ -123,33 +123,11 @@ where
     .await
 }
 
-/// Pings the peer every `keep_alive.every` and tells `silent` when a PONG has not come within
-/// `keep_alive.timeout`. Ends with the connection: when `silent`'s receiver is gone, or a PING
-/// can no longer be sent.
-async fn keep_alive_watch(
-    mut pings: PingPong,
-    keep_alive: KeepAlive,
-    mut silent: oneshot::Sender<()>,
-) {
-    loop {
-        tokio::select! {
-            () = silent.closed() => return,
-            () = tokio::time::sleep(keep_alive.every) => {}
-        }
-        tokio::select! {
-            () = silent.closed() => return,
-            answered = tokio::time::timeout(keep_alive.timeout, pings.ping(Ping::opaque())) => {
-                match answered {
-                    Ok(Ok(_pong)) => {}
-                    // The connection has ended.
-                    Ok(Err(_)) => return,
-                    Err(_) => {
-                        let _ = silent.send(());
-                        return;
-                    }
-                }
-            }
-        }
+/// Tells `silent` when the peer has not answered a PING of `keep_alive` in time; ends with the
+/// connection (when `silent`'s receiver is gone, or a PING can no longer be sent).
+async fn keep_alive_watch(pings: PingPong, keep_alive: KeepAlive, silent: oneshot::Sender<()>) {
+    if keep_alive.until_silent(pings, || silent.is_closed()).await {
+        let _ = silent.send(());
     }
 }
 
