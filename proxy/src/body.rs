@@ -69,6 +69,7 @@ impl Body for StreamBody {
         }
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
