@@ -24,6 +24,16 @@ const CONNECTION_SPECIFIC: [HeaderName; 4] = [
 /// Removes what HTTP/2 forbids: the connection-specific headers, those `Connection` names, and
 /// any `TE` but `trailers`.
 pub fn strip_connection_specific(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over their few headers costs less than a lookup for
+    // each name (`h2` looks each one up again before it sends, and would refuse the message).
+    let any = headers.iter().any(|(name, value)| {
+        name == CONNECTION
+            || CONNECTION_SPECIFIC.contains(name)
+            || (name == TE && value != "trailers")
+    });
+    if !any {
+        return;
+    }
     for name in &CONNECTION_SPECIFIC {
         headers.remove(name);
     }
@@ -253,5 +263,28 @@ mod tests {
         grpc.insert(TE, "trailers".parse().expect("value"));
         strip_connection_specific(&mut grpc);
         assert_eq!(grpc[TE], "trailers");
+    }
+
+    #[test]
+    fn each_connection_specific_header_alone_is_found_and_removed() {
+        let alone = [
+            (CONNECTION, "close"),
+            (HeaderName::from_static("keep-alive"), "timeout=5"),
+            (HeaderName::from_static("proxy-connection"), "keep-alive"),
+            (TRANSFER_ENCODING, "chunked"),
+            (hyper::header::UPGRADE, "websocket"),
+            (TE, "gzip"),
+        ];
+        for (name, value) in alone {
+            let mut headers = HeaderMap::new();
+            headers.insert(name.clone(), value.parse().expect("value"));
+            headers.insert("x-kept", "1".parse().expect("value"));
+            strip_connection_specific(&mut headers);
+            assert_eq!(
+                headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+                ["x-kept"],
+                "{name}: {value} is removed"
+            );
+        }
     }
 }
