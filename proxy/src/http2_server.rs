@@ -15,6 +15,9 @@
 //! which hyper also does in one task; the upstream connections the answers wait on have tasks of
 //! their own.
 //!
+//! A panic while one stream is answered ends that stream only (`catch_unwind`): it is reset, and
+//! the connection's other streams go on, as they did in hyper's tasks.
+//!
 //! The settings are hyper's server defaults (windows of 1 MB for the connection and a stream,
 //! 16 KB frames, at most 200 concurrent streams, a 400 KB send buffer), so the traffic on the wire
 //! is what it was. Unlike hyper's server, no `date` header is added to a response without one.
@@ -25,10 +28,12 @@
 //! instead of holding them until TCP gives up on a peer that vanished without closing.
 
 use std::future::{Future, poll_fn};
+use std::panic::AssertUnwindSafe;
 use std::pin::{Pin, pin};
 use std::task::Poll;
 
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::server::SendResponse;
 use h2::{PingPong, Reason, RecvStream};
@@ -108,10 +113,21 @@ where
             }
             // The streams first: what their answers queue is written by the connection's poll
             // below, in this same pass.
-            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+            while let Poll::Ready(Some(answered)) = streams.poll_next_unpin(cx) {
+                let answered: std::thread::Result<()> = answered;
+                if answered.is_err() {
+                    tracing::error!(
+                        "answering a peer's HTTP/2 stream panicked: the stream was reset"
+                    );
+                }
+            }
             match conn.poll_accept(cx) {
                 Poll::Ready(Some(Ok((req, respond)))) => {
-                    streams.push(stream(req, respond, answer));
+                    // A panic in it ends there: the stream is reset (its `SendResponse`
+                    // dropped unanswered), and the connection and its other streams go on, as
+                    // they did when hyper gave each stream a task of its own. (Wrapped as it is
+                    // pushed: an `async` wrapper would copy the stream's large future once more.)
+                    streams.push(AssertUnwindSafe(stream(req, respond, answer)).catch_unwind());
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
                 // The connection has closed (after a GOAWAY, once its streams were done).
@@ -284,6 +300,34 @@ mod tests {
         assert!(
             !specific,
             "connection-specific headers are not sent in HTTP/2"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panic_answering_one_stream_resets_it_and_spares_the_connection() {
+        let addr = server(
+            |req: Request<RecvBody>| async move {
+                assert!(req.uri().path() != "/panic", "a bug in answering");
+                Response::new(Full::new(Bytes::from_static(b"fine")))
+            },
+            Drain::new(),
+        )
+        .await;
+        let mut sender = client(addr).await;
+        let exchange = async {
+            let failed = sender.send(get(addr, "/panic")).await;
+            let resp = sender.send(get(addr, "/after")).await.expect("response");
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            (failed.is_err(), body)
+        };
+        let (failed, body) = tokio::time::timeout(LIMIT, exchange)
+            .await
+            .expect("both answered within the limit");
+        assert!(failed, "the stream whose answer panicked is reset");
+        assert_eq!(
+            &body[..],
+            b"fine",
+            "the next stream on the same connection is answered"
         );
     }
 
