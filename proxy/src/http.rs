@@ -6,11 +6,13 @@
 //! produced it and why, and the same text is logged.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -162,18 +164,23 @@ impl HttpClients {
     /// Sends `req` to `addr`; `to_peer` when that is a peer sidecar's port, over `mesh/h2` or
     /// `mesh/h1` as its version says ([`HttpClients::peer_route`] chose it). The request is as
     /// [`upstream_request`] makes it.
-    pub async fn send(
+    ///
+    /// Not an `async fn`: its four pools' futures are the variants of one enum ([`Either`]),
+    /// laid over each other, where an `async fn` awaiting each in its own arm kept room for
+    /// more than two of them (3240 bytes against 1328 for one), and every move of the request's
+    /// future, which holds this one, copied that room.
+    pub fn send(
         &self,
         req: Request<StreamBody>,
         addr: SocketAddr,
         to_peer: bool,
-    ) -> Result<Response<PooledBody<StreamBody>>, PoolError> {
+    ) -> impl Future<Output = Result<Response<PooledBody<StreamBody>>, PoolError>> + '_ {
         let http2 = req.version() == Version::HTTP_2;
         match (&self.peer, to_peer) {
-            (Some(peer), true) if http2 => peer.http2.send(req, addr).await,
-            (Some(peer), true) => peer.http1.send(req, addr).await,
-            _ if http2 => self.http2.send(req, addr).await,
-            _ => self.http1.send(req, addr).await,
+            (Some(peer), true) if http2 => Either::Left(Either::Left(peer.http2.send(req, addr))),
+            (Some(peer), true) => Either::Left(Either::Right(peer.http1.send(req, addr))),
+            _ if http2 => Either::Right(Either::Left(self.http2.send(req, addr))),
+            _ => Either::Right(Either::Right(self.http1.send(req, addr))),
         }
     }
 }
@@ -382,18 +389,21 @@ async fn forward(
         Ok(r) => r,
         Err(reason) => return mesh_error(StatusCode::BAD_REQUEST, &reason),
     };
-    let sent = ctx.http.send(upstream, addr, to_peer);
+    // The send is made in the arm that awaits it: one future held across the `await` would
+    // take room of its own beside the timeout's copy of it.
     let result = match route.timeout {
-        Some(limit) => match tokio::time::timeout(limit, sent).await {
-            Ok(r) => r,
-            Err(_) => {
-                let reason = format!(
-                    "{endpoint} ({cluster}) did not answer within the route timeout {limit:?}"
-                );
-                return mesh_error(StatusCode::GATEWAY_TIMEOUT, &reason);
+        Some(limit) => {
+            match tokio::time::timeout(limit, ctx.http.send(upstream, addr, to_peer)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    let reason = format!(
+                        "{endpoint} ({cluster}) did not answer within the route timeout {limit:?}"
+                    );
+                    return mesh_error(StatusCode::GATEWAY_TIMEOUT, &reason);
+                }
             }
-        },
-        None => sent.await,
+        }
+        None => ctx.http.send(upstream, addr, to_peer).await,
     };
     match result {
         Ok(mut resp) => {
