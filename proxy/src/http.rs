@@ -36,7 +36,7 @@ use crate::peer_client::PeerConnector;
 use crate::pool::{Pool, PoolError, PooledBody, TcpConnector, Version as PoolVersion};
 use crate::request_metrics::RouteStats;
 use crate::route::RequestView;
-use crate::routing::{Action, NoEndpoint, Route, Service, random_u32};
+use crate::routing::{Action, NoEndpoint, Route, Routing, Service, random_u32};
 use crate::tls::Carriage;
 
 /// Response bodies: the upstream's, streamed, or a short one the proxy made.
@@ -194,9 +194,7 @@ pub async fn serve_outbound(
     protocol: Protocol,
 ) {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let ctx = ctx.clone();
-        let req = req.map(StreamBody::Hyper);
-        async move { Ok::<_, Infallible>(route_request(req, vip, &ctx).await) }
+        route_request(req.map(StreamBody::Hyper), vip, ctx.clone())
     });
     let served = if protocol == Protocol::Http2 {
         hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -238,27 +236,49 @@ pub fn side_error(side: &str, status: StatusCode, reason: &str) -> Response<Prox
 }
 
 /// Routes one request and records it in its route's counters (`none` when no route matched).
+/// One request from the app to the Service at `vip`: routed, forwarded (or answered here),
+/// and counted.
+///
+/// The one `async fn` a request's future is made of on this side, besides the send it
+/// awaits: each `async fn` keeps its arguments (here the request, 264 bytes) beside its other
+/// state for as long as it runs, so every level of them made the future larger, and every move
+/// of it slower.
 async fn route_request(
     req: Request<StreamBody>,
     vip: SocketAddr,
-    ctx: &Context,
-) -> Response<ProxyBody> {
+    ctx: Arc<Context>,
+) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
-    let (response, stats) = dispatch(req, vip, ctx).await;
+    let routing = ctx.xds.routing.load_full();
+    let (response, stats) = match dispatch(req, vip, &routing, &ctx) {
+        Dispatch::Answered(response, stats) => (response, stats),
+        Dispatch::Forward(req, route, service) => (
+            forward(req, route, service, &ctx).await,
+            Some(route.stats.clone()),
+        ),
+    };
     let stats = stats.unwrap_or_else(|| ctx.xds.requests.stats(&vip.to_string(), "none"));
     stats.record(response.status().as_u16(), start.elapsed());
-    response
+    Ok(response)
 }
 
-/// Finds the request's route and forwards it; returns the response and the route's counters.
-async fn dispatch(
+/// What [`dispatch`] decided for a request.
+enum Dispatch<'a> {
+    /// Answered here (no Service, no route, a redirect), with the counters it counts in.
+    Answered(Response<ProxyBody>, Option<Arc<RouteStats>>),
+    /// To forward by this route of this Service.
+    Forward(Request<StreamBody>, &'a Route, &'a Service),
+}
+
+/// Finds the request's route in `routing`: the answer when there is nothing to forward.
+fn dispatch<'a>(
     req: Request<StreamBody>,
     vip: SocketAddr,
+    routing: &'a Routing,
     ctx: &Context,
-) -> (Response<ProxyBody>, Option<Arc<RouteStats>>) {
-    let routing = ctx.xds.routing.load_full();
+) -> Dispatch<'a> {
     let Some(service) = routing.service(&vip) else {
-        return (
+        return Dispatch::Answered(
             mesh_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("no Service at {vip} any more"),
@@ -286,9 +306,8 @@ async fn dispatch(
             req.uri().path()
         );
         let stats = ctx.xds.requests.stats(&service.name, "none");
-        return (mesh_error(StatusCode::NOT_FOUND, &reason), Some(stats));
+        return Dispatch::Answered(mesh_error(StatusCode::NOT_FOUND, &reason), Some(stats));
     };
-    let stats = route.stats.clone();
     if let Action::Redirect(redirect) = &route.action {
         let authority = authority.map_or_else(|| vip.to_string(), str::to_string);
         let location = redirect.location(
@@ -297,12 +316,12 @@ async fn dispatch(
             req.uri().query(),
             route.matcher.path_prefix(),
         );
-        return (
+        return Dispatch::Answered(
             redirect_response(redirect.status, &location, route),
-            Some(stats),
+            Some(route.stats.clone()),
         );
     }
-    (forward(req, route, service, ctx).await, Some(stats))
+    Dispatch::Forward(req, route, service)
 }
 
 /// A redirect the route answers with itself (not an error: no `x-mesh-error`).
