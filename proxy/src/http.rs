@@ -167,8 +167,8 @@ impl HttpClients {
     ///
     /// Not an `async fn`: its four pools' futures are the variants of one enum ([`Either`]),
     /// laid over each other, where an `async fn` awaiting each in its own arm kept room for
-    /// more than two of them (3240 bytes against 1328 for one), and every move of the request's
-    /// future, which holds this one, copied that room.
+    /// more than two of them (`std::mem::size_of_val` of the future tells), and every move of
+    /// the request's future, which holds this one, copied that room.
     pub fn send(
         &self,
         req: Request<StreamBody>,
@@ -235,14 +235,13 @@ pub fn side_error(side: &str, status: StatusCode, reason: &str) -> Response<Prox
     resp
 }
 
-/// Routes one request and records it in its route's counters (`none` when no route matched).
 /// One request from the app to the Service at `vip`: routed, forwarded (or answered here),
-/// and counted.
+/// and recorded in its route's counters (`none` when no route matched).
 ///
-/// The one `async fn` a request's future is made of on this side, besides the send it
-/// awaits: each `async fn` keeps its arguments (here the request, 264 bytes) beside its other
-/// state for as long as it runs, so every level of them made the future larger, and every move
-/// of it slower.
+/// The routing is decided in a plain function ([`dispatch`]) rather than in a level of
+/// `async fn` of its own: each `async fn` keeps its arguments (here the request) beside its
+/// other state for as long as it runs, and its future is built and then copied into its
+/// caller's, so every level made the request's future larger and its start slower.
 async fn route_request(
     req: Request<StreamBody>,
     vip: SocketAddr,
