@@ -705,6 +705,79 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
+    /// Connections in memory: the server's end of each goes to the test, which answers (or
+    /// closes) it when it chooses.
+    #[derive(Clone)]
+    struct MemoryConnector {
+        servers: tokio::sync::mpsc::UnboundedSender<tokio::io::DuplexStream>,
+    }
+
+    impl Connect for MemoryConnector {
+        type Io = tokio::io::DuplexStream;
+
+        async fn connect(&self, _addr: SocketAddr) -> io::Result<Connected<Self::Io>> {
+            let (client, server) = tokio::io::duplex(64 * 1024);
+            self.servers
+                .send(server)
+                .map_err(|_| io::Error::other("the test is gone"))?;
+            Ok(Connected {
+                io: client,
+                http2: false,
+            })
+        }
+    }
+
+    /// Takes the next connection's server end, reads one request head off it and answers `ok`
+    /// (keeping the connection open); returns that end.
+    async fn answer_one(
+        servers: &mut tokio::sync::mpsc::UnboundedReceiver<tokio::io::DuplexStream>,
+    ) -> tokio::io::DuplexStream {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut server = servers.recv().await.expect("a connection");
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = server.read(&mut buf).await.expect("read");
+            assert!(n > 0, "the client closed before its request");
+            head.extend_from_slice(&buf[..n]);
+        }
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .expect("write");
+        server
+    }
+
+    /// The race the resend is for: the backend closes an idle pooled connection (its keep-alive
+    /// timeout, say) after the pool has taken it for a request and before the connection's task
+    /// has seen the close. hyper hands such a request back unsent (`take_message`), and it goes
+    /// again on a new connection. Deterministic here: the test runs on one thread, so the
+    /// connection's task cannot read the close until the request waits on it.
+    #[tokio::test]
+    async fn a_request_that_finds_its_pooled_connection_closing_is_sent_again_on_a_new_one() {
+        let (servers, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+        let pool = Pool::new(MemoryConnector { servers }, Version::Http1);
+        let addr: SocketAddr = "127.0.0.1:80".parse().expect("addr");
+        let (first, server) =
+            tokio::join!(pool.send(get(addr, false), addr), answer_one(&mut accepted));
+        let body = first.expect("first response").into_body().collect().await;
+        assert_eq!(&body.expect("first body").to_bytes()[..], b"ok");
+        while pool.pooled() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // Closed under the pool, with no await before the next request takes the connection.
+        drop(server);
+        let next = tokio::spawn(async move { answer_one(&mut accepted).await });
+        let second = pool.send(get(addr, false), addr).await;
+        let body = second
+            .expect("the request sent again on a new connection")
+            .into_body()
+            .collect()
+            .await;
+        assert_eq!(&body.expect("second body").to_bytes()[..], b"ok");
+        drop(next.await.expect("the second connection answered"));
+    }
+
     #[tokio::test]
     async fn concurrent_http2_requests_to_a_new_address_share_one_connection() {
         let (addr, accepted) = backend(true, false).await;
