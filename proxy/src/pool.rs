@@ -762,13 +762,21 @@ mod tests {
             tokio::join!(pool.send(get(addr, false), addr), answer_one(&mut accepted));
         let body = first.expect("first response").into_body().collect().await;
         assert_eq!(&body.expect("first body").to_bytes()[..], b"ok");
-        while pool.pooled() == 0 {
+        // Given back once the connection's task has seen the exchange end.
+        for _ in 0..100 {
+            if pool.pooled() == 1 {
+                break;
+            }
             tokio::task::yield_now().await;
         }
+        assert_eq!(pool.pooled(), 1, "the first connection is back in the pool");
         // Closed under the pool, with no await before the next request takes the connection.
         drop(server);
         let next = tokio::spawn(async move { answer_one(&mut accepted).await });
-        let second = pool.send(get(addr, false), addr).await;
+        let second =
+            tokio::time::timeout(Duration::from_secs(10), pool.send(get(addr, false), addr))
+                .await
+                .expect("an answer within 10 s");
         let body = second
             .expect("the request sent again on a new connection")
             .into_body()
