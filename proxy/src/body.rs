@@ -18,6 +18,9 @@ pub enum BodyError {
     Http1(#[from] hyper::Error),
     #[error(transparent)]
     Http2(#[from] h2::Error),
+    /// From an upstream's HTTP/1.1 connection ([`crate::http1_client`]).
+    #[error(transparent)]
+    Upstream(#[from] crate::http1_client::Error),
 }
 
 /// A body received from a client, a peer or an upstream.

@@ -18,6 +18,7 @@ pub mod drain;
 pub mod forward;
 pub mod hop;
 pub mod http;
+pub mod http1_client;
 pub mod http2_body;
 pub mod http2_client;
 pub mod http2_server;

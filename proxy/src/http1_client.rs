@@ -1,0 +1,1245 @@
+//! One HTTP/1.1 client connection, written and read in the request's own future: the pool's
+//! connections to the app behind a sidecar, to a peer's `mesh/h1` and to destinations outside
+//! the mesh.
+//!
+//! hyper's client connection, used before, runs each connection in a task of its own: a request
+//! goes to it through a channel and its response comes back through a oneshot, and its read
+//! buffer is replaced as responses are split off it. Here [`send`] writes the request and reads
+//! the response head on the caller's task, and the [`ResponseBody`] reads the body (and writes
+//! what is left of the request's body, for an exchange in both directions at once) as it is
+//! polled. An idle connection has no task: the pool looks whether it is still open when it
+//! takes it ([`Connection::is_open`]).
+//!
+//! What it speaks (RFC 9112):
+//! - requests in HTTP/1.1 (a proxy sends its own version), their body framed by the
+//!   `content-length` they carry, or by the body's exact size when known, or chunked (trailers
+//!   included);
+//! - responses in HTTP/1.1 or 1.0; interim `1xx` responses are skipped; no body after a `HEAD`
+//!   request or in a `204` or `304`; otherwise chunked (trailers become a trailers frame),
+//!   `content-length`, or up to the connection's close;
+//! - a connection is kept when both sides allow it (`connection: close`, an HTTP/1.0 response
+//!   without `keep-alive`, a body read to the close, or bytes left after the response end it).
+//!
+//! Not here: protocol upgrades and `CONNECT` (the pool sends those on a hyper connection of
+//! their own, whose upgraded stream hyper hands over).
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::header::{
+    CONNECTION, CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING,
+};
+use hyper::{Method, Request, Response, StatusCode, Version};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A connection's byte stream: TCP, or TLS over it.
+pub trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static> Io for T {}
+
+/// At most this many header fields in a response head (hyper's default too).
+const MAX_HEADERS: usize = 100;
+
+/// A response head (or a chunk-size line, or trailers) longer than this is refused.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// Room made in the read buffer before each read.
+const READ_SIZE: usize = 8 * 1024;
+
+/// The request's body is gathered up to this many bytes before they are written.
+const WRITE_BATCH: usize = 16 * 1024;
+
+/// Why an exchange failed. Each names the part of the exchange it failed in.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("writing the request: {0}")]
+    Write(io::Error),
+    #[error("reading the response: {0}")]
+    Read(io::Error),
+    #[error("the upstream closed the connection {0}")]
+    Closed(&'static str),
+    #[error("invalid response head: {0}")]
+    Head(httparse::Error),
+    #[error("the response head is longer than {MAX_HEAD} bytes")]
+    HeadTooLong,
+    #[error("invalid response: {0}")]
+    Response(&'static str),
+    #[error("invalid chunked response body: {0}")]
+    Chunked(&'static str),
+    #[error("the request cannot be sent: {0}")]
+    Request(&'static str),
+    #[error("reading the request's body: {0}")]
+    RequestBody(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Why [`send`] got no response, and the request when it was not sent and may go again.
+#[derive(Debug)]
+pub struct SendError<B> {
+    pub error: Error,
+    /// Set when the connection was used before, the request has no body and is idempotent,
+    /// and not a byte of its response came: the upstream closed the connection as it was taken
+    /// (RFC 9112 §9.3.1), and another connection may take the request.
+    pub unsent: Option<Request<B>>,
+}
+
+/// An open HTTP/1.1 connection, between exchanges. Boxed once when made (`Box<Connection<dyn
+/// Io>>`): the pool and the response body move only the pointer.
+pub struct Connection<I: ?Sized = dyn Io> {
+    read: BytesMut,
+    write: Vec<u8>,
+    written: usize,
+    io: I,
+}
+
+impl<I: ?Sized> std::fmt::Debug for Connection<I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("buffered", &self.read.len())
+            .finish()
+    }
+}
+
+impl Connection {
+    /// A connection over `io`.
+    pub fn new<I: Io>(io: I) -> Box<Connection> {
+        Box::new(Connection {
+            read: BytesMut::new(),
+            write: Vec::new(),
+            written: 0,
+            io,
+        })
+    }
+
+    /// Whether the connection can take a request: the upstream has neither closed it nor sent
+    /// anything unasked. Reads without waiting (a closed connection reads its end at once).
+    pub fn is_open(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        self.read.reserve(1);
+        match self.poll_fill(&mut cx) {
+            Poll::Pending => self.read.is_empty(),
+            Poll::Ready(_) => false,
+        }
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read.capacity() - self.read.len() < READ_SIZE / 4 {
+            self.read.reserve(READ_SIZE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+    }
+
+    /// Writes what is buffered, then flushes (TLS keeps what it was given until then).
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.written < self.write.len() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.write[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        self.write.clear();
+        self.written = 0;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// Reads until a final response head is in the buffer, and parses it.
+    fn poll_head(&mut self, cx: &mut Context<'_>, head_request: bool) -> Poll<Result<Head, Error>> {
+        loop {
+            if !self.read.is_empty()
+                && let Some(head) = parse_head(&mut self.read, head_request)?
+            {
+                return Poll::Ready(Ok(head));
+            }
+            if ready!(self.poll_fill(cx)).map_err(Error::Read)? == 0 {
+                return Poll::Ready(Err(Error::Closed(if self.read.is_empty() {
+                    "before it answered"
+                } else {
+                    "in the middle of the response head"
+                })));
+            }
+        }
+    }
+}
+
+/// Sends `req` on `conn` and reads its response's head; `reused` says whether the connection
+/// served an exchange before. The request must be in origin form (or absolute form, for a
+/// proxy) with its Host header, and its hop-by-hop headers already dealt with.
+pub async fn send<B>(
+    mut conn: Box<Connection>,
+    req: Request<B>,
+    reused: bool,
+) -> Result<Response<ResponseBody<B>>, SendError<B>>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let unsent = |error| SendError {
+        error,
+        unsent: None,
+    };
+    let head_request = req.method() == Method::HEAD;
+    let framing = encode_head(&req, &mut conn.write).map_err(unsent)?;
+    let (parts, body) = req.into_parts();
+    let retryable = reused && framing.encoder.is_none() && is_idempotent(&parts.method);
+    let mut writer = Writer::new(body, framing.encoder);
+    // The upstream may answer and close before it has read the whole request (an early error,
+    // say): a write that fails on the connection leaves its answer to be read.
+    let mut write_failed = None;
+    let head = poll_fn(|cx| {
+        if write_failed.is_none() && !writer.is_done() {
+            // Pending is fine: the response may come before the request's body has all gone.
+            match writer.poll_write(&mut conn, cx) {
+                Poll::Ready(Err(Error::Write(e))) => write_failed = Some(e),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                _ => {}
+            }
+        }
+        match conn.poll_head(cx, head_request) {
+            // Nothing came: the failed write is what went wrong.
+            Poll::Ready(Err(e @ (Error::Closed(_) | Error::Read(_)))) if conn.read.is_empty() => {
+                Poll::Ready(Err(write_failed.take().map_or(e, Error::Write)))
+            }
+            polled => polled,
+        }
+    })
+    .await;
+    let head = match head {
+        Ok(head) => head,
+        Err(error) => {
+            let nothing_came = conn.read.is_empty()
+                && matches!(error, Error::Closed(_) | Error::Read(_) | Error::Write(_));
+            let unsent = (retryable && nothing_came)
+                .then(|| writer.take_body())
+                .flatten()
+                .map(|body| Request::from_parts(parts, body));
+            return Err(SendError { error, unsent });
+        }
+    };
+    let keep_alive = head.keep_alive && !framing.close && write_failed.is_none();
+    let mut response = Response::new(ResponseBody {
+        conn: Some(conn),
+        decoder: head.decoder,
+        keep_alive,
+        writer: (write_failed.is_none() && !writer.is_done()).then(|| Box::new(writer)),
+    });
+    *response.status_mut() = head.status;
+    *response.version_mut() = head.version;
+    *response.headers_mut() = head.headers;
+    Ok(response)
+}
+
+/// RFC 9110 §9.2.2.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// How the request's head says its body is framed.
+struct Framing {
+    /// `None`: no body.
+    encoder: Option<Encoder>,
+    /// The request asked for the connection to close after this exchange.
+    close: bool,
+}
+
+/// How the request's body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoder {
+    /// This many bytes are still to come.
+    Length(u64),
+    Chunked,
+}
+
+/// Writes the request line and header section into `out`, with the framing header the body
+/// needs when the request has none.
+fn encode_head<B: Body>(req: &Request<B>, out: &mut Vec<u8>) -> Result<Framing, Error> {
+    let method = req.method();
+    if method == Method::CONNECT {
+        return Err(Error::Request("CONNECT goes on a connection of its own"));
+    }
+    let headers = req.headers();
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    let uri = req.uri();
+    match (uri.scheme(), uri.authority(), uri.path_and_query()) {
+        (None, None, Some(path)) => out.extend_from_slice(path.as_str().as_bytes()),
+        (None, None, None) => out.push(b'/'),
+        _ => out.extend_from_slice(uri.to_string().as_bytes()),
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let encoder = if headers.contains_key(TRANSFER_ENCODING) {
+        if !last_coding_is_chunked(headers) {
+            return Err(Error::Request(
+                "its transfer-encoding does not end in chunked",
+            ));
+        }
+        Some(Encoder::Chunked)
+    } else if headers.contains_key(CONTENT_LENGTH) {
+        match content_length(headers) {
+            Some(0) => None,
+            Some(n) => Some(Encoder::Length(n)),
+            None => return Err(Error::Request("its content-length is not a number")),
+        }
+    } else if req.body().is_end_stream() {
+        if matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
+        None
+    } else if let Some(n) = req.body().size_hint().exact() {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(n.to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+        (n > 0).then_some(Encoder::Length(n))
+    } else {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        Some(Encoder::Chunked)
+    };
+    out.extend_from_slice(b"\r\n");
+    Ok(Framing {
+        encoder,
+        close: has_token(headers, CONNECTION, "close"),
+    })
+}
+
+/// Whether a comma-separated header holds `token` (case-insensitive), in any of its fields.
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
+        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// The content length, when every `content-length` field says the same number.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let n = parse_decimal(part.trim_ascii())?;
+            if length.is_some_and(|l| l != n) {
+                return None;
+            }
+            length = Some(n);
+        }
+    }
+    length
+}
+
+fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
+    })
+}
+
+/// Writes the request's body (the head is already in the connection's write buffer).
+struct Writer<B> {
+    body: Option<B>,
+    encoder: Option<Encoder>,
+    /// Trailers for the end of a chunked body.
+    trailers: Option<HeaderMap>,
+    /// Whether the head and the body have all been written and flushed.
+    flushed: bool,
+}
+
+impl<B> std::fmt::Debug for Writer<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("encoder", &self.encoder)
+            .field("flushed", &self.flushed)
+            .finish()
+    }
+}
+
+impl<B> Writer<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn new(body: B, encoder: Option<Encoder>) -> Writer<B> {
+        Writer {
+            body: Some(body),
+            encoder,
+            trailers: None,
+            flushed: false,
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.flushed
+    }
+
+    /// The body, if none of it was read.
+    fn take_body(&mut self) -> Option<B> {
+        self.encoder.is_none().then(|| self.body.take()).flatten()
+    }
+
+    /// Gathers the body's frames into the write buffer while they are ready, writes them, and
+    /// is ready once the whole request has been flushed.
+    fn poll_write(
+        &mut self,
+        conn: &mut Connection,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Error>> {
+        loop {
+            let mut waiting = false;
+            while self.encoder.is_some() && conn.write.len() - conn.written < WRITE_BATCH {
+                let Some(body) = self.body.as_mut() else {
+                    break;
+                };
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Pending => {
+                        waiting = true;
+                        break;
+                    }
+                    Poll::Ready(Some(Ok(frame))) => self.encode(frame, &mut conn.write)?,
+                    Poll::Ready(Some(Err(e))) => {
+                        return Poll::Ready(Err(Error::RequestBody(e.into())));
+                    }
+                    Poll::Ready(None) => self.finish(&mut conn.write)?,
+                }
+            }
+            ready!(conn.poll_flush(cx)).map_err(Error::Write)?;
+            if self.encoder.is_none() {
+                self.flushed = true;
+                return Poll::Ready(Ok(()));
+            }
+            if waiting {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    fn encode(&mut self, frame: Frame<Bytes>, out: &mut Vec<u8>) -> Result<(), Error> {
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                // Trailers: carried by a chunked body; a body of known length has no place
+                // for them, and they are dropped (as hyper does).
+                if let Ok(trailers) = frame.into_trailers() {
+                    self.trailers = Some(trailers);
+                }
+                return Ok(());
+            }
+        };
+        match &mut self.encoder {
+            Some(Encoder::Length(left)) => {
+                let len = data.len() as u64;
+                if len > *left {
+                    return Err(Error::Request("its body is longer than its content-length"));
+                }
+                *left -= len;
+                out.extend_from_slice(&data);
+                if *left == 0 {
+                    self.body = None;
+                    self.encoder = None;
+                }
+            }
+            Some(Encoder::Chunked) if !data.is_empty() => {
+                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                out.extend_from_slice(&data);
+                out.extend_from_slice(b"\r\n");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The body has ended: the chunked body's last chunk and trailers.
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
+        self.body = None;
+        match self.encoder.take() {
+            Some(Encoder::Length(left)) if left > 0 => Err(Error::Request(
+                "its body is shorter than its content-length",
+            )),
+            Some(Encoder::Chunked) => {
+                out.extend_from_slice(b"0\r\n");
+                for (name, value) in self.trailers.iter().flatten() {
+                    out.extend_from_slice(name.as_str().as_bytes());
+                    out.extend_from_slice(b": ");
+                    out.extend_from_slice(value.as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"\r\n");
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A parsed final response head.
+#[derive(Debug)]
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    decoder: Decoder,
+    keep_alive: bool,
+}
+
+/// Parses the response head at the start of `buf`, skipping interim (1xx) responses; `None`
+/// while it is incomplete. The head's bytes leave the buffer; the header values share them.
+fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Error> {
+    loop {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut fields);
+        let len = match parsed.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+                return Err(Error::HeadTooLong);
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(Error::Head(e)),
+        };
+        let code = parsed.code.unwrap_or_default();
+        let status = StatusCode::from_u16(code).map_err(|_| Error::Response("bad status code"))?;
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(Error::Response(
+                "101 Switching Protocols to a request without Upgrade",
+            ));
+        }
+        if status.is_informational() {
+            buf.advance(len);
+            continue;
+        }
+        let version = if parsed.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        // Where each field is in the head, so that the head can be split off the buffer and
+        // the values made from it without a copy.
+        let base = buf.as_ptr() as usize;
+        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        let count = parsed.headers.len();
+        for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
+            let name = field.name.as_ptr() as usize - base;
+            let value = field.value.as_ptr() as usize - base;
+            // Below MAX_HEAD: the head is shorter than that (httparse stops at the buffer's end).
+            *span = (
+                name as u32,
+                (name + field.name.len()) as u32,
+                value as u32,
+                (value + field.value.len()) as u32,
+            );
+        }
+        let head = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        for &(ns, ne, vs, ve) in &spans[..count] {
+            let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
+                .map_err(|_| Error::Response("a header name that is not a token"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+                .map_err(|_| Error::Response("a header value with a control character"))?;
+            headers.append(name, value);
+        }
+        let (decoder, delimited) = response_decoder(status, &headers, head_request)?;
+        let keep_alive = delimited
+            && match version {
+                Version::HTTP_10 => has_token(&headers, CONNECTION, "keep-alive"),
+                _ => !has_token(&headers, CONNECTION, "close"),
+            };
+        return Ok(Some(Head {
+            status,
+            version,
+            headers,
+            decoder,
+            keep_alive,
+        }));
+    }
+}
+
+/// How the response's body is framed (RFC 9112 §6.3), and whether its end is marked (a body
+/// read to the close ends the connection).
+fn response_decoder(
+    status: StatusCode,
+    headers: &HeaderMap,
+    head_request: bool,
+) -> Result<(Decoder, bool), Error> {
+    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok((Decoder::Done, true));
+    }
+    if headers.contains_key(TRANSFER_ENCODING) {
+        return Ok(if last_coding_is_chunked(headers) {
+            (Decoder::Chunked(Chunk::Size), true)
+        } else {
+            (Decoder::ToClose, false)
+        });
+    }
+    if headers.contains_key(CONTENT_LENGTH) {
+        return match content_length(headers) {
+            Some(0) => Ok((Decoder::Done, true)),
+            Some(n) => Ok((Decoder::Length(n), true)),
+            None => Err(Error::Response("a content-length that is not one number")),
+        };
+    }
+    Ok((Decoder::ToClose, false))
+}
+
+/// Where the reading of a response body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decoder {
+    /// This many bytes are still to come.
+    Length(u64),
+    Chunked(Chunk),
+    /// Everything up to the connection's close.
+    ToClose,
+    Done,
+}
+
+/// Where the reading of a chunked body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Before a chunk-size line.
+    Size,
+    /// In a chunk's data, this many bytes still to come.
+    Data(u64),
+    /// Before the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: the trailer section.
+    Trailers,
+}
+
+/// A response's body, read from its connection as it is polled. Once read to its end, the
+/// connection can be taken back ([`ResponseBody::take_reusable`]).
+pub struct ResponseBody<B> {
+    conn: Option<Box<Connection>>,
+    decoder: Decoder,
+    keep_alive: bool,
+    /// What is left of the request's body, when the response came before it had all gone.
+    writer: Option<Box<Writer<B>>>,
+}
+
+impl<B> std::fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("decoder", &self.decoder)
+            .field("keep_alive", &self.keep_alive)
+            .field("writing", &self.writer.is_some())
+            .finish()
+    }
+}
+
+impl<B> ResponseBody<B> {
+    /// The connection, once the body has been read to its end, if it can take another request:
+    /// both sides allow it, the request has all been written and nothing follows the response.
+    pub fn take_reusable(&mut self) -> Option<Box<Connection>> {
+        let reusable = self.decoder == Decoder::Done
+            && self.keep_alive
+            && self.writer.is_none()
+            && self.conn.as_ref().is_some_and(|c| c.read.is_empty());
+        if reusable { self.conn.take() } else { None }
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = self.get_mut();
+        if this.decoder == Decoder::Done {
+            return Poll::Ready(None);
+        }
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Some(writer) = this.writer.as_mut() {
+            match writer.poll_write(conn, cx) {
+                Poll::Ready(Ok(())) => this.writer = None,
+                Poll::Ready(Err(e)) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Pending => {}
+            }
+        }
+        let polled = poll_body(conn, &mut this.decoder, cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            this.conn = None;
+            this.decoder = Decoder::Done;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.decoder == Decoder::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decoder {
+            Decoder::Length(n) => SizeHint::with_exact(n),
+            Decoder::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// The body's next frame, read as `decoder` says.
+fn poll_body(
+    conn: &mut Connection,
+    decoder: &mut Decoder,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+    loop {
+        match decoder {
+            Decoder::Done => return Poll::Ready(None),
+            Decoder::Length(left) if !conn.read.is_empty() => {
+                let n = conn
+                    .read
+                    .len()
+                    .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                *left -= n as u64;
+                if *left == 0 {
+                    *decoder = Decoder::Done;
+                }
+                return Poll::Ready(Some(Ok(Frame::data(conn.read.split_to(n).freeze()))));
+            }
+            Decoder::ToClose if !conn.read.is_empty() => {
+                return Poll::Ready(Some(Ok(Frame::data(conn.read.split().freeze()))));
+            }
+            Decoder::Chunked(chunk) => match decode_chunked(&mut conn.read, chunk) {
+                Ok(Some(frame)) => {
+                    if frame.is_trailers() {
+                        *decoder = Decoder::Done;
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Ok(None) if *chunk == Chunk::Trailers && chunked_done(&conn.read) => {
+                    conn.read.advance(2);
+                    *decoder = Decoder::Done;
+                    return Poll::Ready(None);
+                }
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            },
+            _ => {}
+        }
+        let n = match ready!(conn.poll_fill(cx)) {
+            Ok(n) => n,
+            Err(e) => return Poll::Ready(Some(Err(Error::Read(e)))),
+        };
+        if n == 0 {
+            if *decoder == Decoder::ToClose {
+                *decoder = Decoder::Done;
+                return Poll::Ready(None);
+            }
+            return Poll::Ready(Some(Err(Error::Closed("before the response's body ended"))));
+        }
+    }
+}
+
+/// The trailer section is empty: the body ends with this CRLF.
+fn chunked_done(buf: &[u8]) -> bool {
+    buf.starts_with(b"\r\n")
+}
+
+/// Decodes what `buf` holds of a chunked body: a data frame, trailers, or `None` when more
+/// bytes are needed (or the body ends with an empty trailer section, see [`chunked_done`]).
+fn decode_chunked(buf: &mut BytesMut, chunk: &mut Chunk) -> Result<Option<Frame<Bytes>>, Error> {
+    loop {
+        match *chunk {
+            Chunk::Size => match httparse::parse_chunk_size(buf) {
+                Ok(httparse::Status::Complete((len, size))) => {
+                    buf.advance(len);
+                    *chunk = if size == 0 {
+                        Chunk::Trailers
+                    } else {
+                        Chunk::Data(size)
+                    };
+                }
+                Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+                    return Err(Error::Chunked("a chunk-size line without its end"));
+                }
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(_) => return Err(Error::Chunked("a chunk-size line that is not hexadecimal")),
+            },
+            Chunk::Data(left) => {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                let left = left - n as u64;
+                *chunk = if left == 0 {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(left)
+                };
+                return Ok(Some(Frame::data(buf.split_to(n).freeze())));
+            }
+            Chunk::DataEnd => {
+                if buf.len() < 2 {
+                    return Ok(None);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err(Error::Chunked("a chunk's data not followed by CRLF"));
+                }
+                buf.advance(2);
+                *chunk = Chunk::Size;
+            }
+            Chunk::Trailers => {
+                if buf.len() < 2 || chunked_done(buf) {
+                    return Ok(None);
+                }
+                let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let (len, trailers) = match httparse::parse_headers(buf, &mut fields) {
+                    Ok(httparse::Status::Complete((len, fields))) => {
+                        let mut trailers = HeaderMap::with_capacity(fields.len());
+                        for field in fields {
+                            let name =
+                                HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| {
+                                    Error::Chunked("a trailer name that is not a token")
+                                })?;
+                            let value = HeaderValue::from_bytes(field.value).map_err(|_| {
+                                Error::Chunked("a trailer value with a control character")
+                            })?;
+                            trailers.append(name, value);
+                        }
+                        (len, trailers)
+                    }
+                    Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+                        return Err(Error::Chunked("a trailer section without its end"));
+                    }
+                    Ok(httparse::Status::Partial) => return Ok(None),
+                    Err(_) => return Err(Error::Chunked("an invalid trailer section")),
+                };
+                buf.advance(len);
+                return Ok(Some(Frame::trailers(trailers)));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::stream;
+    use http_body_util::{BodyExt, Empty, Full, StreamBody};
+    use std::convert::Infallible;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    /// A connection whose upstream end the test holds.
+    fn connection() -> (Box<Connection>, DuplexStream) {
+        let (client, server) = tokio::io::duplex(256 * 1024);
+        (Connection::new(client), server)
+    }
+
+    fn get(path: &str) -> Request<Empty<Bytes>> {
+        Request::get(path)
+            .header("host", "example")
+            .body(Empty::new())
+            .expect("request")
+    }
+
+    /// What the client has written so far (the test's upstream end reads it without waiting).
+    async fn written(server: &mut DuplexStream) -> String {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            tokio::select! {
+                biased;
+                n = server.read(&mut buf) => match n.expect("read") {
+                    0 => break,
+                    n => out.extend_from_slice(&buf[..n]),
+                },
+                () = std::future::ready(()) => break,
+            }
+        }
+        String::from_utf8(out).expect("text")
+    }
+
+    /// Sends `req` after the upstream queued `answer`; the response and its whole body.
+    async fn exchange<B>(
+        conn: Box<Connection>,
+        server: &mut DuplexStream,
+        req: Request<B>,
+        answer: &[u8],
+    ) -> (Response<ResponseBody<B>>, http_body_util::Collected<Bytes>)
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        server.write_all(answer).await.expect("answer");
+        let resp = send(conn, req, false)
+            .await
+            .map_err(|e| e.error)
+            .expect("response");
+        let (parts, mut body) = resp.into_parts();
+        let collected = (&mut body).collect().await.expect("body");
+        (Response::from_parts(parts, body), collected)
+    }
+
+    #[tokio::test]
+    async fn a_response_of_known_length_is_read_and_its_connection_taken_back() {
+        let (conn, mut server) = connection();
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-a: 1\r\n\r\nhello";
+        let (mut resp, body) = exchange(conn, &mut server, get("/path?q"), answer).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["x-a"], "1");
+        assert_eq!(&body.to_bytes()[..], b"hello");
+        assert_eq!(
+            written(&mut server).await,
+            "GET /path?q HTTP/1.1\r\nhost: example\r\n\r\n"
+        );
+        let conn = resp.body_mut().take_reusable().expect("kept");
+        // The next exchange on it.
+        let answer = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n";
+        let (mut resp, body) = exchange(conn, &mut server, get("/next"), answer).await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        assert!(body.to_bytes().is_empty());
+        assert!(resp.body_mut().take_reusable().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_chunked_response_is_decoded_with_its_trailers() {
+        let (conn, mut server) = connection();
+        let answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+            5;name=value\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: abc\r\n\r\n";
+        let (mut resp, body) = exchange(conn, &mut server, get("/"), answer).await;
+        assert_eq!(body.trailers().expect("trailers")["x-checksum"], "abc");
+        assert_eq!(&body.to_bytes()[..], b"hello world");
+        let conn = resp.body_mut().take_reusable().expect("kept");
+        // Without trailers, split across reads.
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nab")
+            .await
+            .expect("write");
+        let resp = send(conn, get("/"), true)
+            .await
+            .map_err(|e| e.error)
+            .expect("response");
+        let mut body = resp.into_body();
+        let first = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(first.into_data().expect("data"), "ab");
+        server.write_all(b"c\r\n0\r\n\r\n").await.expect("write");
+        let rest = (&mut body).collect().await.expect("rest");
+        assert!(rest.trailers().is_none());
+        assert_eq!(&rest.to_bytes()[..], b"c");
+        assert!(body.take_reusable().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_response_without_a_length_is_read_to_the_close_and_its_connection_not_kept() {
+        let (conn, mut server) = connection();
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")
+            .await
+            .expect("write");
+        let resp = send(conn, get("/"), false)
+            .await
+            .map_err(|e| e.error)
+            .expect("response");
+        drop(server);
+        let mut body = resp.into_body();
+        let all = (&mut body).collect().await.expect("body");
+        assert_eq!(&all.to_bytes()[..], b"until the end");
+        assert!(body.take_reusable().is_none());
+    }
+
+    #[tokio::test]
+    async fn no_body_is_read_after_head_or_in_204_and_304() {
+        for (method, answer) in [
+            (
+                Method::HEAD,
+                &b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n"[..],
+            ),
+            (Method::GET, b"HTTP/1.1 204 No Content\r\n\r\n"),
+            (
+                Method::GET,
+                b"HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n",
+            ),
+        ] {
+            let (conn, mut server) = connection();
+            let mut req = get("/");
+            *req.method_mut() = method.clone();
+            let (mut resp, body) = exchange(conn, &mut server, req, answer).await;
+            assert!(body.to_bytes().is_empty(), "{method} {:?}", resp.status());
+            assert!(resp.body().is_end_stream());
+            assert!(
+                resp.body_mut().take_reusable().is_some(),
+                "{method} {:?}",
+                resp.status()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn interim_responses_are_skipped() {
+        let (conn, mut server) = connection();
+        let answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
+            HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok";
+        let (resp, body) = exchange(conn, &mut server, get("/"), answer).await;
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        assert!(!resp.headers().contains_key("link"));
+        assert_eq!(&body.to_bytes()[..], b"ok");
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_kept_only_when_both_sides_allow_it() {
+        let cases: [(&str, &[u8], bool); 5] = [
+            ("", b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", true),
+            (
+                "",
+                b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+                false,
+            ),
+            ("", b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n", false),
+            (
+                "",
+                b"HTTP/1.0 200 OK\r\nconnection: Keep-Alive\r\ncontent-length: 0\r\n\r\n",
+                true,
+            ),
+            (
+                "close",
+                b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+                false,
+            ),
+        ];
+        for (request_connection, answer, kept) in cases {
+            let (conn, mut server) = connection();
+            let mut req = get("/");
+            if !request_connection.is_empty() {
+                req.headers_mut().insert(
+                    CONNECTION,
+                    HeaderValue::from_str(request_connection).expect("value"),
+                );
+            }
+            let (mut resp, _) = exchange(conn, &mut server, req, answer).await;
+            let answer = String::from_utf8_lossy(answer);
+            assert_eq!(resp.body_mut().take_reusable().is_some(), kept, "{answer}");
+        }
+        // Bytes after the response's end: not the answer to anything, so not kept either.
+        let (conn, mut server) = connection();
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nxHTTP/1.1 200 OK\r\n";
+        let (mut resp, _) = exchange(conn, &mut server, get("/"), answer).await;
+        assert!(resp.body_mut().take_reusable().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_request_body_goes_by_its_length_when_known_and_chunked_otherwise() {
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        let (conn, mut server) = connection();
+        let req = Request::post("/up")
+            .header("host", "h")
+            .body(Full::new(Bytes::from_static(b"data")))
+            .expect("request");
+        exchange(conn, &mut server, req, ok).await;
+        assert_eq!(
+            written(&mut server).await,
+            "POST /up HTTP/1.1\r\nhost: h\r\ncontent-length: 4\r\n\r\ndata"
+        );
+
+        let (conn, mut server) = connection();
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-t", HeaderValue::from_static("1"));
+        let frames = stream::iter([
+            Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"hello "))),
+            Ok(Frame::data(Bytes::from_static(b"world"))),
+            Ok(Frame::trailers(trailers)),
+        ]);
+        let req = Request::post("/up")
+            .header("host", "h")
+            .body(StreamBody::new(frames))
+            .expect("request");
+        exchange(conn, &mut server, req, ok).await;
+        assert_eq!(
+            written(&mut server).await,
+            "POST /up HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n\
+             6\r\nhello \r\n5\r\nworld\r\n0\r\nx-t: 1\r\n\r\n"
+        );
+
+        // An empty POST says so.
+        let (conn, mut server) = connection();
+        let req = Request::post("/")
+            .header("host", "h")
+            .body(Empty::<Bytes>::new());
+        exchange(conn, &mut server, req.expect("request"), ok).await;
+        assert!(written(&mut server).await.contains("content-length: 0\r\n"));
+    }
+
+    #[tokio::test]
+    async fn a_body_longer_than_its_content_length_is_refused() {
+        let (conn, _server) = connection();
+        let req = Request::post("/")
+            .header("host", "h")
+            .header("content-length", "2")
+            .body(Full::new(Bytes::from_static(b"three")))
+            .expect("request");
+        let e = send(conn, req, false).await.expect_err("refused").error;
+        assert!(
+            e.to_string().contains("longer than its content-length"),
+            "{e}"
+        );
+    }
+
+    /// Both directions at once: the upstream answers before the request's body has all come,
+    /// and the rest of it is written as the response's body is read.
+    #[tokio::test]
+    async fn the_request_body_keeps_going_after_the_response_came() {
+        let (conn, mut server) = connection();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        let frames = stream::poll_fn(move |cx| {
+            rx.poll_recv(cx)
+                .map(|d| d.map(|d| Ok::<_, Infallible>(Frame::data(d))))
+        });
+        let req = Request::post("/talk")
+            .header("host", "h")
+            .body(StreamBody::new(frames))
+            .expect("request");
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n")
+            .await
+            .expect("write");
+        let resp = send(conn, req, false)
+            .await
+            .map_err(|e| e.error)
+            .expect("response");
+        assert_eq!(
+            written(&mut server).await,
+            "POST /talk HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        let mut body = resp.into_body();
+        tx.send(Bytes::from_static(b"up")).expect("send");
+        server.write_all(b"down").await.expect("write");
+        let frame = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(frame.into_data().expect("data"), "down");
+        assert_eq!(written(&mut server).await, "2\r\nup\r\n");
+        assert!(body.is_end_stream());
+        // The request's body never ended: the connection is not kept.
+        assert!(body.take_reusable().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_bad_response_is_an_error_that_names_the_problem() {
+        let cases: [(&[u8], &str); 5] = [
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: ten\r\n\r\n",
+                "content-length",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+                "content-length",
+            ),
+            (b"hello\r\n\r\n", "invalid response head"),
+            (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", "101"),
+            (
+                b"HTTP/1.1 200",
+                "closed the connection in the middle of the response head",
+            ),
+        ];
+        for (answer, says) in cases {
+            let (conn, mut server) = connection();
+            server.write_all(answer).await.expect("write");
+            drop(server);
+            let e = send(conn, get("/"), false)
+                .await
+                .expect_err("refused")
+                .error;
+            assert!(
+                e.to_string().contains(says),
+                "{e} for {:?}",
+                String::from_utf8_lossy(answer)
+            );
+        }
+        let (conn, mut server) = connection();
+        let long = format!("HTTP/1.1 200 OK\r\nx: {}\r\n", "a".repeat(MAX_HEAD));
+        server.write_all(long.as_bytes()).await.expect("write");
+        let e = send(conn, get("/"), false)
+            .await
+            .expect_err("refused")
+            .error;
+        assert!(matches!(e, Error::HeadTooLong), "{e}");
+        // Errors in the body come as the body's.
+        for (answer, says) in [
+            (
+                &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"[..],
+                "chunk-size",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc",
+                "before the response's body ended",
+            ),
+        ] {
+            let (conn, mut server) = connection();
+            server.write_all(answer).await.expect("write");
+            drop(server);
+            let resp = send(conn, get("/"), false)
+                .await
+                .map_err(|e| e.error)
+                .expect("head");
+            let e = resp.into_body().collect().await.expect_err("body refused");
+            assert!(e.to_string().contains(says), "{e}");
+        }
+    }
+
+    /// RFC 9112 §9.3.1: a request may go again on another connection when the one it was sent
+    /// on had served a request before, closed without a byte of answer, and the request is
+    /// idempotent without a body.
+    #[tokio::test]
+    async fn only_an_idempotent_request_without_body_on_a_reused_connection_is_handed_back() {
+        let post = || {
+            Request::post("/")
+                .header("host", "h")
+                .body(Empty::<Bytes>::new())
+                .expect("request")
+        };
+        for (req, reused, handed_back) in [
+            (get("/"), true, true),
+            (get("/"), false, false),
+            (post(), true, false),
+        ] {
+            let method = req.method().clone();
+            let (conn, server) = connection();
+            drop(server);
+            let e = send(conn, req, reused).await.expect_err("closed");
+            assert!(
+                matches!(e.error, Error::Closed(_) | Error::Write(_)),
+                "{}",
+                e.error
+            );
+            assert_eq!(e.unsent.is_some(), handed_back, "{method} reused: {reused}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_open_until_the_upstream_closes_it_or_speaks_unasked() {
+        let (mut conn, mut server) = connection();
+        assert!(conn.is_open());
+        assert!(conn.is_open(), "looking does not change it");
+        server.write_all(b"HTTP/1.1 408").await.expect("write");
+        assert!(!conn.is_open());
+        let (mut conn, server) = connection();
+        drop(server);
+        assert!(!conn.is_open());
+    }
+}
