@@ -264,6 +264,30 @@ fn encode_head<B: Body>(req: &Request<B>, out: &mut Vec<u8>) -> Result<Framing, 
         return Err(Error::Request("CONNECT goes on a connection of its own"));
     }
     let headers = req.headers();
+    let chunked_by_header = headers.contains_key(TRANSFER_ENCODING);
+    // The framing header to add, when the request has none.
+    let (encoder, added): (_, Option<FramingHeader>) = if chunked_by_header {
+        if !last_coding_is_chunked(headers) {
+            return Err(Error::Request(
+                "its transfer-encoding does not end in chunked",
+            ));
+        }
+        (Some(Encoder::Chunked), None)
+    } else if headers.contains_key(CONTENT_LENGTH) {
+        match content_length(headers) {
+            Some(0) => (None, None),
+            Some(n) => (Some(Encoder::Length(n)), None),
+            None => return Err(Error::Request("its content-length is not a number")),
+        }
+    } else if req.body().is_end_stream() {
+        let says_empty = matches!(*method, Method::POST | Method::PUT | Method::PATCH);
+        (None, says_empty.then_some(FramingHeader::Length(0)))
+    } else if let Some(n) = req.body().size_hint().exact() {
+        let encoder = (n > 0).then_some(Encoder::Length(n));
+        (encoder, Some(FramingHeader::Length(n)))
+    } else {
+        (Some(Encoder::Chunked), Some(FramingHeader::Chunked))
+    };
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     let uri = req.uri();
@@ -274,43 +298,35 @@ fn encode_head<B: Body>(req: &Request<B>, out: &mut Vec<u8>) -> Result<Framing, 
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in headers {
+        // A message with transfer-encoding must not carry content-length (RFC 9112 §6.2).
+        if chunked_by_header && name == CONTENT_LENGTH {
+            continue;
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let encoder = if headers.contains_key(TRANSFER_ENCODING) {
-        if !last_coding_is_chunked(headers) {
-            return Err(Error::Request(
-                "its transfer-encoding does not end in chunked",
-            ));
+    match added {
+        Some(FramingHeader::Length(n)) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(n.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
-        Some(Encoder::Chunked)
-    } else if headers.contains_key(CONTENT_LENGTH) {
-        match content_length(headers) {
-            Some(0) => None,
-            Some(n) => Some(Encoder::Length(n)),
-            None => return Err(Error::Request("its content-length is not a number")),
-        }
-    } else if req.body().is_end_stream() {
-        if matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
-            out.extend_from_slice(b"content-length: 0\r\n");
-        }
-        None
-    } else if let Some(n) = req.body().size_hint().exact() {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(n.to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
-        (n > 0).then_some(Encoder::Length(n))
-    } else {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-        Some(Encoder::Chunked)
-    };
+        Some(FramingHeader::Chunked) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        None => {}
+    }
     out.extend_from_slice(b"\r\n");
     Ok(Framing {
         encoder,
         close: has_token(headers, CONNECTION, "close"),
     })
+}
+
+/// A framing header the request did not have.
+enum FramingHeader {
+    Length(u64),
+    Chunked,
 }
 
 /// Whether a comma-separated header holds `token` (case-insensitive), in any of its fields.
@@ -1076,6 +1092,22 @@ mod tests {
             written(&mut server).await,
             "POST /up HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n\
              6\r\nhello \r\n5\r\nworld\r\n0\r\nx-t: 1\r\n\r\n"
+        );
+
+        // Transfer-encoding wins over content-length, which is not sent beside it.
+        let (conn, mut server) = connection();
+        let frames = stream::iter([Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"abc")))]);
+        let req = Request::post("/up")
+            .header("host", "h")
+            .header("content-length", "3")
+            .header("transfer-encoding", "chunked")
+            .body(StreamBody::new(frames))
+            .expect("request");
+        exchange(conn, &mut server, req, ok).await;
+        assert_eq!(
+            written(&mut server).await,
+            "POST /up HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n\
+             3\r\nabc\r\n0\r\n\r\n"
         );
 
         // An empty POST says so.
