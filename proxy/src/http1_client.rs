@@ -47,8 +47,11 @@ const MAX_HEADERS: usize = 100;
 /// A response head (or a chunk-size line, or trailers) longer than this is refused.
 const MAX_HEAD: usize = 64 * 1024;
 
-/// Room made in the read buffer before each read.
+/// Room made in the read buffer before a connection's first read; doubled, up to
+/// [`MAX_READ_SIZE`], each time a read fills it (a large body then takes fewer reads).
 const READ_SIZE: usize = 8 * 1024;
+
+const MAX_READ_SIZE: usize = 64 * 1024;
 
 /// The request's body is gathered up to this many bytes before they are written.
 const WRITE_BATCH: usize = 16 * 1024;
@@ -90,6 +93,8 @@ pub struct SendError<B> {
 /// Io>>`): the pool and the response body move only the pointer.
 pub struct Connection<I: ?Sized = dyn Io> {
     read: BytesMut,
+    /// The room the next read gets.
+    read_size: usize,
     write: Vec<u8>,
     written: usize,
     io: I,
@@ -108,6 +113,7 @@ impl Connection {
     pub fn new<I: Io>(io: I) -> Box<Connection> {
         Box::new(Connection {
             read: BytesMut::new(),
+            read_size: READ_SIZE,
             write: Vec::new(),
             written: 0,
             io,
@@ -126,10 +132,19 @@ impl Connection {
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.read.capacity() - self.read.len() < READ_SIZE / 4 {
-            self.read.reserve(READ_SIZE);
+        if self.read.capacity() - self.read.len() < self.read_size / 4 {
+            self.read.reserve(self.read_size);
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+        let room = self.read.capacity() - self.read.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.read
+        ))?;
+        if n == room && self.read_size < MAX_READ_SIZE {
+            self.read_size *= 2;
+        }
+        Poll::Ready(Ok(n))
     }
 
     /// Writes what is buffered, then flushes (TLS keeps what it was given until then).
@@ -934,6 +949,29 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::NOT_FOUND);
         assert!(body.to_bytes().is_empty());
         assert!(resp.body_mut().take_reusable().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_large_body_is_read_whole_in_reads_that_grow() {
+        let (conn, mut server) = connection();
+        let size = 1024 * 1024;
+        let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
+        let upstream = tokio::spawn(async move {
+            server.write_all(head.as_bytes()).await.expect("head");
+            server.write_all(&body).await.expect("body");
+            (server, body)
+        });
+        let resp = send(conn, get("/"), false)
+            .await
+            .map_err(|e| e.error)
+            .expect("response");
+        let mut got = resp.into_body();
+        let all = (&mut got).collect().await.expect("body").to_bytes();
+        let (_server, sent) = upstream.await.expect("upstream");
+        assert!(all[..] == sent[..], "the body arrived changed");
+        let conn = got.take_reusable().expect("kept");
+        assert_eq!(conn.read_size, MAX_READ_SIZE);
     }
 
     #[tokio::test]

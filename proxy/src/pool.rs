@@ -1,14 +1,19 @@
 //! Pooled upstream connections, keyed by the address they go to.
 //!
-//! - An HTTP/1.1 pool holds idle connections, one request at a time on each. A connection goes
-//!   back to the pool once its response has been read to the end (not when the body is dropped
-//!   before that: hyper then closes it), and the most recently used one is taken first.
+//! - An HTTP/1.1 pool holds idle connections ([`http1_client::Connection`]), one request at a
+//!   time on each. A connection goes back to the pool once its response has been read to the end
+//!   and both sides allow another exchange (a body dropped before its end closes it), and the
+//!   most recently used one is taken first, if it still looks open.
 //! - An HTTP/2 pool holds one connection per address, shared by every request to it. The first
 //!   request to an address opens it, in a task of its own, and the requests that arrive while
 //!   it connects wait for it instead of opening more.
-//! - A request that finds its pooled connection closed before the request was written is sent
-//!   again, on another pooled connection, and after [`MAX_REUSED_ATTEMPTS`] of those on a new
-//!   one. A request that fails on a new connection is not sent again.
+//! - A request is sent again when its pooled connection was closing as it was taken: in
+//!   HTTP/1.1 an idempotent request without a body that got not a byte of answer (RFC 9112
+//!   §9.3.1), in HTTP/2 one the connection closed before it was sent. It goes on another pooled
+//!   connection, and after [`MAX_REUSED_ATTEMPTS`] of those on a new one. A request that fails
+//!   on a new connection is not sent again.
+//! - A request for a protocol upgrade (or `CONNECT`) goes on a new connection of its own, with
+//!   hyper's client, which hands the upgraded stream over once the upstream switches.
 //! - A sweep drops the connections that are closed or were left unused through
 //!   [`IDLE_SWEEPS`] sweeps; a task runs it every [`SWEEP_EVERY`], so a connection idle for
 //!   60 to 90 s is closed (hyper-util's pool, used before, closed them after 90 s).
