@@ -31,7 +31,9 @@ use std::task::{Context, Poll, Waker, ready};
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{
-    CONNECTION, CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING,
+    ACCEPT_RANGES, CACHE_CONTROL, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, DATE,
+    ETAG, EXPIRES, HeaderMap, HeaderName, HeaderValue, LAST_MODIFIED, LOCATION, SERVER, SET_COOKIE,
+    TRANSFER_ENCODING, VARY,
 };
 use hyper::{Method, Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -279,20 +281,24 @@ fn encode_head<B: Body>(req: &Request<B>, out: &mut Vec<u8>) -> Result<Framing, 
         return Err(Error::Request("CONNECT goes on a connection of its own"));
     }
     let headers = req.headers();
-    let chunked_by_header = headers.contains_key(TRANSFER_ENCODING);
+    let mut seen = FramingFields::default();
+    for (name, value) in headers {
+        seen.see(name, value.as_bytes());
+    }
+    let chunked_by_header = seen.chunked.is_some();
     // The framing header to add, when the request has none.
-    let (encoder, added): (_, Option<FramingHeader>) = if chunked_by_header {
-        if !last_coding_is_chunked(headers) {
+    let (encoder, added): (_, Option<FramingHeader>) = if let Some(chunked) = seen.chunked {
+        if !chunked {
             return Err(Error::Request(
                 "its transfer-encoding does not end in chunked",
             ));
         }
         (Some(Encoder::Chunked), None)
-    } else if headers.contains_key(CONTENT_LENGTH) {
-        match content_length(headers) {
+    } else if let Some(length) = seen.length {
+        match length {
             Some(0) => (None, None),
             Some(n) => (Some(Encoder::Length(n)), None),
-            None => return Err(Error::Request("its content-length is not a number")),
+            None => return Err(Error::Request("its content-length is not one number")),
         }
     } else if req.body().is_end_stream() {
         let says_empty = matches!(*method, Method::POST | Method::PUT | Method::PATCH);
@@ -334,7 +340,7 @@ fn encode_head<B: Body>(req: &Request<B>, out: &mut Vec<u8>) -> Result<Framing, 
     out.extend_from_slice(b"\r\n");
     Ok(Framing {
         encoder,
-        close: has_token(headers, CONNECTION, "close"),
+        close: seen.close,
     })
 }
 
@@ -344,37 +350,76 @@ enum FramingHeader {
     Chunked,
 }
 
-/// Whether a comma-separated header holds `token` (case-insensitive), in any of its fields.
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+/// What a message's framing fields say, gathered as its fields go by (one pass, no lookups).
+#[derive(Debug, Default)]
+struct FramingFields {
+    /// With `transfer-encoding`: whether its last coding is chunked.
+    chunked: Option<bool>,
+    /// With `content-length`: the length, if every field and list member says the same number.
+    length: Option<Option<u64>>,
+    /// `connection: close`.
+    close: bool,
+    /// `connection: keep-alive`.
+    keep_alive: bool,
 }
 
-fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
-        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-}
-
-/// The content length, when every `content-length` field says the same number.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let n = parse_decimal(part.trim_ascii())?;
-            if length.is_some_and(|l| l != n) {
-                return None;
+impl FramingFields {
+    fn see(&mut self, name: &HeaderName, value: &[u8]) {
+        if *name == CONTENT_LENGTH {
+            for part in value.split(|&b| b == b',') {
+                let n = parse_decimal(part.trim_ascii());
+                self.length = match self.length {
+                    None => Some(n),
+                    Some(m) if m == n => Some(n),
+                    Some(_) => Some(None),
+                };
             }
-            length = Some(n);
+        } else if *name == TRANSFER_ENCODING {
+            let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            self.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if *name == CONNECTION {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
         }
     }
-    length
+}
+
+/// A name most responses carry, matched on its bytes: `HeaderName::from_bytes` cost about 290
+/// instructions a name in callgrind's count (`benches/instructions.sh`), this a few dozen.
+fn common_name(bytes: &[u8]) -> Option<HeaderName> {
+    let candidates: &[(&[u8], HeaderName)] = match bytes.len() {
+        4 => &[(b"date", DATE), (b"etag", ETAG), (b"vary", VARY)],
+        6 => &[(b"server", SERVER)],
+        7 => &[(b"expires", EXPIRES)],
+        8 => &[(b"location", LOCATION)],
+        10 => &[(b"connection", CONNECTION), (b"set-cookie", SET_COOKIE)],
+        12 => &[(b"content-type", CONTENT_TYPE)],
+        13 => &[
+            (b"cache-control", CACHE_CONTROL),
+            (b"last-modified", LAST_MODIFIED),
+            (b"accept-ranges", ACCEPT_RANGES),
+        ],
+        14 => &[(b"content-length", CONTENT_LENGTH)],
+        16 => &[(b"content-encoding", CONTENT_ENCODING)],
+        17 => &[(b"transfer-encoding", TRANSFER_ENCODING)],
+        _ => return None,
+    };
+    // httparse has checked that the name is a token: no byte of one becomes a lower-case
+    // letter or '-' by setting 0x20 unless it is that letter in either case (or '-').
+    candidates
+        .iter()
+        .find(|(lower, _)| bytes.iter().zip(*lower).all(|(b, l)| b | 0x20 == *l))
+        .map(|(_, name)| name.clone())
+}
+
+fn header_name(bytes: &[u8]) -> Result<HeaderName, Error> {
+    match common_name(bytes) {
+        Some(name) => Ok(name),
+        None => HeaderName::from_bytes(bytes)
+            .map_err(|_| Error::Response("a header name that is not a token")),
+    }
 }
 
 fn parse_decimal(digits: &[u8]) -> Option<u64> {
@@ -580,18 +625,20 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Er
         }
         let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(count);
+        let mut seen = FramingFields::default();
         for &(ns, ne, vs, ve) in &spans[..count] {
-            let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
-                .map_err(|_| Error::Response("a header name that is not a token"))?;
-            let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+            let name = header_name(&head[ns as usize..ne as usize])?;
+            let (vs, ve) = (vs as usize, ve as usize);
+            seen.see(&name, &head[vs..ve]);
+            let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
                 .map_err(|_| Error::Response("a header value with a control character"))?;
             headers.append(name, value);
         }
-        let (decoder, delimited) = response_decoder(status, &headers, head_request)?;
+        let (decoder, delimited) = response_decoder(status, &seen, head_request)?;
         let keep_alive = delimited
             && match version {
-                Version::HTTP_10 => has_token(&headers, CONNECTION, "keep-alive"),
-                _ => !has_token(&headers, CONNECTION, "close"),
+                Version::HTTP_10 => seen.keep_alive,
+                _ => !seen.close,
             };
         return Ok(Some(Head {
             status,
@@ -607,27 +654,20 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Er
 /// read to the close ends the connection).
 fn response_decoder(
     status: StatusCode,
-    headers: &HeaderMap,
+    seen: &FramingFields,
     head_request: bool,
 ) -> Result<(Decoder, bool), Error> {
     if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok((Decoder::Done, true));
     }
-    if headers.contains_key(TRANSFER_ENCODING) {
-        return Ok(if last_coding_is_chunked(headers) {
-            (Decoder::Chunked(Chunk::Size), true)
-        } else {
-            (Decoder::ToClose, false)
-        });
+    match (seen.chunked, seen.length) {
+        (Some(true), _) => Ok((Decoder::Chunked(Chunk::Size), true)),
+        (Some(false), _) => Ok((Decoder::ToClose, false)),
+        (None, Some(Some(0))) => Ok((Decoder::Done, true)),
+        (None, Some(Some(n))) => Ok((Decoder::Length(n), true)),
+        (None, Some(None)) => Err(Error::Response("a content-length that is not one number")),
+        (None, None) => Ok((Decoder::ToClose, false)),
     }
-    if headers.contains_key(CONTENT_LENGTH) {
-        return match content_length(headers) {
-            Some(0) => Ok((Decoder::Done, true)),
-            Some(n) => Ok((Decoder::Length(n), true)),
-            None => Err(Error::Response("a content-length that is not one number")),
-        };
-    }
-    Ok((Decoder::ToClose, false))
 }
 
 /// Where the reading of a response body is.
@@ -933,10 +973,13 @@ mod tests {
     #[tokio::test]
     async fn a_response_of_known_length_is_read_and_its_connection_taken_back() {
         let (conn, mut server) = connection();
-        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-a: 1\r\n\r\nhello";
+        // Names in any case, the common ones and others; a length repeated in a list.
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nX-A: 1\r\nSERVER: t\r\n\r\nhello";
         let (mut resp, body) = exchange(conn, &mut server, get("/path?q"), answer).await;
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(resp.headers()["x-a"], "1");
+        assert_eq!(resp.headers()[SERVER], "t");
+        assert_eq!(resp.headers()[CONTENT_LENGTH], "5, 5");
         assert_eq!(&body.to_bytes()[..], b"hello");
         assert_eq!(
             written(&mut server).await,
@@ -949,6 +992,43 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::NOT_FOUND);
         assert!(body.to_bytes().is_empty());
         assert!(resp.body_mut().take_reusable().is_some());
+    }
+
+    #[test]
+    fn common_names_are_matched_in_any_case_and_nothing_else_is() {
+        for name in [
+            DATE,
+            ETAG,
+            VARY,
+            SERVER,
+            EXPIRES,
+            LOCATION,
+            CONNECTION,
+            SET_COOKIE,
+            CONTENT_TYPE,
+            CACHE_CONTROL,
+            LAST_MODIFIED,
+            ACCEPT_RANGES,
+            CONTENT_LENGTH,
+            CONTENT_ENCODING,
+            TRANSFER_ENCODING,
+        ] {
+            let lower = name.as_str();
+            let upper = lower.to_ascii_uppercase();
+            assert_eq!(common_name(lower.as_bytes()), Some(name.clone()), "{lower}");
+            assert_eq!(common_name(upper.as_bytes()), Some(name.clone()), "{upper}");
+        }
+        for other in [
+            "content-lengti",
+            "content_length",
+            "x-request-id",
+            "dat",
+            "DATES",
+        ] {
+            assert_eq!(common_name(other.as_bytes()), None, "{other}");
+            let parsed = header_name(other.as_bytes()).expect("a token");
+            assert_eq!(parsed.as_str(), other.to_ascii_lowercase());
+        }
     }
 
     #[tokio::test]
