@@ -126,7 +126,6 @@ impl Connection {
     /// anything unasked. Reads without waiting (a closed connection reads its end at once).
     pub fn is_open(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
-        self.read.reserve(1);
         match self.poll_fill(&mut cx) {
             Poll::Pending => self.read.is_empty(),
             Poll::Ready(_) => false,
@@ -949,6 +948,22 @@ mod tests {
         String::from_utf8(out).expect("text")
     }
 
+    /// Sends `req` and expects a response head.
+    async fn responded<B>(
+        conn: Box<Connection>,
+        req: Request<B>,
+        reused: bool,
+    ) -> Response<ResponseBody<B>>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        send(conn, req, reused)
+            .await
+            .map_err(|e| e.error)
+            .expect("a response head")
+    }
+
     /// Sends `req` after the upstream queued `answer`; the response and its whole body.
     async fn exchange<B>(
         conn: Box<Connection>,
@@ -961,10 +976,7 @@ mod tests {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         server.write_all(answer).await.expect("answer");
-        let resp = send(conn, req, false)
-            .await
-            .map_err(|e| e.error)
-            .expect("response");
+        let resp = responded(conn, req, false).await;
         let (parts, mut body) = resp.into_parts();
         let collected = (&mut body).collect().await.expect("body");
         (Response::from_parts(parts, body), collected)
@@ -1042,10 +1054,7 @@ mod tests {
             server.write_all(&body).await.expect("body");
             (server, body)
         });
-        let resp = send(conn, get("/"), false)
-            .await
-            .map_err(|e| e.error)
-            .expect("response");
+        let resp = responded(conn, get("/"), false).await;
         let mut got = resp.into_body();
         let all = (&mut got).collect().await.expect("body").to_bytes();
         let (_server, sent) = upstream.await.expect("upstream");
@@ -1068,10 +1077,7 @@ mod tests {
             .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nab")
             .await
             .expect("write");
-        let resp = send(conn, get("/"), true)
-            .await
-            .map_err(|e| e.error)
-            .expect("response");
+        let resp = responded(conn, get("/"), true).await;
         let mut body = resp.into_body();
         let first = body.frame().await.expect("a frame").expect("data");
         assert_eq!(first.into_data().expect("data"), "ab");
@@ -1089,10 +1095,7 @@ mod tests {
             .write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")
             .await
             .expect("write");
-        let resp = send(conn, get("/"), false)
-            .await
-            .map_err(|e| e.error)
-            .expect("response");
+        let resp = responded(conn, get("/"), false).await;
         drop(server);
         let mut body = resp.into_body();
         let all = (&mut body).collect().await.expect("body");
@@ -1270,10 +1273,7 @@ mod tests {
             .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n")
             .await
             .expect("write");
-        let resp = send(conn, req, false)
-            .await
-            .map_err(|e| e.error)
-            .expect("response");
+        let resp = responded(conn, req, false).await;
         assert_eq!(
             written(&mut server).await,
             "POST /talk HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -1343,10 +1343,7 @@ mod tests {
             let (conn, mut server) = connection();
             server.write_all(answer).await.expect("write");
             drop(server);
-            let resp = send(conn, get("/"), false)
-                .await
-                .map_err(|e| e.error)
-                .expect("head");
+            let resp = responded(conn, get("/"), false).await;
             let e = resp.into_body().collect().await.expect_err("body refused");
             assert!(e.to_string().contains(says), "{e}");
         }
