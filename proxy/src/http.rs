@@ -16,10 +16,7 @@ use futures_util::future::Either;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{
-    CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, LOCATION, PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION, TE, TRAILER, UPGRADE,
-};
+use hyper::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, LOCATION, TE, UPGRADE};
 use hyper::http::uri::{self, Authority, PathAndQuery, Scheme};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -45,17 +42,22 @@ pub type ProxyBody = BoxBody<Bytes, BodyError>;
 /// The header that marks (and explains) a response the mesh produced itself.
 pub const MESH_ERROR: HeaderName = HeaderName::from_static("x-mesh-error");
 
-/// Hop-by-hop headers (RFC 9110 section 7.6.1), never forwarded. (`te: trailers` is kept: it
-/// is the one TE value HTTP/2 allows, and gRPC requires it.)
-const HOP_BY_HOP: [HeaderName; 7] = [
-    CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION,
-    TRAILER,
-    UPGRADE,
-];
+/// Whether a header is hop-by-hop (RFC 9110 section 7.6.1), never forwarded. (`te` is not
+/// here: `te: trailers` is kept, the one TE value HTTP/2 allows, which gRPC requires.) Matched
+/// on the name's text: against an array of names, each header's scan cost more than the rest of
+/// the strip.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "trailer"
+            | "upgrade"
+    )
+}
 
 /// Pooled upstream connections, one pool per protocol: a request goes upstream in the protocol
 /// the client spoke (HTTP/2 stays HTTP/2, which gRPC needs; HTTP/1.1 stays HTTP/1.1). Requests
@@ -646,7 +648,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // each hop-by-hop name.
     let any = headers
         .iter()
-        .any(|(name, value)| HOP_BY_HOP.contains(name) || (name == TE && value != "trailers"));
+        .any(|(name, value)| is_hop_by_hop(name) || (name == TE && value != "trailers"));
     if !any {
         return;
     }
@@ -657,10 +659,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::try_from(n.trim()).ok())
         .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in &HOP_BY_HOP {
+    let hop_by_hop: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
+    for name in named.into_iter().chain(hop_by_hop) {
         headers.remove(name);
     }
     if headers.get(TE).is_some_and(|v| v != "trailers") {
@@ -693,7 +697,16 @@ mod tests {
         h.insert("te", HeaderValue::from_static("gzip"));
         strip_hop_by_hop(&mut h);
         assert_eq!(names(&h), vec!["x-kept"], "any other te goes");
-        for name in &HOP_BY_HOP {
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "trailer",
+            "upgrade",
+            "Upgrade",
+        ] {
             h.insert(name, HeaderValue::from_static("1"));
             strip_hop_by_hop(&mut h);
             assert_eq!(names(&h), vec!["x-kept"], "{name} alone goes too");
