@@ -513,7 +513,8 @@ fn upstream_request<B>(
         // The client's path and query as they are (shared, not parsed again).
         None => path_and_query(&parts.uri),
     };
-    let upgrade_to = parts.headers.get(UPGRADE).cloned();
+    // Looked up only for an upgrade: every other request would pay for a lookup it never uses.
+    let upgrade_to = upgrade.then(|| parts.headers.get(UPGRADE).cloned()).flatten();
     strip_hop_by_hop(&mut parts.headers);
     if let Some(hop) = peer {
         // To the peer sidecar, with what it needs to restore the request (see
@@ -533,7 +534,7 @@ fn upstream_request<B>(
         parts.version = Version::HTTP_11;
     }
     parts.uri = target_uri(&mut parts, addr, path)?;
-    if let (true, Some(protocol)) = (upgrade, upgrade_to) {
+    if let Some(protocol) = upgrade_to {
         parts.headers.insert(UPGRADE, protocol);
         parts
             .headers
