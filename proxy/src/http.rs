@@ -514,7 +514,9 @@ fn upstream_request<B>(
         None => path_and_query(&parts.uri),
     };
     // Looked up only for an upgrade: every other request would pay for a lookup it never uses.
-    let upgrade_to = upgrade.then(|| parts.headers.get(UPGRADE).cloned()).flatten();
+    let upgrade_to = upgrade
+        .then(|| parts.headers.get(UPGRADE).cloned())
+        .flatten();
     strip_hop_by_hop(&mut parts.headers);
     if let Some(hop) = peer {
         // To the peer sidecar, with what it needs to restore the request (see
