@@ -17,6 +17,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use hyper::header::HeaderValue;
+
+use crate::hop::Hop;
+
 /// How endpoints of a cluster are chosen.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Algorithm {
@@ -55,6 +59,19 @@ pub struct Endpoint {
     /// Peak-EWMA latency in nanoseconds, as f64 bits; 0 = no sample yet.
     ewma_bits: AtomicU64,
     updated_nanos: AtomicU64,
+    /// The `x-mesh-hop` values of requests to this endpoint's sidecar, made for the first
+    /// Service that sends one (an endpoint's cluster nearly always serves one Service).
+    hop_values: OnceLock<HopValues>,
+}
+
+/// What `x-mesh-hop` says to an endpoint's sidecar for `service`, for an HTTP/1.1 request and
+/// an HTTP/2 one: made once, then shared (a clone is a reference count) instead of written
+/// and allocated again for every request.
+#[derive(Debug)]
+struct HopValues {
+    service: Box<str>,
+    http1: HeaderValue,
+    http2: HeaderValue,
 }
 
 impl Endpoint {
@@ -65,6 +82,30 @@ impl Endpoint {
             in_flight: AtomicU64::new(0),
             ewma_bits: AtomicU64::new(0),
             updated_nanos: AtomicU64::new(0),
+            hop_values: OnceLock::new(),
+        }
+    }
+
+    /// The `x-mesh-hop` value of a request for `service` to this endpoint's sidecar (see
+    /// [`Hop`]); made afresh for a Service other than the first one asked for.
+    pub fn hop_value(&self, service: Option<&str>, http1: bool) -> HeaderValue {
+        let make = |service: Option<&str>, http1| {
+            Hop {
+                port: self.addr.port(),
+                http1,
+                service,
+            }
+            .to_value()
+        };
+        let values = self.hop_values.get_or_init(|| HopValues {
+            service: service.unwrap_or_default().into(),
+            http1: make(service, true),
+            http2: make(service, false),
+        });
+        match (http1, service.unwrap_or_default() == &*values.service) {
+            (_, false) => make(service, http1),
+            (true, true) => values.http1.clone(),
+            (false, true) => values.http2.clone(),
         }
     }
 
@@ -193,6 +234,23 @@ mod tests {
         (1..=n)
             .map(|i| Arc::new(Endpoint::new(SocketAddr::from(([10, 0, 0, i], 80)))))
             .collect()
+    }
+
+    #[test]
+    fn hop_values_are_made_once_for_the_first_service_and_afresh_for_another() {
+        let e = Endpoint::new(SocketAddr::from(([10, 0, 0, 1], 8080)));
+        let value = |service, http1| e.hop_value(service, http1);
+        assert_eq!(value(Some("web.default"), true), "8080 h1 web.default");
+        assert_eq!(value(Some("web.default"), false), "8080 h2 web.default");
+        assert_eq!(value(Some("api.default"), true), "8080 h1 api.default");
+        assert_eq!(value(None, false), "8080 h2");
+        assert_eq!(value(Some("web.default"), true), "8080 h1 web.default");
+        let first = value(Some("web.default"), true);
+        assert_eq!(
+            first.as_bytes().as_ptr(),
+            value(Some("web.default"), true).as_bytes().as_ptr(),
+            "the first Service's values are shared, not made again"
+        );
     }
 
     #[test]

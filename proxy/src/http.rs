@@ -22,11 +22,12 @@ use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
+use crate::balance::Endpoint;
 use crate::body::{BodyError, StreamBody};
 use crate::config::PeerHttp1;
 use crate::detect::Protocol;
 use crate::forward::Context;
-use crate::hop::{HOP, Hop};
+use crate::hop::HOP;
 use crate::io::Rewind;
 use crate::peer_carriage::{Http1Slot, Http1Slots, SlotBody};
 use crate::peer_client::PeerConnector;
@@ -398,6 +399,7 @@ async fn forward(
                 port: ctx.config.peer_addr.port(),
                 version: route.version,
                 service: Some(&service.name),
+                endpoint: &picked,
             };
             (Some(hop), route.slot)
         }
@@ -493,6 +495,8 @@ struct PeerHop<'a> {
     port: u16,
     version: Version,
     service: Option<&'a str>,
+    /// The endpoint behind that sidecar, which keeps the `x-mesh-hop` values sent to it.
+    endpoint: &'a Endpoint,
 }
 
 /// The request as sent to `endpoint` (or its sidecar, `peer`): the client's authority kept,
@@ -525,12 +529,9 @@ fn upstream_request<B>(
         // that answered `mesh/h2` (one built before `mesh/h1`, see `Carriage::offers`), where
         // Host goes as is.
         let http1 = parts.version != Version::HTTP_2;
-        let said = Hop {
-            port: endpoint.port(),
-            http1,
-            service: hop.service,
-        };
-        parts.headers.insert(HOP, said.to_value());
+        parts
+            .headers
+            .insert(HOP, hop.endpoint.hop_value(hop.service, http1));
         parts.version = hop.version;
     } else if parts.version != Version::HTTP_2 {
         parts.version = Version::HTTP_11;
@@ -768,6 +769,7 @@ mod tests {
     #[test]
     fn http1_requests_to_a_peer_say_they_were_http1_on_either_carriage() {
         let endpoint: SocketAddr = ([10, 0, 0, 7], 8080).into();
+        let picked = Endpoint::new(endpoint);
         for (hop_version, host, uri) in [
             (Version::HTTP_11, Some("web"), "/users?id=1"),
             (Version::HTTP_2, None, "http://web/users?id=1"),
@@ -783,6 +785,7 @@ mod tests {
                 port: 4143,
                 version: hop_version,
                 service: Some("web.default"),
+                endpoint: &picked,
             };
             let up = upstream_request(req, endpoint, false, None, Some(hop)).expect("upstream");
             let header = |name: &str| up.headers().get(name).and_then(|v| v.to_str().ok());
@@ -807,6 +810,7 @@ mod tests {
             port: 4143,
             version: Version::HTTP_2,
             service: None,
+            endpoint: &picked,
         };
         let up = upstream_request(req, endpoint, false, None, Some(hop)).expect("upstream");
         assert_eq!(up.version(), Version::HTTP_2);
