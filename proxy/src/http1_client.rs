@@ -581,8 +581,8 @@ struct Head {
 /// while it is incomplete. The head's bytes leave the buffer; the header values share them.
 fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Error> {
     loop {
-        // Left uninitialised: httparse writes each field before it is read (filling the whole
-        // array with empty fields first cost more than the parse of a short head).
+        // Left uninitialised: httparse writes each field before it is read (filling all 100
+        // with empty fields first was a loop that every response paid for).
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut []);
         let config = httparse::ParserConfig::default();
