@@ -1,6 +1,7 @@
 //! The bodies the proxy receives, whichever protocol brought them: hyper's (HTTP/1.1, and
 //! HTTP/2 from the apps) or an `h2` stream's (HTTP/2 between sidecars, see
-//! [`crate::http2_server`] and [`crate::http2_client`]). Requests go upstream and responses
+//! [`crate::http2_server`] and [`crate::http2_client`]), or one read whole with its head by
+//! [`crate::http1_server`]. Requests go upstream and responses
 //! go back with one of these, so that each pool and each connection handles one body type.
 
 use std::pin::Pin;
@@ -30,6 +31,8 @@ pub enum StreamBody {
     Hyper(Incoming),
     /// Read off an `h2` stream.
     H2(RecvBody),
+    /// Read whole with its head ([`crate::http1_server`]): `None` once taken, or when empty.
+    Whole(Option<Bytes>),
 }
 
 impl From<Incoming> for StreamBody {
@@ -55,6 +58,7 @@ impl Body for StreamBody {
         match self.get_mut() {
             StreamBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(BodyError::Http1),
             StreamBody::H2(body) => Pin::new(body).poll_frame(cx).map_err(BodyError::Http2),
+            StreamBody::Whole(body) => Poll::Ready(body.take().map(|data| Ok(Frame::data(data)))),
         }
     }
 
@@ -62,6 +66,7 @@ impl Body for StreamBody {
         match self {
             StreamBody::Hyper(body) => body.is_end_stream(),
             StreamBody::H2(body) => body.is_end_stream(),
+            StreamBody::Whole(body) => body.is_none(),
         }
     }
 
@@ -69,6 +74,9 @@ impl Body for StreamBody {
         match self {
             StreamBody::Hyper(body) => body.size_hint(),
             StreamBody::H2(body) => body.size_hint(),
+            StreamBody::Whole(body) => {
+                SizeHint::with_exact(body.as_ref().map_or(0, |data| data.len() as u64))
+            }
         }
     }
 }

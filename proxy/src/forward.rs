@@ -14,7 +14,6 @@ use crate::authz::{Attempt, MtlsMode, Verdict};
 use crate::balance::Endpoint;
 use crate::config::ProxyConfig;
 use crate::detect::{Protocol, detect};
-use crate::io::Rewind;
 use crate::metrics::{Direction, Metrics, RefuseReason, TcpMetrics, inc};
 use crate::orig_dst::original_dst;
 use crate::peer_client::open_tcp;
@@ -349,13 +348,7 @@ async fn serve_http(
         ctx.metrics.detected(protocol);
         let _ = downstream.set_nodelay(true);
         if matches!(protocol, Protocol::Http1 | Protocol::Http2) {
-            crate::http::serve_outbound(
-                Rewind::new(prefix, downstream),
-                vip,
-                ctx.clone(),
-                protocol,
-            )
-            .await;
+            crate::http::serve_outbound(downstream, prefix, vip, ctx.clone(), protocol).await;
             inc(&metrics.closed);
             return;
         }

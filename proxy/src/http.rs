@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::future::Either;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -28,6 +28,7 @@ use crate::config::PeerHttp1;
 use crate::detect::Protocol;
 use crate::forward::Context;
 use crate::hop::HOP;
+use crate::http1_server;
 use crate::io::Rewind;
 use crate::peer_carriage::{Http1Slot, Http1Slots, SlotBody};
 use crate::peer_client::PeerConnector;
@@ -189,30 +190,30 @@ impl HttpClients {
 }
 
 /// Serves HTTP/1.1 or HTTP/2 (`protocol`) on a client connection whose destination is the
-/// Service at `vip`.
+/// Service at `vip`; `read` is what protocol detection read of it.
 pub async fn serve_outbound(
-    io: Rewind<TcpStream>,
+    io: TcpStream,
+    read: BytesMut,
     vip: SocketAddr,
     ctx: Arc<Context>,
     protocol: Protocol,
 ) {
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        route_request(req.map(StreamBody::Hyper), vip, ctx.clone())
-    });
-    let served = if protocol == Protocol::Http2 {
-        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .serve_connection(TokioIo::new(io), service)
-            .await
-    } else {
-        // half_close: a client may finish sending and still wait for the response.
-        hyper::server::conn::http1::Builder::new()
-            .half_close(true)
-            .serve_connection(TokioIo::new(io), service)
-            .with_upgrades()
-            .await
-    };
-    if let Err(e) = served {
-        tracing::debug!(error = %e, "HTTP connection ended with an error");
+    if protocol == Protocol::Http2 {
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let response = route_request(req.map(StreamBody::Hyper), vip, ctx.clone());
+            async move { Ok::<_, Infallible>(response.await) }
+        });
+        let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(Rewind::new(read, io)), service)
+            .await;
+        if let Err(e) = served {
+            tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
+        }
+        return;
+    }
+    let answer = |req| route_request(req, vip, ctx.clone());
+    if let Err(e) = http1_server::serve(io, read, None, answer).await {
+        tracing::debug!(error = %e, "HTTP/1.1 connection ended with an error");
     }
 }
 
@@ -249,7 +250,7 @@ async fn route_request(
     req: Request<StreamBody>,
     vip: SocketAddr,
     ctx: Arc<Context>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> Response<ProxyBody> {
     let start = Instant::now();
     let routing = ctx.xds.routing.load_full();
     let (response, stats) = match dispatch(req, vip, &routing, &ctx) {
@@ -261,7 +262,7 @@ async fn route_request(
     };
     let stats = stats.unwrap_or_else(|| ctx.xds.requests.stats(&vip.to_string(), "none"));
     stats.record(response.status().as_u16(), start.elapsed());
-    Ok(response)
+    response
 }
 
 /// What [`dispatch`] decided for a request.

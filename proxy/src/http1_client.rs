@@ -45,10 +45,10 @@ pub trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static> Io for T {}
 
 /// At most this many header fields in a response head (hyper's default too).
-const MAX_HEADERS: usize = 100;
+pub(crate) const MAX_HEADERS: usize = 100;
 
 /// A response head (or a chunk-size line, or trailers) longer than this is refused.
-const MAX_HEAD: usize = 64 * 1024;
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
 
 /// Room made in the read buffer before a connection's first read; doubled, up to
 /// [`MAX_READ_SIZE`], each time a read fills it (a large body then takes fewer reads).
@@ -95,12 +95,12 @@ pub struct SendError<B> {
 /// An open HTTP/1.1 connection, between exchanges. Boxed once when made (`Box<Connection<dyn
 /// Io>>`): the pool and the response body move only the pointer.
 pub struct Connection<I: ?Sized = dyn Io> {
-    read: BytesMut,
+    pub(crate) read: BytesMut,
     /// The room the next read gets.
     read_size: usize,
-    write: Vec<u8>,
+    pub(crate) write: Vec<u8>,
     written: usize,
-    io: I,
+    pub(crate) io: I,
 }
 
 impl<I: ?Sized> std::fmt::Debug for Connection<I> {
@@ -122,7 +122,28 @@ impl Connection {
             io,
         })
     }
+}
 
+impl<I> Connection<I> {
+    /// A connection over `io` whose first bytes (`read`) were read already; not boxed (the
+    /// server side, [`crate::http1_server`], keeps it in its connection's future).
+    pub(crate) fn with_read(io: I, read: BytesMut) -> Connection<I> {
+        Connection {
+            read,
+            read_size: READ_SIZE,
+            write: Vec::new(),
+            written: 0,
+            io,
+        }
+    }
+
+    /// What was read and not taken, and the stream.
+    pub(crate) fn into_parts(self) -> (BytesMut, I) {
+        (self.read, self.io)
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin + ?Sized> Connection<I> {
     /// Whether the connection can take a request: the upstream has neither closed it nor sent
     /// anything unasked. Reads without waiting (a closed connection reads its end at once).
     pub fn is_open(&mut self) -> bool {
@@ -133,7 +154,7 @@ impl Connection {
         }
     }
 
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    pub(crate) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.read.capacity() - self.read.len() < self.read_size / 4 {
             self.read.reserve(self.read_size);
         }
@@ -150,7 +171,7 @@ impl Connection {
     }
 
     /// Writes what is buffered, then flushes (TLS keeps what it was given until then).
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.write.len() {
             let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.write[self.written..]))?;
             if n == 0 {
@@ -265,12 +286,15 @@ struct Framing {
     close: bool,
 }
 
-/// How the request's body goes on the wire.
+/// How a body goes on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Encoder {
+pub(crate) enum Encoder {
     /// This many bytes are still to come.
     Length(u64),
     Chunked,
+    /// As it comes, up to the connection's close (a response to an HTTP/1.0 client whose
+    /// length is not known).
+    ToClose,
 }
 
 /// Writes the request line and header section into `out`, with the framing header the body
@@ -352,19 +376,19 @@ enum FramingHeader {
 
 /// What a message's framing fields say, gathered as its fields go by (one pass, no lookups).
 #[derive(Debug, Default)]
-struct FramingFields {
+pub(crate) struct FramingFields {
     /// With `transfer-encoding`: whether its last coding is chunked.
-    chunked: Option<bool>,
+    pub(crate) chunked: Option<bool>,
     /// With `content-length`: the length, if every field and list member says the same number.
-    length: Option<Option<u64>>,
+    pub(crate) length: Option<Option<u64>>,
     /// `connection: close`.
-    close: bool,
+    pub(crate) close: bool,
     /// `connection: keep-alive`.
-    keep_alive: bool,
+    pub(crate) keep_alive: bool,
 }
 
 impl FramingFields {
-    fn see(&mut self, name: &HeaderName, value: &[u8]) {
+    pub(crate) fn see(&mut self, name: &HeaderName, value: &[u8]) {
         if *name == CONTENT_LENGTH {
             for part in value.split(|&b| b == b',') {
                 let n = parse_decimal(part.trim_ascii());
@@ -431,8 +455,9 @@ fn parse_decimal(digits: &[u8]) -> Option<u64> {
     })
 }
 
-/// Writes the request's body (the head is already in the connection's write buffer).
-struct Writer<B> {
+/// Writes a message's body (the head is already in the connection's write buffer): the
+/// request's here, the response's in [`crate::http1_server`].
+pub(crate) struct Writer<B> {
     body: Option<B>,
     encoder: Option<Encoder>,
     /// Trailers for the end of a chunked body.
@@ -455,7 +480,7 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    fn new(body: B, encoder: Option<Encoder>) -> Writer<B> {
+    pub(crate) fn new(body: B, encoder: Option<Encoder>) -> Writer<B> {
         Writer {
             body: Some(body),
             encoder,
@@ -475,9 +500,9 @@ where
 
     /// Gathers the body's frames into the write buffer while they are ready, writes them, and
     /// is ready once the whole request has been flushed.
-    fn poll_write(
+    pub(crate) fn poll_write<I: AsyncRead + AsyncWrite + Unpin + ?Sized>(
         &mut self,
-        conn: &mut Connection,
+        conn: &mut Connection<I>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), Error>> {
         loop {
@@ -534,6 +559,7 @@ where
                     self.encoder = None;
                 }
             }
+            Some(Encoder::ToClose) => out.extend_from_slice(&data),
             Some(Encoder::Chunked) if !data.is_empty() => {
                 out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
                 out.extend_from_slice(&data);

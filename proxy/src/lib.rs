@@ -19,6 +19,7 @@ pub mod forward;
 pub mod hop;
 pub mod http;
 pub mod http1_client;
+pub mod http1_server;
 pub mod http2_body;
 pub mod http2_client;
 pub mod http2_server;

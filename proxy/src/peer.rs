@@ -11,21 +11,18 @@
 //! sent it as `x-mesh-orig-host`, still read). Here those markers are removed and the request
 //! goes to the app on loopback in its original protocol, with the client's authority.
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
 
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::header::{HOST, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Version};
-use hyper_util::rt::TokioIo;
 use mesh_proto::spiffe::SpiffeId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::Instrument;
+
+use bytes::BytesMut;
 
 use crate::authz::{Attempt, Verdict};
 use crate::body::StreamBody;
@@ -35,6 +32,7 @@ use crate::hop::{self, HOP, Hop};
 use crate::http::{
     ProxyBody, join_upgraded, path_and_query, side_error, target_uri, wants_upgrade,
 };
+use crate::http1_server;
 use crate::http2_server;
 use crate::metrics::{Direction, RefuseReason, inc};
 use crate::routing::Routing;
@@ -182,13 +180,7 @@ async fn serve_http<S>(
         }
         return;
     }
-    let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-        Ok::<_, Infallible>(answer(req.map(StreamBody::Hyper)).await)
-    });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    if let Err(e) = until_drained(conn, drain, |c| c.graceful_shutdown()).await {
+    if let Err(e) = http1_server::serve(stream, BytesMut::new(), Some(drain), answer).await {
         tracing::debug!(error = %e, "peer connection ended with an error");
     }
 }
@@ -217,21 +209,6 @@ async fn answer_peer(
     };
     stats.record(response.status().as_u16(), start.elapsed());
     response
-}
-
-/// Runs `conn` to its end, calling `shutdown` on it once a drain starts.
-async fn until_drained<C>(conn: C, drain: &Drain, shutdown: fn(Pin<&mut C>)) -> C::Output
-where
-    C: Future,
-{
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => r,
-        () = drain.started() => {
-            shutdown(conn.as_mut());
-            conn.await
-        }
-    }
 }
 
 /// One opaque stream from a peer: its first two bytes name the app port.
@@ -429,6 +406,7 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use http_body_util::Empty;
+    use hyper_util::rt::TokioIo;
 
     /// What the peer side answers to one HTTP/1.1 request from a peer carrying `hop` (as
     /// `x-mesh-hop`, when given): its status and `x-mesh-error`.
