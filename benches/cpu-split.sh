@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# Where the mTLS pair's CPU goes at full load: user space against the kernel, and the system
-# calls each sidecar makes per request. The pair (benches/lib/pair.sh) under `wrk -t1 -c50`,
-# as in the harness's max-throughput test:
+# Where the mTLS pair's CPU goes: user space against the kernel, and the system calls each
+# sidecar makes per request. The pair (benches/lib/pair.sh) under `wrk -t1 -c50`, as in the
+# harness's max-throughput test, or with RATE under `oha -q RATE -c 50`, as in its fixed-rate
+# tests:
 #   1. user and system ticks of each sidecar (/proc/PID/stat) over SECONDS of wrk;
-#   2. `strace -c` on both sidecars over a second wrk run of SECONDS/2 (strace slows them, so
+#   2. `strace -c` on both sidecars over a second run of SECONDS/2 (strace slows them, so
 #      only the counts per request mean anything, not the rate).
-# Needs root, wrk, strace and a release build.
-#   [MESH_PROXY_ARGS=...] benches/cpu-split.sh [SECONDS]
+# Needs root, wrk (oha with RATE), strace and a release build. MESH_BIN_DIR picks other binaries
+# (see benches/contenders/_mesh.sh). At a fixed rate the ticks (10 ms each) are few: run it a
+# few times, alternating builds, before reading a difference.
+#   [MESH_PROXY_ARGS=...] [MESH_BIN_DIR=...] benches/cpu-split.sh [SECONDS] [RATE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/common.sh
 SECONDS_RUN=${1:-10}
-for t in wrk strace curl; do
+RATE=${2:-}
+for t in wrk strace curl ${RATE:+oha}; do
   command -v "$t" >/dev/null || die "needs $t (apt-get install -y wrk strace curl)"
 done
 source benches/lib/pair.sh
@@ -23,14 +27,25 @@ URL=http://127.0.0.1:19010/
 requests() { # wrk's output on stdin -> the number of requests it completed
   awk '/requests in/ {print $1}'
 }
+load() { # SECONDS -> the number of requests completed under the load, in that many seconds
+  if [[ -n $RATE ]]; then
+    # oha's count of successful requests (its JSON output).
+    taskset -c 0 oha --no-tui --output-format json --latency-correction -q "$RATE" -c 50 -z "${1}s" "$URL" |
+      python3 -c 'import json,sys; print(sum(json.load(sys.stdin)["statusCodeDistribution"].values()))'
+  else
+    taskset -c 0 wrk -t1 -c50 -d"${1}s" "$URL" | requests
+  fi
+}
+what="wrk -t1 -c50"
+[[ -n $RATE ]] && what="oha -q $RATE -c 50"
 ticks() { # utime and stime of the server side, then of the client side
   for p in $SERVER $CLIENT; do awk '{printf "%s %s ", $14, $15}' "/proc/$p/stat"; done
 }
 taskset -c 0 wrk -t1 -c50 -d2s "$URL" >/dev/null
 before=$(ticks)
-n=$(taskset -c 0 wrk -t1 -c50 -d"${SECONDS_RUN}s" "$URL" | requests)
+n=$(load "$SECONDS_RUN")
 after=$(ticks)
-echo "== $n requests in ${SECONDS_RUN}s (wrk -t1 -c50)"
+echo "== $n requests in ${SECONDS_RUN}s ($what)"
 python3 - "$before" "$after" "$n" "$(getconf CLK_TCK)" <<'EOF'
 import sys
 b, a = (list(map(int, x.split())) for x in sys.argv[1:3])
@@ -52,12 +67,12 @@ for p in $SERVER $CLIENT; do
     sleep 0.05
   done
 done
-n=$(taskset -c 0 wrk -t1 -c50 -d"${half}s" "$URL" | requests)
+n=$(load "$half")
 for p in $SERVER $CLIENT; do pkill -INT -f "strace -c -f -p $p" || true; done
 for p in $SERVER $CLIENT; do
   for _ in $(seq 100); do [[ -s $OUT/strace.$p ]] && break; sleep 0.05; done
 done
-echo "== system calls per request under strace ($n requests, wrk -t1 -c50 ${half}s)"
+echo "== system calls per request under strace ($n requests, $what ${half}s)"
 for side in server client; do
   p=$SERVER; [[ $side == client ]] && p=$CLIENT
   awk -v n="$n" -v side="$side side" '

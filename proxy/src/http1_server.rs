@@ -47,7 +47,8 @@ use crate::drain::Drain;
 use crate::hop::HOP;
 use crate::http::ProxyBody;
 use crate::http1_client::{
-    self, Connection, Encoder, FramingFields, MAX_HEAD, MAX_HEADERS, Writer,
+    self, Connection, Encoder, FEW_FIELDS, FieldSpan, FramingFields, MAX_HEAD, MAX_HEADERS, Writer,
+    field_spans,
 };
 use crate::io::Rewind;
 
@@ -272,8 +273,9 @@ fn parse_request(buf: &mut BytesMut) -> Result<Parse, Refusal> {
         // Below MAX_HEAD: the head is shorter than that.
         (start as u32, (start + s.len()) as u32)
     };
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let count = parsed.headers.len();
+    let (mut few, mut many) = ([(0u32, 0u32, 0u32, 0u32); FEW_FIELDS], Vec::new());
+    let spans = field_spans(&mut few, &mut many, count);
     let mut framing = FramingFields::default();
     let mut speaks_itself = true;
     for (slot, field) in spans.iter_mut().zip(parsed.headers.iter()) {
@@ -318,7 +320,7 @@ fn parse_request(buf: &mut BytesMut) -> Result<Parse, Refusal> {
             format!("invalid request target {target:?}: {e}"),
         )
     })?;
-    let headers = header_map(&head, &spans[..count])?;
+    let headers = header_map(&head, spans)?;
     let head_request = method == Method::HEAD;
     let keep_alive = !framing.close && (version == Version::HTTP_11 || framing.keep_alive);
     let mut request = Request::new(StreamBody::Whole(body));
@@ -335,7 +337,7 @@ fn parse_request(buf: &mut BytesMut) -> Result<Parse, Refusal> {
 }
 
 /// The header fields at `spans` (name and value, start and end) in `head`.
-fn header_map(head: &Bytes, spans: &[(u32, u32, u32, u32)]) -> Result<HeaderMap, Refusal> {
+fn header_map(head: &Bytes, spans: &[FieldSpan]) -> Result<HeaderMap, Refusal> {
     let mut headers = HeaderMap::with_capacity(spans.len());
     for &(ns, ne, vs, ve) in spans {
         let name = &head[ns as usize..ne as usize];
@@ -864,6 +866,28 @@ mod tests {
         client.shutdown().await.expect("the pipe");
         assert_eq!(rest(&mut client).await, "");
         task.await.expect("the server's task").expect("served");
+    }
+
+    #[test]
+    fn heads_with_few_fields_and_with_many_are_read_whole() {
+        for count in [0, FEW_FIELDS, FEW_FIELDS + 1, MAX_HEADERS] {
+            let mut head = String::from("GET /a HTTP/1.1\r\n");
+            for i in 0..count {
+                head.push_str(&format!("x-field-{i}: value {i}\r\n"));
+            }
+            head.push_str("\r\n");
+            let mut buf = BytesMut::from(head.as_bytes());
+            let Ok(Parse::Request(parsed)) = parse_request(&mut buf) else {
+                panic!("{count} fields: not parsed");
+            };
+            let headers = parsed.request.headers();
+            assert_eq!(headers.len(), count, "{count} fields");
+            if count > 0 {
+                let last = format!("x-field-{}", count - 1);
+                assert_eq!(headers[last.as_str()], format!("value {}", count - 1));
+            }
+            assert!(buf.is_empty());
+        }
     }
 
     #[tokio::test]
