@@ -130,7 +130,8 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, drain
                 } else {
                     Version::HTTP_11
                 };
-                serve_http(stream, version, local, caller, ctx, &drain).await;
+                // Boxed, as on the outbound side: the opaque streams' task stays small.
+                Box::pin(serve_http(stream, version, local, caller, ctx, &drain)).await;
             }
             (Some(caller), Some(Carriage::Tcp)) => {
                 tracing::debug!(%caller, "peer authenticated (TCP)");
