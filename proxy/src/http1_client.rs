@@ -355,7 +355,7 @@ fn encode_head<B: Body>(req: &Request<B>, out: &mut Vec<u8>) -> Result<Framing, 
     match added {
         Some(FramingHeader::Length(n)) => {
             out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(n.to_string().as_bytes());
+            push_decimal(out, n);
             out.extend_from_slice(b"\r\n");
         }
         Some(FramingHeader::Chunked) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -444,6 +444,23 @@ fn header_name(bytes: &[u8]) -> Result<HeaderName, Error> {
         None => HeaderName::from_bytes(bytes)
             .map_err(|_| Error::Response("a header name that is not a token")),
     }
+}
+
+/// Appends `n` in decimal, without `fmt` or an allocation (`to_string` was both, once a
+/// response on the server side).
+pub(crate) fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 fn parse_decimal(digits: &[u8]) -> Option<u64> {
@@ -1032,6 +1049,15 @@ mod tests {
         let (parts, mut body) = resp.into_parts();
         let collected = (&mut body).collect().await.expect("body");
         (Response::from_parts(parts, body), collected)
+    }
+
+    #[test]
+    fn decimals_are_written_as_fmt_writes_them() {
+        for n in [0, 7, 10, 1234, 99_999, u64::MAX] {
+            let mut out = b"x".to_vec();
+            push_decimal(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
     }
 
     #[tokio::test]

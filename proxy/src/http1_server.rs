@@ -48,7 +48,7 @@ use crate::hop::HOP;
 use crate::http::ProxyBody;
 use crate::http1_client::{
     self, Connection, Encoder, FEW_FIELDS, FieldSpan, FramingFields, MAX_HEAD, MAX_HEADERS, Writer,
-    field_spans,
+    field_spans, push_decimal,
 };
 use crate::io::Rewind;
 
@@ -459,7 +459,7 @@ fn encode_head(
     } else if framing.chunked.is_none()
         && let Some(Some(n)) = framing.length
     {
-        write_field(out, b"content-length", n.to_string().as_bytes());
+        write_length(out, n);
         (n > 0).then_some(Encoder::Length(n))
     } else if framing.chunked.is_none() && body.is_end_stream() {
         write_field(out, b"content-length", b"0");
@@ -469,7 +469,7 @@ fn encode_head(
         .exact()
         .filter(|_| framing.chunked.is_none())
     {
-        write_field(out, b"content-length", n.to_string().as_bytes());
+        write_length(out, n);
         (n > 0).then_some(Encoder::Length(n))
     } else if http11 {
         write_field(out, b"transfer-encoding", b"chunked");
@@ -485,6 +485,12 @@ fn encode_head(
     }
     out.extend_from_slice(b"\r\n");
     (encoder, keep_alive)
+}
+
+fn write_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    push_decimal(out, n);
+    out.extend_from_slice(b"\r\n");
 }
 
 fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
