@@ -33,6 +33,7 @@ pub mod peer;
 pub mod peer_carriage;
 pub mod peer_client;
 pub mod pool;
+pub mod read_ahead;
 pub mod relay;
 pub mod request_metrics;
 pub mod resident;

@@ -35,6 +35,7 @@ use crate::http::{
 use crate::http1_server;
 use crate::http2_server;
 use crate::metrics::{Direction, RefuseReason, inc};
+use crate::read_ahead::ReadAhead;
 use crate::routing::Routing;
 use crate::tls::{Carriage, peer_identity};
 
@@ -95,7 +96,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, drain
             return;
         };
         let accepted =
-            tokio::time::timeout(ctx.config.connect_timeout, tls.acceptor().accept(stream)).await;
+            tokio::time::timeout(ctx.config.connect_timeout, tls.acceptor().accept(ReadAhead::new(stream))).await;
         let stream = match accepted {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {

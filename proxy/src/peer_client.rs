@@ -17,12 +17,13 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use crate::pool::{Connect, Connected};
+use crate::read_ahead::ReadAhead;
 use crate::tls::{Carriage, MeshTls};
 use crate::xds::Xds;
 
 /// A TLS connection to a peer sidecar.
 #[derive(Debug)]
-pub struct PeerStream(TlsStream<TcpStream>);
+pub struct PeerStream(TlsStream<ReadAhead<TcpStream>>);
 
 impl AsyncRead for PeerStream {
     fn poll_read(

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use mesh_proto::spiffe::SpiffeId;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ClientSessionMemoryCache, ResolvesClientCert, Resumption};
+use rustls::crypto::aws_lc_rs::cipher_suite;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
@@ -23,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::identity::{Identity, spiffe_id, uri_sans};
+use crate::read_ahead::ReadAhead;
 
 /// What a connection between sidecars carries (its ALPN protocol).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -144,6 +146,16 @@ impl ServerCertVerifier for ExpectedPeer {
     }
 }
 
+/// The TLS 1.3 cipher suites between sidecars, the preferred first. AES-128-GCM leads, as in
+/// BoringSSL (Envoy, hence Istio) and Go: with AES instructions it is the cheapest AEAD (10 AES
+/// rounds a block against AES-256's 14; the opaque L4 stream through a pair spends about a third
+/// of the sidecars' CPU in AES-GCM). rustls servers follow the client's order.
+const CIPHER_SUITES: &[rustls::SupportedCipherSuite] = &[
+    cipher_suite::TLS13_AES_128_GCM_SHA256,
+    cipher_suite::TLS13_AES_256_GCM_SHA384,
+    cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+];
+
 /// The sidecar's TLS: one server config for the peer port, client configs per expected peer.
 pub struct MeshTls {
     identity: Arc<Identity>,
@@ -170,7 +182,10 @@ impl MeshTls {
 
     /// Serves `carriages` only, in that order of preference.
     fn serving(identity: Arc<Identity>, carriages: &[Carriage]) -> Result<MeshTls, Error> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let provider = Arc::new(CryptoProvider {
+            cipher_suites: CIPHER_SUITES.to_vec(),
+            ..rustls::crypto::aws_lc_rs::default_provider()
+        });
         let verifier =
             WebPkiClientVerifier::builder_with_provider(identity.roots(), provider.clone())
                 .build()
@@ -244,12 +259,12 @@ impl MeshTls {
         ip: IpAddr,
         expected: &SpiffeId,
         carriage: Carriage,
-    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<ReadAhead<TcpStream>>> {
         let config = self
             .client_config(expected, carriage)
             .map_err(std::io::Error::other)?;
         TlsConnector::from(config)
-            .connect(ServerName::IpAddress(ip.into()), tcp)
+            .connect(ServerName::IpAddress(ip.into()), ReadAhead::new(tcp))
             .await
     }
 }
@@ -368,6 +383,11 @@ mod tests {
             let (_, conn) = tls.get_ref();
             assert_eq!(conn.alpn_protocol(), Some(&b"mesh/h2"[..]));
             assert_eq!(peer_identity(conn), Some(id("web")));
+            assert_eq!(
+                conn.negotiated_cipher_suite().map(|c| c.suite()),
+                Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256),
+                "sidecars prefer AES-128-GCM"
+            );
             let kind = conn.handshake_kind();
             let mut seen = String::new();
             tls.read_to_string(&mut seen).await.expect("read");

@@ -1,0 +1,217 @@
+//! A transport under TLS that reads ahead while bytes stream in.
+//!
+//! rustls asks its transport for at most 4 KiB more than it holds (`read_tls`), so a stream of
+//! 16 KiB records costs about four `recvfrom` calls a record, each of which may send a window
+//! update. [`ReadAhead`] passes small reads straight through (a request or a response of an
+//! HTTP carriage costs nothing more), and once a read fills all that rustls asked for, the
+//! next one takes up to [`AHEAD`] from the socket in one call and serves rustls from that until
+//! it is drained. The buffer is freed when it drains while no stream is flowing.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// How much one read ahead takes from the socket at most.
+pub const AHEAD: usize = 64 * 1024;
+
+/// A read ahead that took at least this much keeps reading ahead: it got more than rustls
+/// asks for at a time.
+const STILL_STREAMING: usize = 16 * 1024;
+
+/// `inner` with a read-ahead buffer; writes go straight to `inner`.
+#[derive(Debug)]
+pub struct ReadAhead<T> {
+    inner: T,
+    ahead: Ahead,
+}
+
+/// Bytes read ahead, `buf[start..end]` not yet handed out.
+#[derive(Debug, Default)]
+struct Ahead {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The last read from the socket filled all it was given (or, reading ahead, at least
+    /// [`STILL_STREAMING`]): more is probably waiting.
+    streaming: bool,
+}
+
+impl Ahead {
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Hands out what is buffered to `out`.
+    fn take_into(&mut self, out: &mut ReadBuf<'_>) {
+        let n = (self.end - self.start).min(out.remaining());
+        out.put_slice(&self.buf[self.start..self.start + n]);
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            if !self.streaming {
+                self.buf = Vec::new();
+            }
+        }
+    }
+}
+
+impl<T> ReadAhead<T> {
+    pub fn new(inner: T) -> ReadAhead<T> {
+        ReadAhead {
+            inner,
+            ahead: Ahead::default(),
+        }
+    }
+
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ReadAhead<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if out.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        if this.ahead.pending().is_empty() {
+            if !this.ahead.streaming || out.remaining() >= AHEAD {
+                let asked = out.remaining();
+                ready!(Pin::new(&mut this.inner).poll_read(cx, out))?;
+                this.ahead.streaming = out.remaining() == 0 && asked < AHEAD;
+                return Poll::Ready(Ok(()));
+            }
+            if this.ahead.buf.len() < AHEAD {
+                this.ahead.buf = vec![0; AHEAD];
+            }
+            let mut fill = ReadBuf::new(&mut this.ahead.buf);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut fill))?;
+            let n = fill.filled().len();
+            this.ahead.streaming = n >= STILL_STREAMING;
+            this.ahead.end = n;
+            if n == 0 {
+                this.ahead.buf = Vec::new();
+                return Poll::Ready(Ok(()));
+            }
+        }
+        this.ahead.take_into(out);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ReadAhead<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Reads `total` bytes in reads of `step`, as rustls does.
+    async fn read_in_steps<R: AsyncRead + Unpin>(r: &mut R, total: usize, step: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = vec![0; step];
+        while got.len() < total {
+            let n = r.read(&mut buf).await.expect("read");
+            assert!(n > 0, "EOF after {} of {total} bytes", got.len());
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn a_stream_read_in_small_steps_arrives_whole_and_in_order() {
+        let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let (mut tx, rx) = tokio::io::duplex(AHEAD * 2);
+        let sent = payload.clone();
+        let writer = tokio::spawn(async move {
+            tx.write_all(&sent).await.expect("write");
+        });
+        let mut r = ReadAhead::new(rx);
+        let got = read_in_steps(&mut r, payload.len(), 4096).await;
+        writer.await.expect("writer");
+        assert_eq!(got, payload);
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).await.expect("read to end");
+        assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn reads_ahead_once_a_read_fills_and_frees_the_buffer_when_drained() {
+        let (mut tx, rx) = tokio::io::duplex(AHEAD * 4);
+        tx.write_all(&vec![7; 3 * 4096]).await.expect("write");
+        let mut r = ReadAhead::new(rx);
+        let mut buf = vec![0; 4096];
+        assert_eq!(r.read(&mut buf).await.expect("read"), 4096);
+        assert!(
+            r.ahead.streaming,
+            "a read that fills its buffer means more is waiting"
+        );
+        assert!(
+            r.ahead.buf.is_empty(),
+            "the first read goes straight through"
+        );
+        assert_eq!(r.read(&mut buf).await.expect("read"), 4096);
+        assert_eq!(
+            r.ahead.pending().len(),
+            4096,
+            "the second read took all 3 x 4 KiB"
+        );
+        assert_eq!(r.read(&mut buf).await.expect("read"), 4096);
+        assert!(!r.ahead.streaming);
+        assert!(
+            r.ahead.buf.is_empty(),
+            "drained while nothing streams: freed"
+        );
+        tx.write_all(b"small").await.expect("write");
+        assert_eq!(r.read(&mut buf).await.expect("read"), 5);
+        assert!(r.ahead.buf.is_empty(), "small reads go straight through");
+    }
+
+    #[tokio::test]
+    async fn eof_while_reading_ahead_is_eof() {
+        let (mut tx, rx) = tokio::io::duplex(AHEAD);
+        tx.write_all(&[1; 10]).await.expect("write");
+        let mut r = ReadAhead::new(rx);
+        let mut buf = [0; 10];
+        r.read_exact(&mut buf).await.expect("read");
+        assert!(r.ahead.streaming);
+        drop(tx);
+        assert_eq!(r.read(&mut buf).await.expect("read"), 0);
+        assert!(r.ahead.buf.is_empty());
+    }
+}
