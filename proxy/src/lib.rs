@@ -11,6 +11,7 @@ pub mod admin;
 pub mod app;
 pub mod authz;
 pub mod balance;
+pub mod batch_copy;
 pub mod body;
 pub mod config;
 pub mod detect;

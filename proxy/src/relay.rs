@@ -30,7 +30,7 @@ where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
 {
-    tokio::io::copy_bidirectional_with_sizes(a, b, CHUNK, CHUNK).await
+    crate::batch_copy::copy_both_ways(a, b, CHUNK).await
 }
 
 /// Counters that the relay adds to as bytes move (they may be shared, e.g. per direction).
