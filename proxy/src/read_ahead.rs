@@ -65,10 +65,6 @@ impl<T> ReadAhead<T> {
             ahead: Ahead::default(),
         }
     }
-
-    pub fn get_ref(&self) -> &T {
-        &self.inner
-    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for ReadAhead<T> {

@@ -147,9 +147,10 @@ impl ServerCertVerifier for ExpectedPeer {
 }
 
 /// The TLS 1.3 cipher suites between sidecars, the preferred first. AES-128-GCM leads, as in
-/// BoringSSL (Envoy, hence Istio) and Go: with AES instructions it is the cheapest AEAD (10 AES
-/// rounds a block against AES-256's 14; the opaque L4 stream through a pair spends about a third
-/// of the sidecars' CPU in AES-GCM). rustls servers follow the client's order.
+/// BoringSSL (Envoy, hence Istio) and Go: 10 AES rounds a block against AES-256's 14. On the
+/// dev VM (AES-NI, no AVX-512) the gain was small: AES-GCM went from 36.9% to 35.2% of the
+/// sidecars' samples in `benches/profile.sh 8 '' perf tcp`. rustls servers follow the client's
+/// order.
 const CIPHER_SUITES: &[rustls::SupportedCipherSuite] = &[
     cipher_suite::TLS13_AES_128_GCM_SHA256,
     cipher_suite::TLS13_AES_256_GCM_SHA384,
