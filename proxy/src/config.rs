@@ -23,9 +23,12 @@ pub enum PeerHttp1 {
     /// In HTTP/2, multiplexed with the other requests to that peer (`mesh/h2`), as Linkerd's
     /// proxies do.
     Http2,
+    /// As HTTP/1.1 on streams multiplexed over one connection per peer (`mesh/mux`, see
+    /// [`crate::mux`]).
+    Mux,
     /// As HTTP/1.1 while fewer than `peer_http1_slots` of the clients' HTTP/1.1 requests to that
-    /// peer are in flight (on either carriage), in HTTP/2 beyond that and for a short hold after
-    /// ([`crate::peer_carriage`]).
+    /// peer are in flight (on either carriage), on `mesh/mux` beyond that and for a short hold
+    /// after ([`crate::peer_carriage`]).
     Auto,
 }
 

@@ -31,7 +31,7 @@ use crate::hop::HOP;
 use crate::http1_server;
 use crate::io::Rewind;
 use crate::peer_carriage::{Http1Slot, Http1Slots, SlotBody};
-use crate::peer_client::PeerConnector;
+use crate::peer_client::{MuxConnector, PeerConnector};
 use crate::pool::{Pool, PoolError, PooledBody, TcpConnector, Version as PoolVersion};
 use crate::request_metrics::RouteStats;
 use crate::route::RequestView;
@@ -79,6 +79,8 @@ pub struct HttpClients {
 struct PeerClients {
     http1: Pool<PeerConnector, StreamBody>,
     http2: Pool<PeerConnector, StreamBody>,
+    /// HTTP/1.1 on streams of one connection per peer (`mesh/mux`).
+    mux: Pool<MuxConnector, StreamBody>,
     http1_as: Http1Carriage,
 }
 
@@ -87,16 +89,29 @@ struct PeerClients {
 enum Http1Carriage {
     Http1,
     Http2,
+    Mux,
     /// `mesh/h1` while few of the clients' HTTP/1.1 requests to the peer are in flight,
-    /// `mesh/h2` otherwise (see [`Http1Slots`]).
+    /// `mesh/mux` otherwise (see [`Http1Slots`]).
     Auto(Arc<Http1Slots>),
 }
 
-/// How a request goes to a peer sidecar: in `version`, holding `slot` (it counts the request
-/// in flight) under `--peer-http1 auto`.
+/// Where a request goes: straight to its destination, or through a peer sidecar over one of
+/// its carriages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Direct,
+    /// `mesh/h2` or `mesh/h1`, as the request's version says.
+    Peer,
+    /// `mesh/mux` (the request is HTTP/1.1).
+    PeerMux,
+}
+
+/// How a request goes to a peer sidecar: in `version`, multiplexed on `mesh/mux` when `muxed`,
+/// holding `slot` (it counts the request in flight) under `--peer-http1 auto`.
 #[derive(Debug)]
 pub struct PeerRoute {
     pub version: Version,
+    pub muxed: bool,
     pub slot: Option<Http1Slot>,
 }
 
@@ -104,6 +119,15 @@ impl PeerRoute {
     fn of(version: Version) -> PeerRoute {
         PeerRoute {
             version,
+            muxed: false,
+            slot: None,
+        }
+    }
+
+    fn muxed() -> PeerRoute {
+        PeerRoute {
+            version: Version::HTTP_11,
+            muxed: true,
             slot: None,
         }
     }
@@ -121,10 +145,12 @@ impl HttpClients {
         let connector = TcpConnector::new(connect_timeout);
         let peer = peer.map(|connector| PeerClients {
             http1: Pool::new(connector.clone().over(Carriage::Http1), PoolVersion::Http1),
+            mux: Pool::new(MuxConnector::new(connector.clone()), PoolVersion::Http1),
             http2: Pool::new(connector.over(Carriage::Http2), PoolVersion::Http2),
             http1_as: match peer_http1 {
                 PeerHttp1::Http1 => Http1Carriage::Http1,
                 PeerHttp1::Http2 => Http1Carriage::Http2,
+                PeerHttp1::Mux => Http1Carriage::Mux,
                 PeerHttp1::Auto => Http1Carriage::Auto(Http1Slots::new(peer_http1_slots)),
             },
         });
@@ -151,25 +177,22 @@ impl HttpClients {
         Some(match &clients.http1_as {
             Http1Carriage::Http1 => PeerRoute::of(Version::HTTP_11),
             Http1Carriage::Http2 => PeerRoute::of(Version::HTTP_2),
+            Http1Carriage::Mux => PeerRoute::muxed(),
             Http1Carriage::Auto(slots) => {
                 let slot = slots.take(peer);
                 PeerRoute {
-                    version: if slot.on_http1() {
-                        Version::HTTP_11
-                    } else {
-                        Version::HTTP_2
-                    },
+                    version: Version::HTTP_11,
+                    muxed: !slot.on_http1(),
                     slot: Some(slot),
                 }
             }
         })
     }
 
-    /// Sends `req` to `addr`; `to_peer` when that is a peer sidecar's port, over `mesh/h2` or
-    /// `mesh/h1` as its version says ([`HttpClients::peer_route`] chose it). The request is as
-    /// [`upstream_request`] makes it.
+    /// Sends `req` to `addr`, through a peer sidecar's port as `via` says
+    /// ([`HttpClients::peer_route`] chose it). The request is as [`upstream_request`] makes it.
     ///
-    /// Not an `async fn`: its four pools' futures are the variants of one enum ([`Either`]),
+    /// Not an `async fn`: its five pools' futures are the variants of one enum ([`Either`]),
     /// laid over each other, where an `async fn` awaiting each in its own arm kept room for
     /// more than two of them (`std::mem::size_of_val` of the future tells), and every move of
     /// the request's future, which holds this one, copied that room.
@@ -177,14 +200,19 @@ impl HttpClients {
         &self,
         req: Request<StreamBody>,
         addr: SocketAddr,
-        to_peer: bool,
+        via: Via,
     ) -> impl Future<Output = Result<Response<PooledBody<StreamBody>>, PoolError>> + '_ {
         let http2 = req.version() == Version::HTTP_2;
-        match (&self.peer, to_peer) {
-            (Some(peer), true) if http2 => Either::Left(Either::Left(peer.http2.send(req, addr))),
-            (Some(peer), true) => Either::Left(Either::Right(peer.http1.send(req, addr))),
-            _ if http2 => Either::Right(Either::Left(self.http2.send(req, addr))),
-            _ => Either::Right(Either::Right(self.http1.send(req, addr))),
+        match (&self.peer, via) {
+            (Some(peer), Via::PeerMux) => Either::Left(peer.mux.send(req, addr)),
+            (Some(peer), Via::Peer) if http2 => {
+                Either::Right(Either::Left(Either::Left(peer.http2.send(req, addr))))
+            }
+            (Some(peer), Via::Peer) => {
+                Either::Right(Either::Left(Either::Right(peer.http1.send(req, addr))))
+            }
+            _ if http2 => Either::Right(Either::Right(Either::Left(self.http2.send(req, addr)))),
+            _ => Either::Right(Either::Right(Either::Right(self.http1.send(req, addr)))),
         }
     }
 }
@@ -387,7 +415,7 @@ async fn forward(
         req.headers_mut().insert(HOST, host.clone());
     }
     // A meshed endpoint is reached through its sidecar's peer port.
-    let (peer, slot) = match picked
+    let (peer, via, slot) = match picked
         .meshed()
         .then(|| {
             ctx.http
@@ -402,11 +430,11 @@ async fn forward(
                 service: Some(&service.name),
                 endpoint: &picked,
             };
-            (Some(hop), route.slot)
+            let via = if route.muxed { Via::PeerMux } else { Via::Peer };
+            (Some(hop), via, route.slot)
         }
-        None => (None, None),
+        None => (None, Via::Direct, None),
     };
-    let to_peer = peer.is_some();
     let addr = upstream_addr(endpoint, peer);
     let upstream = match upstream_request(req, endpoint, upgrade.is_some(), path.as_deref(), peer) {
         Ok(r) => r,
@@ -416,7 +444,7 @@ async fn forward(
     // take room of its own beside the timeout's copy of it.
     let result = match route.timeout {
         Some(limit) => {
-            match tokio::time::timeout(limit, ctx.http.send(upstream, addr, to_peer)).await {
+            match tokio::time::timeout(limit, ctx.http.send(upstream, addr, via)).await {
                 Ok(r) => r,
                 Err(_) => {
                     let reason = format!(
@@ -426,7 +454,7 @@ async fn forward(
                 }
             }
         }
-        None => ctx.http.send(upstream, addr, to_peer).await,
+        None => ctx.http.send(upstream, addr, via).await,
     };
     match result {
         Ok(mut resp) => {

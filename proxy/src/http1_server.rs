@@ -187,7 +187,13 @@ fn poll_next<I: AsyncRead + AsyncWrite + Unpin>(
     cx: &mut Context<'_>,
 ) -> Poll<Next> {
     if conn.read.is_empty() && drained.poll(cx).is_ready() {
-        return Poll::Ready(Next::Closed);
+        // Draining: an idle connection closes, but a request that has already arrived (on a
+        // `mesh/mux` stream opened just before the peer read its GOAWAY, say) is served, with
+        // `connection: close`.
+        match conn.poll_fill(cx) {
+            Poll::Ready(Ok(n)) if n > 0 => {}
+            _ => return Poll::Ready(Next::Closed),
+        }
     }
     loop {
         if !conn.read.is_empty() {

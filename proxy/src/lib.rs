@@ -29,6 +29,7 @@ pub mod io;
 pub mod listener;
 pub mod meshd;
 pub mod metrics;
+pub mod mux;
 pub mod orig_dst;
 pub mod peer;
 pub mod peer_carriage;

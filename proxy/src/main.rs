@@ -41,11 +41,12 @@ struct Args {
     /// How plain TCP is relayed: splice (zero copy) or copy.
     #[arg(long, value_enum, default_value_t = RelayMode::Splice)]
     relay: RelayMode,
-    /// How HTTP/1.1 requests go to a peer sidecar: `auto` as HTTP/1.1 while fewer than
-    /// --peer-http1-slots of them to that peer are in flight and in HTTP/2 beyond (and for
-    /// 20 ms after a request last found that many),
-    /// `http1` always as HTTP/1.1 over pooled mTLS connections, `http2` always multiplexed in
-    /// HTTP/2. (HTTP/2 requests always go as HTTP/2, upgrades such as WebSocket as HTTP/1.1.)
+    /// How HTTP/1.1 requests go to a peer sidecar: `auto` as HTTP/1.1 on mTLS connections of
+    /// their own while fewer than --peer-http1-slots of them to that peer are in flight, and on
+    /// streams multiplexed over one connection (`mesh/mux`) beyond (and for 20 ms after a
+    /// request last found that many); `http1` always on connections of their own, `mux` always
+    /// multiplexed, `http2` always multiplexed in HTTP/2. (HTTP/2 requests always go as HTTP/2,
+    /// upgrades such as WebSocket as HTTP/1.1 on a connection of their own.)
     #[arg(long, value_enum, env = "MESH_PEER_HTTP1", default_value_t = PeerHttp1::Auto)]
     peer_http1: PeerHttp1,
     /// Under --peer-http1 auto: below how many HTTP/1.1 requests in flight to a peer sidecar the

@@ -7,7 +7,12 @@ use crate::detect::Protocol;
 use crate::tls::Carriage;
 
 /// What connections from peer sidecars carry, in the order of [`Metrics::peers`].
-const CARRIAGES: [Carriage; 3] = [Carriage::Http1, Carriage::Http2, Carriage::Tcp];
+const CARRIAGES: [Carriage; 4] = [
+    Carriage::Http1,
+    Carriage::Http2,
+    Carriage::Tcp,
+    Carriage::Mux,
+];
 
 /// Which listener a connection came in on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,7 +103,7 @@ pub struct Metrics {
     /// Protocol detection outcomes, by [`Protocol::ALL`] index.
     detected: [AtomicU64; 4],
     /// Connections accepted from peer sidecars, by [`CARRIAGES`] index.
-    peers: [AtomicU64; 3],
+    peers: [AtomicU64; 4],
 }
 
 /// Adds one to a counter.

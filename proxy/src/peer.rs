@@ -30,11 +30,12 @@ use crate::drain::Drain;
 use crate::forward::Context;
 use crate::hop::{self, HOP, Hop};
 use crate::http::{
-    ProxyBody, join_upgraded, path_and_query, side_error, target_uri, wants_upgrade,
+    ProxyBody, Via, join_upgraded, path_and_query, side_error, target_uri, wants_upgrade,
 };
 use crate::http1_server;
 use crate::http2_server;
 use crate::metrics::{Direction, RefuseReason, inc};
+use crate::mux;
 use crate::read_ahead::ReadAhead;
 use crate::routing::Routing;
 use crate::tls::{Carriage, peer_identity};
@@ -134,6 +135,11 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, drain
                 // Boxed, as on the outbound side: the opaque streams' task stays small.
                 Box::pin(serve_http(stream, version, local, caller, ctx, &drain)).await;
             }
+            (Some(caller), Some(Carriage::Mux)) => {
+                tracing::debug!(%caller, "peer authenticated (mesh/mux)");
+                let caller = Arc::new(Caller::new(caller, &ctx));
+                Box::pin(serve_mux(stream, local, caller, ctx, &drain)).await;
+            }
             (Some(caller), Some(Carriage::Tcp)) => {
                 tracing::debug!(%caller, "peer authenticated (TCP)");
                 serve_tcp(stream, local, caller, ctx).await;
@@ -183,6 +189,32 @@ async fn serve_http<S>(
         return;
     }
     if let Err(e) = http1_server::serve(stream, BytesMut::new(), Some(drain), answer).await {
+        tracing::debug!(error = %e, "peer connection ended with an error");
+    }
+}
+
+/// HTTP/1.1 on each stream of a `mesh/mux` connection from a peer (see [`crate::mux`]), as
+/// on a `mesh/h1` connection of its own.
+async fn serve_mux<S>(
+    stream: S,
+    local: SocketAddr,
+    caller: Arc<Caller>,
+    ctx: Arc<Context>,
+    drain: &Drain,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let loopback = loopback_of(local);
+    let caller = Some(&*caller);
+    let ctx = &*ctx;
+    let answer = move |req: Request<StreamBody>| answer_peer(req, local, loopback, caller, ctx);
+    let answer = &answer;
+    let served = mux::serve(stream, drain, |stream| async move {
+        if let Err(e) = http1_server::serve(stream, BytesMut::new(), Some(drain), answer).await {
+            tracing::debug!(error = %e, "mesh/mux stream ended with an error");
+        }
+    });
+    if let Err(e) = served.await {
         tracing::debug!(error = %e, "peer connection ended with an error");
     }
 }
@@ -387,7 +419,7 @@ async fn to_app(
         }
     };
     let request = Request::from_parts(parts, body);
-    match ctx.http.send(request, app, false).await {
+    match ctx.http.send(request, app, Via::Direct).await {
         Ok(mut resp) => {
             if let Some(from_peer) =
                 upgrade.filter(|_| resp.status() == StatusCode::SWITCHING_PROTOCOLS)

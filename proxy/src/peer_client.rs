@@ -1,13 +1,14 @@
 //! The client side of connections between sidecars: TCP to the peer's sidecar port, then mutual
 //! TLS that proves the peer is the identity meshd published for that address.
 //!
-//! [`PeerConnector`] feeds the connection pools (`mesh/h1` and `mesh/h2`); [`open_tcp`] opens
+//! [`PeerConnector`] feeds the connection pools (`mesh/h1` and `mesh/h2`), [`MuxConnector`] the
+//! pool of streams multiplexed over one connection per peer (`mesh/mux`); [`open_tcp`] opens
 //! one opaque stream (`mesh/tcp`) and sends the 2-byte target port first.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
@@ -16,6 +17,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use crate::addr_map::AddrMap;
+use crate::mux::{self, MuxStream, WeakSession};
 use crate::pool::{Connect, Connected};
 use crate::read_ahead::ReadAhead;
 use crate::tls::{Carriage, MeshTls};
@@ -68,7 +71,12 @@ impl AsyncWrite for PeerStream {
 impl PeerStream {
     /// The handshake chose `mesh/h2`.
     pub fn is_http2(&self) -> bool {
-        Carriage::from_alpn(self.0.get_ref().1.alpn_protocol()) == Some(Carriage::Http2)
+        self.carriage() == Some(Carriage::Http2)
+    }
+
+    /// What the handshake chose.
+    pub fn carriage(&self) -> Option<Carriage> {
+        Carriage::from_alpn(self.0.get_ref().1.alpn_protocol())
     }
 }
 
@@ -162,6 +170,148 @@ impl Connect for PeerConnector {
         Ok(Connected {
             http2: stream.is_http2(),
             io: stream,
+        })
+    }
+}
+
+/// A connection of the `mesh/mux` pool: a stream of the peer's session or, to a sidecar built
+/// before `mesh/mux`, a connection of its own.
+#[derive(Debug)]
+pub enum PeerIo {
+    Muxed(MuxStream),
+    Direct(Box<PeerStream>),
+}
+
+impl AsyncRead for PeerIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            PeerIo::Muxed(s) => Pin::new(s).poll_read(cx, buf),
+            PeerIo::Direct(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for PeerIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            PeerIo::Muxed(s) => Pin::new(s).poll_write(cx, buf),
+            PeerIo::Direct(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            PeerIo::Muxed(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            PeerIo::Direct(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            PeerIo::Muxed(s) => s.is_write_vectored(),
+            PeerIo::Direct(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            PeerIo::Muxed(s) => Pin::new(s).poll_flush(cx),
+            PeerIo::Direct(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            PeerIo::Muxed(s) => Pin::new(s).poll_shutdown(cx),
+            PeerIo::Direct(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Each peer's `mesh/mux` session, behind a lock held while one is made, so the requests
+/// that arrive meanwhile wait for it instead of making more.
+type Sessions = Mutex<AddrMap<SocketAddr, Arc<tokio::sync::Mutex<WeakSession>>>>;
+
+/// Connects the `mesh/mux` pool: each new "connection" is a new stream on the peer's session;
+/// the first makes the session (one mTLS connection), the rest share it until it ends, the
+/// peer drains it, or it holds [`mux::MAX_STREAMS`]. The pool keeps idle streams as it keeps
+/// idle connections, so a stream serves many requests.
+#[derive(Debug, Clone)]
+pub struct MuxConnector {
+    peer: PeerConnector,
+    sessions: Arc<Sessions>,
+}
+
+impl MuxConnector {
+    pub fn new(peer: PeerConnector) -> MuxConnector {
+        MuxConnector {
+            peer: peer.over(Carriage::Mux),
+            sessions: Arc::default(),
+        }
+    }
+
+    /// The lock of `addr`'s session. Entries of peers without a session go when the map has
+    /// grown past twice its size at the last sweep.
+    fn session_of(&self, addr: SocketAddr) -> Arc<tokio::sync::Mutex<WeakSession>> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = sessions.get(&addr) {
+            return slot.clone();
+        }
+        if sessions.len() >= 64 && sessions.len().is_power_of_two() {
+            sessions.retain(|_, slot| {
+                Arc::strong_count(slot) > 1 || slot.try_lock().is_ok_and(|s| s.is_alive())
+            });
+        }
+        sessions.entry(addr).or_default().clone()
+    }
+}
+
+impl Connect for MuxConnector {
+    type Io = PeerIo;
+
+    async fn connect(&self, addr: SocketAddr) -> io::Result<Connected<Self::Io>> {
+        let slot = self.session_of(addr);
+        let mut session = slot.lock().await;
+        if let Some(stream) = session.upgrade().and_then(|s| s.open()) {
+            return Ok(Connected {
+                http2: false,
+                io: PeerIo::Muxed(stream),
+            });
+        }
+        let peer = &self.peer;
+        let stream = connect(&peer.tls, &peer.xds, addr, Carriage::Mux, peer.timeout).await?;
+        if stream.carriage() != Some(Carriage::Mux) {
+            // A sidecar built before `mesh/mux`.
+            return Ok(Connected {
+                http2: stream.is_http2(),
+                io: PeerIo::Direct(Box::new(stream)),
+            });
+        }
+        let (new, driver) = mux::Session::client(stream);
+        tokio::spawn(async move {
+            if let Err(e) = driver.await {
+                tracing::debug!(%addr, error = %e, "mesh/mux connection ended with an error");
+            }
+        });
+        *session = new.downgrade();
+        let stream = new.open().ok_or_else(|| {
+            io::Error::other(format!("mesh/mux to {addr}: no stream on a new session"))
+        })?;
+        Ok(Connected {
+            http2: false,
+            io: PeerIo::Muxed(stream),
         })
     }
 }

@@ -35,6 +35,8 @@ pub enum Carriage {
     Http2,
     /// One opaque TCP stream; the first two bytes are the target port (big-endian).
     Tcp,
+    /// Streams multiplexed by [`crate::mux`], each carrying HTTP/1.1 as `mesh/h1` does.
+    Mux,
 }
 
 impl Carriage {
@@ -43,6 +45,7 @@ impl Carriage {
             Carriage::Http1 => b"mesh/h1",
             Carriage::Http2 => b"mesh/h2",
             Carriage::Tcp => b"mesh/tcp",
+            Carriage::Mux => b"mesh/mux",
         }
     }
 
@@ -55,6 +58,9 @@ impl Carriage {
             Carriage::Http1 => &[Carriage::Http1, Carriage::Http2],
             Carriage::Http2 => &[Carriage::Http2],
             Carriage::Tcp => &[Carriage::Tcp],
+            // A sidecar built before `mesh/mux` picks one of the others; the client then
+            // speaks HTTP/1.1 (or HTTP/2) on that connection alone.
+            Carriage::Mux => &[Carriage::Mux, Carriage::Http1, Carriage::Http2],
         }
     }
 
@@ -63,6 +69,7 @@ impl Carriage {
             Some(b"mesh/h1") => Some(Carriage::Http1),
             Some(b"mesh/h2") => Some(Carriage::Http2),
             Some(b"mesh/tcp") => Some(Carriage::Tcp),
+            Some(b"mesh/mux") => Some(Carriage::Mux),
             _ => None,
         }
     }
@@ -178,7 +185,16 @@ impl MeshTls {
     /// Serves every carriage, the server's preference first: `mesh/h1` when the client offers it
     /// (see [`Carriage::offers`]).
     pub fn new(identity: Arc<Identity>) -> Result<MeshTls, Error> {
-        MeshTls::serving(identity, &[Carriage::Http1, Carriage::Http2, Carriage::Tcp])
+        MeshTls::serving(
+            identity,
+            // The server's order decides: `mesh/mux` first for a client that offers it.
+            &[
+                Carriage::Mux,
+                Carriage::Http1,
+                Carriage::Http2,
+                Carriage::Tcp,
+            ],
+        )
     }
 
     /// Serves `carriages` only, in that order of preference.
@@ -418,7 +434,9 @@ mod tests {
             (&current, Carriage::Http1, Carriage::Http1),
             (&current, Carriage::Http2, Carriage::Http2),
             (&current, Carriage::Tcp, Carriage::Tcp),
+            (&current, Carriage::Mux, Carriage::Mux),
             (&older, Carriage::Http1, Carriage::Http2),
+            (&older, Carriage::Mux, Carriage::Http2),
             (&older, Carriage::Http2, Carriage::Http2),
             (&older, Carriage::Tcp, Carriage::Tcp),
         ] {

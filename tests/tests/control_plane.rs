@@ -548,7 +548,7 @@ fn peak_ewma_balancing_moves_load_off_a_slow_endpoint() -> anyhow::Result<()> {
 const HTTP1_SLOTS: u64 = 4;
 
 #[test]
-fn http1_requests_ride_pooled_http1_connections_up_to_the_slots_and_the_rest_one_http2_connection()
+fn http1_requests_ride_pooled_http1_connections_up_to_the_slots_and_the_rest_one_mux_connection()
 -> anyhow::Result<()> {
     let s = scene("cp-carriage")?;
     let _slow = s.b.start_app(&[
@@ -584,13 +584,17 @@ fn http1_requests_ride_pooled_http1_connections_up_to_the_slots_and_the_rest_one
         );
     }
     assert_eq!(
-        (carried("mesh/h1")?, carried("mesh/h2")?),
-        (1, 0),
+        (
+            carried("mesh/h1")?,
+            carried("mesh/mux")?,
+            carried("mesh/h2")?
+        ),
+        (1, 0, 0),
         "one mesh/h1 connection carried the 20 requests"
     );
     // Two more at once than there are slots, to an endpoint that answers after 2 s: the first
     // HTTP1_SLOTS on mesh/h1 (the idle connection and new ones), the others, which find that
-    // many in flight, multiplexed on one mesh/h2 connection. On either the app sees the Host
+    // many in flight, on streams of one mesh/mux connection. On either the app sees the Host
     // the client sent.
     let answers: Vec<anyhow::Result<std::process::Output>> = std::thread::scope(|scope| {
         let calls: Vec<_> = (0..HTTP1_SLOTS + 2)
@@ -618,9 +622,13 @@ fn http1_requests_ride_pooled_http1_connections_up_to_the_slots_and_the_rest_one
         );
     }
     assert_eq!(
-        (carried("mesh/h1")?, carried("mesh/h2")?),
-        (HTTP1_SLOTS, 1),
-        "at most {HTTP1_SLOTS} mesh/h1 connections, and one mesh/h2 for the rest"
+        (
+            carried("mesh/h1")?,
+            carried("mesh/mux")?,
+            carried("mesh/h2")?
+        ),
+        (HTTP1_SLOTS, 1, 0),
+        "at most {HTTP1_SLOTS} mesh/h1 connections, and one mesh/mux for the rest"
     );
     Ok(())
 }

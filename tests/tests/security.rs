@@ -173,6 +173,42 @@ fn http1_between_sidecars_and_upgraded_connections_stay_inside_mutual_tls() -> a
 }
 
 #[test]
+fn http1_multiplexed_between_sidecars_stays_inside_mutual_tls_on_one_connection()
+-> anyhow::Result<()> {
+    // a carries every HTTP/1.1 request on streams of one mesh/mux connection.
+    let s = scene_with("sec-mux", &[], &["--peer-http1", "mux"])?;
+    let strict = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default}\nspec: {mtls: {mode: STRICT}}\n";
+    s.cp.apply(strict, true)?;
+    let capture = s.net.capture("tcp")?;
+    for _ in 0..5 {
+        served(&s.a, WEB)?;
+    }
+    let packets = capture.finish()?;
+    assert!(packets.contains("10.77.0.4.15008"), "{packets}");
+    for plaintext in ["GET / HTTP", "hello from b"] {
+        assert!(
+            !packets.contains(plaintext),
+            "`{plaintext}` on the wire:\n{packets}"
+        );
+    }
+    let carried = |alpn: &str| {
+        s.b.metric(&format!(
+            "mesh_peer_connections_total{{carriage=\"{alpn}\"}}"
+        ))
+    };
+    assert_eq!(
+        (
+            carried("mesh/mux")?,
+            carried("mesh/h1")?,
+            carried("mesh/h2")?
+        ),
+        (1, 0, 0),
+        "one mesh/mux connection carried the 5 requests"
+    );
+    Ok(())
+}
+
+#[test]
 fn strict_refuses_plaintext_from_outside_the_mesh_and_permissive_serves_it() -> anyhow::Result<()> {
     let s = scene("sec-strict", &[])?;
     // PERMISSIVE by default: the outsider reaches b's app through b's sidecar.
