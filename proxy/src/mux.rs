@@ -39,11 +39,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::drain::Drain;
 
 /// Bytes one direction of a stream may have in flight, unread by the other side.
-pub const WINDOW: u32 = 256 * 1024;
+pub const WINDOW: u32 = 128 * 1024;
 
 /// Streams open at once on one session; the server refuses more, the client opens another
-/// session.
-pub const MAX_STREAMS: usize = 1024;
+/// session. With [`WINDOW`], what one peer can make a sidecar hold for a connection is bounded
+/// (256 streams × 128 KiB = 32 MiB at worst).
+pub const MAX_STREAMS: usize = 256;
 
 /// The largest payload of one frame (the length field is 16 bits).
 const MAX_FRAME: usize = 32 * 1024;
