@@ -2,7 +2,7 @@
 # How the mTLS pair's requests split between the carriages under load: runs the pair (as
 # benches/pair-memory.sh does) under wrk, then prints the bytes the server sidecar received on
 # each peer connection (ss), smallest first: under --peer-http1 auto, the mesh/h1 connections
-# and the one mesh/h2. A count, not a rate, so it holds on a noisy host. With CONNS=1 every
+# and the one multiplexed (mesh/mux; mesh/h2 under --peer-http1 http2). A count, not a rate, so it holds on a noisy host. With CONNS=1 every
 # request goes on one mesh/h1 connection, which gives the bytes per request on mesh/h1. With
 # RATE=N the load is oha at N req/s (as the harness's fixed-rate test) instead of wrk's closed loop.
 #   [MESH_BIN_DIR=DIR] [CONNS=50] [RATE=N] benches/carriage-share.sh [SECONDS]

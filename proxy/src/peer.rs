@@ -2,7 +2,8 @@
 //! identities (see [`crate::tls`]).
 //!
 //! An outbound sidecar sends the HTTP requests for a meshed endpoint to that endpoint's sidecar:
-//! HTTP/2 requests over one multiplexed HTTP/2 connection (ALPN `mesh/h2`); protocol upgrades
+//! HTTP/2 requests over one multiplexed HTTP/2 connection (ALPN `mesh/h2`); HTTP/1.1 requests
+//! under load on streams of one `mesh/mux` connection (see [`crate::mux`]); protocol upgrades
 //! (WebSocket) over pooled HTTP/1.1 connections (`mesh/h1`), where an upgraded connection stays
 //! inside the mutual TLS; HTTP/1.1 requests over either, as that sidecar's `--peer-http1` says
 //! (see [`crate::peer_carriage`]). Each request carries the app port it is for, the protocol the

@@ -1,8 +1,9 @@
 //! Which carriage an HTTP/1.1 request to a peer sidecar takes under `--peer-http1 auto`: one of
 //! that peer's pooled HTTP/1.1 connections (`mesh/h1`) while fewer than `limit` of the clients'
 //! HTTP/1.1 requests to it are in flight, on either carriage, and no request found `limit` in
-//! flight within the last [`BUSY_HOLD`]; its multiplexed HTTP/2 connection (`mesh/h2`)
-//! otherwise.
+//! flight within the last [`BUSY_HOLD`]; a stream of its multiplexed connection otherwise
+//! (`mesh/mux`, see [`crate::mux`]; `mesh/h2`, HTTP/2, until 2026-12-05). Below, "in HTTP/2"
+//! means that multiplexed carriage.
 //!
 //! Measured side by side (`benches/RESULTS.md`), HTTP/1.1 between the sidecars costs less per
 //! request while requests come one at a time (no HTTP/2 framing, no task per stream), and HTTP/2
