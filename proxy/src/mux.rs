@@ -929,34 +929,28 @@ mod tests {
         assert_eq!(back, b"BEFORE");
     }
 
-    #[tokio::test]
-    async fn a_frame_of_an_unknown_kind_ends_the_connection_with_an_error_naming_it() {
+    /// The error a server ends with after reading `bytes` from its client.
+    async fn server_error_after(bytes: &[u8]) -> String {
         let (mut client_io, server_io) = duplex(1024);
         let served = tokio::spawn(async move {
             let drain = Drain::new();
             serve(server_io, &drain, |_stream| async {}).await
         });
-        client_io
-            .write_all(&[0, 0, 0, 1, 9, 0, 0, 0])
-            .await
-            .expect("write");
+        client_io.write_all(bytes).await.expect("write");
         let err = served.await.expect("join").expect_err("a protocol error");
-        assert!(err.to_string().contains("unknown kind 9"), "{err}");
+        err.to_string()
+    }
+
+    #[tokio::test]
+    async fn a_frame_of_an_unknown_kind_ends_the_connection_with_an_error_naming_it() {
+        let err = server_error_after(&[0, 0, 0, 1, 9, 0, 0, 0]).await;
+        assert!(err.contains("unknown kind 9"), "{err}");
     }
 
     #[tokio::test]
     async fn a_frame_longer_than_the_largest_ends_the_connection_with_an_error_naming_it() {
-        let (mut client_io, server_io) = duplex(1024);
-        let served = tokio::spawn(async move {
-            let drain = Drain::new();
-            serve(server_io, &drain, |_stream| async {}).await
-        });
         // A DATA frame (kind 0) on stream 1 announcing 65,535 bytes.
-        client_io
-            .write_all(&[0, 0, 0, 1, 0, 0, 0xff, 0xff])
-            .await
-            .expect("write");
-        let err = served.await.expect("join").expect_err("a protocol error");
-        assert!(err.to_string().contains("a frame of 65535 bytes"), "{err}");
+        let err = server_error_after(&[0, 0, 0, 1, 0, 0, 0xff, 0xff]).await;
+        assert!(err.contains("a frame of 65535 bytes"), "{err}");
     }
 }
