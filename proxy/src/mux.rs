@@ -453,8 +453,8 @@ struct Driver<S> {
     shared: Arc<Shared>,
     /// Zeroed once, when made: a TLS stream initializes every byte of the room a read offers
     /// (`ReadBuf::initialize_unfilled`), which over uninitialized room (a `BytesMut`'s spare
-    /// capacity) was a `memset` of tens of KiB a read, 1-2k instructions a request in
-    /// callgrind's count. `read[start..end]` is what has come and is not yet dispatched.
+    /// capacity) would be a `memset` at every read. `read[start..end]` is what has come and is
+    /// not yet dispatched.
     read: Box<[u8]>,
     start: usize,
     end: usize,
