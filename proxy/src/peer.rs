@@ -99,7 +99,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, drain
         };
         let accepted =
             tokio::time::timeout(ctx.config.connect_timeout, tls.acceptor().accept(ReadAhead::new(stream))).await;
-        let stream = match accepted {
+        let mut stream = match accepted {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
                 inc(ctx
@@ -138,6 +138,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, drain
             }
             (Some(caller), Some(Carriage::Mux)) => {
                 tracing::debug!(%caller, "peer authenticated (mesh/mux)");
+                stream.get_mut().0.keep_buffer();
                 let caller = Arc::new(Caller::new(caller, &ctx));
                 Box::pin(serve_mux(stream, local, caller, ctx, &drain)).await;
             }

@@ -5,7 +5,10 @@
 //! update. [`ReadAhead`] passes small reads straight through (a request or a response of an
 //! HTTP carriage costs nothing more), and once a read fills all that rustls asked for, the
 //! next one takes up to [`AHEAD`] from the socket in one call and serves rustls from that until
-//! it is drained. The buffer is freed when it drains while no stream is flowing.
+//! it is drained. The buffer is freed when it drains while no stream is flowing, unless the
+//! connection asked to keep it ([`ReadAhead::keep_buffer`]): a multiplexed connection streams
+//! on and off all its life, and allocating (zeroed) 64 KiB each time it starts again cost more
+//! than the rest of a read.
 
 use std::io;
 use std::pin::Pin;
@@ -36,6 +39,8 @@ struct Ahead {
     /// The last read from the socket filled all it was given (or, reading ahead, at least
     /// [`STILL_STREAMING`]): more is probably waiting.
     streaming: bool,
+    /// Keep `buf` when it drains (see [`ReadAhead::keep_buffer`]).
+    keep: bool,
 }
 
 impl Ahead {
@@ -51,7 +56,7 @@ impl Ahead {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
-            if !self.streaming {
+            if !self.streaming && !self.keep {
                 self.buf = Vec::new();
             }
         }
@@ -64,6 +69,13 @@ impl<T> ReadAhead<T> {
             inner,
             ahead: Ahead::default(),
         }
+    }
+
+    /// Keeps the read-ahead buffer, once allocated, for the rest of the connection's life
+    /// rather than freeing it each time it drains: for a connection that carries many streams
+    /// (`mesh/mux`), at the cost of [`AHEAD`] bytes held while it is idle.
+    pub fn keep_buffer(&mut self) {
+        self.ahead.keep = true;
     }
 }
 
@@ -196,6 +208,31 @@ mod tests {
         tx.write_all(b"small").await.expect("write");
         assert_eq!(r.read(&mut buf).await.expect("read"), 5);
         assert!(r.ahead.buf.is_empty(), "small reads go straight through");
+    }
+
+    #[tokio::test]
+    async fn a_kept_buffer_survives_draining_and_is_reused() {
+        let (mut tx, rx) = tokio::io::duplex(AHEAD * 4);
+        let mut r = ReadAhead::new(rx);
+        r.keep_buffer();
+        let mut buf = vec![0; 4096];
+        for round in 0..3u8 {
+            tx.write_all(&vec![round; 3 * 4096]).await.expect("write");
+            for _ in 0..3 {
+                assert_eq!(r.read(&mut buf).await.expect("read"), 4096);
+                assert!(
+                    buf.iter().all(|&b| b == round),
+                    "round {round}: stale bytes"
+                );
+            }
+            assert!(r.ahead.pending().is_empty());
+            assert!(!r.ahead.streaming);
+            assert_eq!(
+                r.ahead.buf.len(),
+                AHEAD,
+                "round {round}: drained while nothing streams, but kept"
+            );
+        }
     }
 
     #[tokio::test]

@@ -280,9 +280,14 @@ impl MeshTls {
         let config = self
             .client_config(expected, carriage)
             .map_err(std::io::Error::other)?;
-        TlsConnector::from(config)
+        let mut stream = TlsConnector::from(config)
             .connect(ServerName::IpAddress(ip.into()), ReadAhead::new(tcp))
-            .await
+            .await?;
+        let (transport, conn) = stream.get_mut();
+        if Carriage::from_alpn(conn.alpn_protocol()) == Some(Carriage::Mux) {
+            transport.keep_buffer();
+        }
+        Ok(stream)
     }
 }
 
