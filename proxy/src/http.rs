@@ -465,7 +465,10 @@ async fn forward(
                 }
                 _ => strip_hop_by_hop(resp.headers_mut()),
             }
-            route.edits.apply_response(resp.headers_mut());
+            if route.edits.edits_response() {
+                crate::raw_head::restore(&mut resp);
+                route.edits.apply_response(resp.headers_mut());
+            }
             match slot {
                 Some(slot) => resp.map(|body| SlotBody::new(body, slot).boxed()),
                 None => resp.map(BodyExt::boxed),

@@ -39,6 +39,8 @@ use hyper::header::{
 use hyper::{Method, Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::raw_head::{RawFields, WritesRawHeads};
+
 /// A connection's byte stream: TCP, or TLS over it.
 pub trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
 
@@ -185,10 +187,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin + ?Sized> Connection<I> {
     }
 
     /// Reads until a final response head is in the buffer, and parses it.
-    fn poll_head(&mut self, cx: &mut Context<'_>, head_request: bool) -> Poll<Result<Head, Error>> {
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        head_request: bool,
+        raw: bool,
+    ) -> Poll<Result<Head, Error>> {
         loop {
             if !self.read.is_empty()
-                && let Some(head) = parse_head(&mut self.read, head_request)?
+                && let Some(head) = parse_head(&mut self.read, head_request, raw)?
             {
                 return Poll::Ready(Ok(head));
             }
@@ -220,6 +227,7 @@ where
         unsent: None,
     };
     let head_request = req.method() == Method::HEAD;
+    let raw = req.extensions().get::<WritesRawHeads>().is_some();
     let framing = encode_head(&req, &mut conn.write).map_err(unsent)?;
     let (parts, body) = req.into_parts();
     let retryable = reused && framing.encoder.is_none() && is_idempotent(&parts.method);
@@ -236,7 +244,7 @@ where
                 _ => {}
             }
         }
-        match conn.poll_head(cx, head_request) {
+        match conn.poll_head(cx, head_request, raw) {
             // Nothing came: the failed write is what went wrong.
             Poll::Ready(Err(e @ (Error::Closed(_) | Error::Read(_)))) if conn.read.is_empty() => {
                 Poll::Ready(Err(write_failed.take().map_or(e, Error::Write)))
@@ -266,7 +274,12 @@ where
     });
     *response.status_mut() = head.status;
     *response.version_mut() = head.version;
-    *response.headers_mut() = head.headers;
+    match head.fields {
+        Fields::Map(headers) => *response.headers_mut() = headers,
+        Fields::Raw(raw) => {
+            response.extensions_mut().insert(raw);
+        }
+    }
     Ok(response)
 }
 
@@ -615,14 +628,23 @@ where
 struct Head {
     status: StatusCode,
     version: Version,
-    headers: HeaderMap,
+    fields: Fields,
     decoder: Decoder,
     keep_alive: bool,
 }
 
+/// A response head's header fields: parsed into a map, or kept as they came (see
+/// [`crate::raw_head`]).
+#[derive(Debug)]
+enum Fields {
+    Map(HeaderMap),
+    Raw(RawFields),
+}
+
 /// Parses the response head at the start of `buf`, skipping interim (1xx) responses; `None`
 /// while it is incomplete. The head's bytes leave the buffer; the header values share them.
-fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Error> {
+/// With `raw`, its fields are kept as they came where they can be ([`RawFields::of`]).
+fn parse_head(buf: &mut BytesMut, head_request: bool, raw: bool) -> Result<Option<Head>, Error> {
     loop {
         // Left uninitialised: httparse writes each field before it is read (filling all 100
         // with empty fields first was a loop that every response paid for).
@@ -671,16 +693,13 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Er
             );
         }
         let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
-        let mut seen = FramingFields::default();
-        for &(ns, ne, vs, ve) in spans.iter() {
-            let name = header_name(&head[ns as usize..ne as usize])?;
-            let (vs, ve) = (vs as usize, ve as usize);
-            seen.see(&name, &head[vs..ve]);
-            let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-                .map_err(|_| Error::Response("a header value with a control character"))?;
-            headers.append(name, value);
-        }
+        let (fields, seen) = match raw.then(|| RawFields::of(&head, spans)).flatten() {
+            Some((raw, seen)) => (Fields::Raw(raw), seen),
+            None => {
+                let (headers, seen) = header_map(&head, spans)?;
+                (Fields::Map(headers), seen)
+            }
+        };
         let (decoder, delimited) = response_decoder(status, &seen, head_request)?;
         let keep_alive = delimited
             && match version {
@@ -690,11 +709,26 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Er
         return Ok(Some(Head {
             status,
             version,
-            headers,
+            fields,
             decoder,
             keep_alive,
         }));
     }
+}
+
+/// The fields of `head` at `spans` as a map, and what its framing fields say.
+fn header_map(head: &Bytes, spans: &[FieldSpan]) -> Result<(HeaderMap, FramingFields), Error> {
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut seen = FramingFields::default();
+    for &(ns, ne, vs, ve) in spans {
+        let name = header_name(&head[ns as usize..ne as usize])?;
+        let (vs, ve) = (vs as usize, ve as usize);
+        seen.see(&name, &head[vs..ve]);
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+            .map_err(|_| Error::Response("a header value with a control character"))?;
+        headers.append(name, value);
+    }
+    Ok((headers, seen))
 }
 
 /// Where a field is in a head: its name's start and end, its value's start and end.
@@ -1082,6 +1116,36 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::NOT_FOUND);
         assert!(body.to_bytes().is_empty());
         assert!(resp.body_mut().take_reusable().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_response_is_written_raw_gets_its_fields_as_they_came() {
+        let answer = b"HTTP/1.1 200 OK\r\nSERVER: t\r\nContent-Length: 5\r\n\
+                       Connection: close\r\nX-A: 1\r\n\r\nhello";
+        let mut req = get("/");
+        req.extensions_mut().insert(WritesRawHeads);
+        let (conn, mut server) = connection();
+        let (mut resp, body) = exchange(conn, &mut server, req, answer).await;
+        assert!(resp.headers().is_empty(), "{:?}", resp.headers());
+        let raw = resp.extensions().get::<RawFields>().expect("kept fields");
+        assert_eq!(raw.lines(), b"SERVER: t\r\nX-A: 1\r\n");
+        assert_eq!(raw.length(), Some(5));
+        assert_eq!(&body.to_bytes()[..], b"hello");
+        // The framing and the close were read all the same.
+        assert!(resp.body_mut().take_reusable().is_none());
+        // Without the mark, or with a field a proxy rewrites, the fields come as a map.
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n\
+                        2\r\nhi\r\n0\r\n\r\n";
+        for (marked, answer) in [(false, &answer[..]), (true, &chunked[..])] {
+            let mut req = get("/");
+            if marked {
+                req.extensions_mut().insert(WritesRawHeads);
+            }
+            let (conn, mut server) = connection();
+            let (resp, _) = exchange(conn, &mut server, req, answer).await;
+            assert!(resp.extensions().get::<RawFields>().is_none());
+            assert_eq!(resp.headers()["x-a"], "1");
+        }
     }
 
     #[test]

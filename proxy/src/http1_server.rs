@@ -51,6 +51,7 @@ use crate::http1_client::{
     field_spans, push_decimal,
 };
 use crate::io::Rewind;
+use crate::raw_head::{RawFields, WritesRawHeads};
 
 /// A request body of at most this many bytes (by its `content-length`) is read whole with its
 /// head; a longer one hands the connection to hyper, which streams it.
@@ -334,6 +335,8 @@ fn parse_request(buf: &mut BytesMut) -> Result<Parse, Refusal> {
     *request.uri_mut() = uri;
     *request.version_mut() = version;
     *request.headers_mut() = headers;
+    // Its response comes back here: its fields may come as they arrived upstream.
+    request.extensions_mut().insert(WritesRawHeads);
     Ok(Parse::Request(Parsed {
         request,
         keep_alive,
@@ -434,11 +437,17 @@ fn encode_head(
     // The response's own framing fields, written back as they are when it has no body.
     let mut length = None;
     let mut coding = None;
+    let raw = response.extensions().get::<RawFields>();
+    if let Some(raw) = raw {
+        // Kept as they came upstream, without framing or hop-by-hop fields.
+        out.extend_from_slice(raw.lines());
+        framing.length = raw.length().map(Some);
+    }
     for (name, value) in response.headers() {
         if *name == CONTENT_LENGTH || *name == TRANSFER_ENCODING || *name == CONNECTION {
             framing.see(name, value.as_bytes());
             if *name == CONTENT_LENGTH {
-                length.get_or_insert(value);
+                length.get_or_insert(value.as_bytes());
                 continue;
             }
             if *name == TRANSFER_ENCODING {
@@ -455,8 +464,10 @@ fn encode_head(
     let body = response.body();
     let http11 = version == Version::HTTP_11;
     let encoder = if bodiless {
-        if let Some(length) = length {
-            write_field(out, b"content-length", length.as_bytes());
+        if let Some(n) = raw.and_then(RawFields::length) {
+            write_length(out, n);
+        } else if let Some(length) = length {
+            write_field(out, b"content-length", length);
         }
         if let Some(coding) = coding.filter(|_| http11) {
             write_field(out, b"transfer-encoding", coding.as_bytes());
@@ -773,6 +784,60 @@ mod tests {
         assert!(responses[1].starts_with("204 No Content\r\n\r\n"), "{got}");
         assert!(responses[2].contains("content-length: 0\r\n"), "{got}");
         assert!(responses[2].ends_with("\r\n\r\n"), "{got}");
+    }
+
+    #[test]
+    fn fields_kept_as_they_came_are_written_as_they_are_with_the_length_they_had() {
+        let raw = |body: &'static str, length| {
+            let mut response =
+                Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
+            response
+                .extensions_mut()
+                .insert(RawFields::for_test("Server: up\r\nX-A: 1\r\n", length));
+            response
+        };
+        let head = |response: &Response<ProxyBody>, head_request| {
+            let mut out = Vec::new();
+            let (encoder, keep) =
+                encode_head(response, Version::HTTP_11, head_request, true, &mut out);
+            (String::from_utf8(out).expect("text"), encoder, keep)
+        };
+        let (text, encoder, keep) = head(&raw("hello", Some(5)), false);
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\nServer: up\r\nX-A: 1\r\ncontent-length: 5\r\n\r\n"
+        );
+        assert_eq!((encoder, keep), (Some(Encoder::Length(5)), true));
+        // After HEAD: no body, and the length the upstream said.
+        let (text, encoder, _) = head(&raw("", Some(5)), true);
+        assert!(
+            text.ends_with("X-A: 1\r\ncontent-length: 5\r\n\r\n"),
+            "{text}"
+        );
+        assert_eq!(encoder, None);
+        // Without a length: the body's own size frames it.
+        let (text, encoder, _) = head(&raw("abc", None), false);
+        assert!(
+            text.ends_with("X-A: 1\r\ncontent-length: 3\r\n\r\n"),
+            "{text}"
+        );
+        assert_eq!(encoder, Some(Encoder::Length(3)));
+    }
+
+    #[tokio::test]
+    async fn requests_it_answers_itself_say_their_responses_come_back_here() {
+        let answer = |req: Request<StreamBody>| async move {
+            let marked = req.extensions().get::<WritesRawHeads>().is_some();
+            let body = Full::new(Bytes::from(marked.to_string()));
+            Response::new(body.map_err(|e| match e {}).boxed())
+        };
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let _task = tokio::spawn(async move { serve(server, BytesMut::new(), None, answer).await });
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .expect("the pipe");
+        assert!(response(&mut client).await.ends_with("\r\n\r\ntrue"));
     }
 
     #[tokio::test]

@@ -176,6 +176,8 @@ where
         return;
     };
     let (mut head, body) = response.into_parts();
+    // Fields kept as they came are for an HTTP/1.1 server; h2 needs them in the map.
+    crate::raw_head::restore_into(&mut head.headers, &mut head.extensions);
     strip_connection_specific(&mut head.headers);
     let end_of_stream = body.is_end_stream();
     // A body of known length says so, as hyper's server did (not an empty one: a 204 or 304

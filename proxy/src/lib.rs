@@ -35,6 +35,7 @@ pub mod peer;
 pub mod peer_carriage;
 pub mod peer_client;
 pub mod pool;
+pub mod raw_head;
 pub mod read_ahead;
 pub mod relay;
 pub mod request_metrics;

@@ -257,6 +257,11 @@ impl HeaderEdits {
         apply(headers, &self.request_remove, &self.request_set);
     }
 
+    /// Whether it changes responses.
+    pub fn edits_response(&self) -> bool {
+        !(self.response_set.is_empty() && self.response_remove.is_empty())
+    }
+
     pub fn apply_response(&self, headers: &mut HeaderMap) {
         apply(headers, &self.response_remove, &self.response_set);
     }
