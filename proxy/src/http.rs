@@ -303,7 +303,7 @@ enum Dispatch<'a> {
 
 /// Finds the request's route in `routing`: the answer when there is nothing to forward.
 fn dispatch<'a>(
-    req: Request<StreamBody>,
+    mut req: Request<StreamBody>,
     vip: SocketAddr,
     routing: &'a Routing,
     ctx: &Context,
@@ -317,6 +317,10 @@ fn dispatch<'a>(
             None,
         );
     };
+    // Its routes look at fields that may have been kept out of the map (see `crate::raw_head`).
+    if service.matches_headers {
+        crate::raw_head::restore_request(&mut req);
+    }
     // HTTP/2 carries it as `:authority` (the URI's), HTTP/1.1 as Host.
     let authority = match req.uri().authority() {
         Some(authority) => Some(authority.as_str()),
@@ -410,7 +414,10 @@ async fn forward(
             .query()
             .map_or_else(|| path.clone(), |q| format!("{path}?{q}"))
     });
-    route.edits.apply_request(req.headers_mut());
+    if route.edits.edits_request() {
+        crate::raw_head::restore_request(&mut req);
+        route.edits.apply_request(req.headers_mut());
+    }
     if let Some(host) = &route.host_rewrite {
         req.headers_mut().insert(HOST, host.clone());
     }

@@ -365,6 +365,10 @@ fn encode_head<B: Body>(req: &Request<B>, out: &mut Vec<u8>) -> Result<Framing, 
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    // The fields the sidecar did not act on, as they came (see `crate::raw_head`).
+    if let Some(raw) = req.extensions().get::<RawFields>() {
+        out.extend_from_slice(raw.lines());
+    }
     match added {
         Some(FramingHeader::Length(n)) => {
             out.extend_from_slice(b"content-length: ");
@@ -1146,6 +1150,20 @@ mod tests {
             assert!(resp.extensions().get::<RawFields>().is_none());
             assert_eq!(resp.headers()["x-a"], "1");
         }
+    }
+
+    #[tokio::test]
+    async fn a_requests_fields_kept_as_they_came_are_written_after_its_map() {
+        let mut req = get("/");
+        req.extensions_mut()
+            .insert(RawFields::for_test("User-Agent: t\r\nx-app: 1\r\n", None));
+        let (conn, mut server) = connection();
+        let answer = b"HTTP/1.1 204 No Content\r\n\r\n";
+        let _ = exchange(conn, &mut server, req, answer).await;
+        assert_eq!(
+            written(&mut server).await,
+            "GET / HTTP/1.1\r\nhost: example\r\nUser-Agent: t\r\nx-app: 1\r\n\r\n"
+        );
     }
 
     #[test]

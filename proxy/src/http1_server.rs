@@ -327,7 +327,9 @@ fn parse_request(buf: &mut BytesMut) -> Result<Parse, Refusal> {
             format!("invalid request target {target:?}: {e}"),
         )
     })?;
-    let headers = header_map(&head, spans)?;
+    // The fields the sidecar acts on go into the map; the rest stay as they came.
+    let (mapped, raw) = RawFields::split_request(&head, spans);
+    let headers = header_map(&head, &spans[..mapped])?;
     let head_request = method == Method::HEAD;
     let keep_alive = !framing.close && (version == Version::HTTP_11 || framing.keep_alive);
     let mut request = Request::new(StreamBody::Whole(body));
@@ -337,6 +339,9 @@ fn parse_request(buf: &mut BytesMut) -> Result<Parse, Refusal> {
     *request.headers_mut() = headers;
     // Its response comes back here: its fields may come as they arrived upstream.
     request.extensions_mut().insert(WritesRawHeads);
+    if let Some(raw) = raw {
+        request.extensions_mut().insert(raw);
+    }
     Ok(Parse::Request(Parsed {
         request,
         keep_alive,
@@ -954,9 +959,11 @@ mod tests {
             }
             head.push_str("\r\n");
             let mut buf = BytesMut::from(head.as_bytes());
-            let Ok(Parse::Request(parsed)) = parse_request(&mut buf) else {
+            let Ok(Parse::Request(mut parsed)) = parse_request(&mut buf) else {
                 panic!("{count} fields: not parsed");
             };
+            // The fields the sidecar does not act on are kept as they came: the whole map back.
+            crate::raw_head::restore_request(&mut parsed.request);
             let headers = parsed.request.headers();
             assert_eq!(headers.len(), count, "{count} fields");
             if count > 0 {

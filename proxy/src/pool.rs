@@ -225,8 +225,14 @@ where
         if self.inner.version == Version::Http1
             && (req.method() == Method::CONNECT || crate::http::wants_upgrade(req.headers()))
         {
+            // hyper's client writes the map only.
+            crate::raw_head::restore_request(&mut req);
             // Boxed: rare, and its future would otherwise be part of every request's.
             return Box::pin(self.send_upgrade(req, addr)).await;
+        }
+        if self.inner.version != Version::Http1 {
+            // HTTP/2 carries the fields kept as they came in the map (see `crate::raw_head`).
+            crate::raw_head::restore_request(&mut req);
         }
         // A pooled connection can still look open when the request finds it closing: after a
         // few such, the request takes a new connection, and a failure there is the answer.

@@ -1,16 +1,16 @@
-//! A response head's header fields kept as the bytes they arrived in, for a response that goes
-//! from our HTTP/1.1 client ([`crate::http1_client`]) to our HTTP/1.1 server
-//! ([`crate::http1_server`]) with nothing between them reading or editing its fields.
+//! Header fields kept as the bytes they arrived in, where nothing between our HTTP/1.1 server
+//! ([`crate::http1_server`]) and our HTTP/1.1 client ([`crate::http1_client`]) reads or edits
+//! them: the sidecar parses the head (its framing and the connection's keep-alive come from
+//! it) but writes these fields on as they came, without making a `HeaderMap` of them.
 //!
-//! Each sidecar parsed every response's fields into a `HeaderMap` (a name and a value made and
-//! hashed into the map for each field, the map allocated and dropped) only to write them back
-//! out in the order they came: in callgrind's count (`benches/instructions.sh`) that was about
-//! 3.5k of the 31k instructions a request on each side. Here the head is still parsed (its
-//! framing and the connection's keep-alive come from it), but its fields stay one [`RawFields`]
-//! slice of the head, put in the response's extensions in place of the map, which the server
-//! writes as it is.
+//! Each sidecar parsed every request's and every response's fields into a `HeaderMap` (a name
+//! and a value made and hashed into the map for each field, the map allocated and dropped) only
+//! to write most of them back out in the order they came: in callgrind's count
+//! (`benches/instructions.sh`) the response's map was about 2.3k of the 31k instructions a
+//! request on each side, the request's about 2k.
 //!
-//! Only where that is sound:
+//! Responses: all their fields become one [`RawFields`] in the response's extensions, in place
+//! of the map, which our server writes as it is. Only where that is sound:
 //! - the request says that its response is written by our HTTP/1.1 server
 //!   ([`WritesRawHeads`] in its extensions, put there by that server alone); anything else
 //!   that writes or reads a response gets a `HeaderMap`;
@@ -21,16 +21,25 @@
 //!   bytes, as `strip_hop_by_hop` removes them from a map; `content-length` is left out and
 //!   kept as its number, which the server writes with the body it frames;
 //! - a route that edits response headers, or any other reader, restores the map first
-//!   ([`restore`]).
+//!   ([`restore`]; our HTTP/2 server does).
+//!
+//! Requests: the fields the sidecar itself reads, sets or removes go into the request's map
+//! as before (`host`, the mesh's `x-mesh-*`, `x-forwarded-client-cert`, framing and hop-by-hop
+//! fields, see [`in_request_map`]); the others (`user-agent`, `accept`, the app's own) become a
+//! [`RawFields`] in its extensions, which our HTTP/1.1 client writes after the map's. The map is
+//! restored whole ([`restore_request`]) before anything else reads it: route matching on a
+//! Service with header matches, a route's request header edits, and the HTTP/2 and hyper
+//! clients.
 
 #![forbid(unsafe_code)]
 
 use bytes::{Bytes, BytesMut};
-use hyper::Response;
 use hyper::header::{CONNECTION, CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::Extensions;
+use hyper::{Request, Response};
 
 use crate::http1_client::{FieldSpan, FramingFields};
+use crate::peer::CLIENT_CERT;
 
 /// On a request: its response is written by our HTTP/1.1 server, which writes [`RawFields`].
 #[derive(Debug, Clone, Copy)]
@@ -78,25 +87,112 @@ fn kind(name: &[u8]) -> FieldKind {
     }
 }
 
+/// Whether a request's field goes into its map: the fields the proxy reads, sets or removes
+/// (`host`, the mesh's own `x-mesh-*` and `x-forwarded-client-cert`), its framing and
+/// hop-by-hop fields, and `expect`. Every other field goes on as it came.
+fn in_request_map(name: &[u8]) -> bool {
+    let is = |lower: &[u8]| {
+        name.len() == lower.len() && name.iter().zip(lower).all(|(b, l)| b | 0x20 == *l)
+    };
+    const MESH: &[u8] = b"x-mesh-";
+    let mesh = name.len() > MESH.len() && name.iter().zip(MESH).all(|(b, l)| b | 0x20 == *l);
+    mesh || match name.len() {
+        2 => is(b"te"),
+        4 => is(b"host"),
+        6 => is(b"expect"),
+        7 => is(b"upgrade") || is(b"trailer"),
+        10 => is(b"connection") || is(b"keep-alive"),
+        14 => is(b"content-length"),
+        16 => is(b"proxy-connection"),
+        17 => is(b"transfer-encoding"),
+        18 => is(b"proxy-authenticate"),
+        19 => is(b"proxy-authorization"),
+        23 => is(CLIENT_CERT.as_str().as_bytes()),
+        _ => false,
+    }
+}
+
+/// The runs of a head's field lines that are kept, between the lines left out: most heads
+/// have one or two.
+struct Runs<'a> {
+    head: &'a Bytes,
+    /// Where the field lines end: before the empty line that ends the head.
+    end: usize,
+    runs: [(usize, usize); MAX_RUNS],
+    count: usize,
+    start: usize,
+}
+
+const MAX_RUNS: usize = 4;
+
+impl<'a> Runs<'a> {
+    /// `None` when the head does not end in CRLF CRLF.
+    fn new(head: &'a Bytes, spans: &[FieldSpan]) -> Option<Runs<'a>> {
+        if !head.ends_with(b"\r\n\r\n") {
+            return None;
+        }
+        let end = head.len() - 2;
+        Some(Runs {
+            head,
+            end,
+            runs: [(0, 0); MAX_RUNS],
+            count: 0,
+            start: spans.first().map_or(end, |s| s.0 as usize),
+        })
+    }
+
+    /// Where the line of field `i` (of `spans`, the head's) starts and ends; `None` when it
+    /// does not end in CRLF.
+    fn line(&self, spans: &[FieldSpan], i: usize) -> Option<(usize, usize)> {
+        let start = spans[i].0 as usize;
+        let end = spans.get(i + 1).map_or(self.end, |s| s.0 as usize);
+        self.head[..end].ends_with(b"\r\n").then_some((start, end))
+    }
+
+    /// Leaves the line out: the run before it ends there. `None` when there are too many runs.
+    fn leave_out(&mut self, (start, end): (usize, usize)) -> Option<()> {
+        if start > self.start {
+            self.push(start)?;
+        }
+        self.start = end;
+        Some(())
+    }
+
+    fn push(&mut self, until: usize) -> Option<()> {
+        let slot = self.runs.get_mut(self.count)?;
+        *slot = (self.start, until);
+        self.count += 1;
+        Some(())
+    }
+
+    /// The kept lines: a slice of the head when they are one run.
+    fn finish(mut self) -> Option<Bytes> {
+        if self.end > self.start {
+            self.push(self.end)?;
+        }
+        Some(match &self.runs[..self.count] {
+            [] => Bytes::new(),
+            [(start, end)] => self.head.slice(*start..*end),
+            runs => {
+                let mut joined = BytesMut::with_capacity(runs.iter().map(|(s, e)| e - s).sum());
+                for &(start, end) in runs {
+                    joined.extend_from_slice(&self.head[start..end]);
+                }
+                joined.freeze()
+            }
+        })
+    }
+}
+
 impl RawFields {
     /// The fields of `head` (a whole response head, its fields at `spans`) as kept bytes, and
     /// what its framing fields say; `None` when the head needs a map (see the module's notes),
     /// or does not end its lines in CRLF.
     pub(crate) fn of(head: &Bytes, spans: &[FieldSpan]) -> Option<(RawFields, FramingFields)> {
         let mut framing = FramingFields::default();
-        if !head.ends_with(b"\r\n\r\n") {
-            return None;
-        }
-        let end = head.len() - 2;
-        // The kept runs of lines: most heads have one or two (around a `connection` field).
-        let mut runs: [(usize, usize); 4] = [(0, 0); 4];
-        let mut count = 0;
-        let mut run_start = spans.first().map_or(end, |s| s.0 as usize);
+        let mut runs = Runs::new(head, spans)?;
         for (i, &(ns, ne, vs, ve)) in spans.iter().enumerate() {
-            let (line, line_end) = (ns as usize, spans.get(i + 1).map_or(end, |s| s.0 as usize));
-            if !head[..line_end].ends_with(b"\r\n") {
-                return None;
-            }
+            let line = runs.line(spans, i)?;
             let value = &head[vs as usize..ve as usize];
             match kind(&head[ns as usize..ne as usize]) {
                 FieldKind::Kept => continue,
@@ -116,39 +212,66 @@ impl RawFields {
                 }
                 FieldKind::Dropped => {}
             }
-            // This line is left out: the run before it ends here.
-            if line > run_start {
-                if count == runs.len() {
-                    return None;
-                }
-                runs[count] = (run_start, line);
-                count += 1;
-            }
-            run_start = line_end;
+            runs.leave_out(line)?;
         }
-        if end > run_start {
-            if count == runs.len() {
-                return None;
-            }
-            runs[count] = (run_start, end);
-            count += 1;
-        }
-        let lines = match &runs[..count] {
-            [] => Bytes::new(),
-            [(start, end)] => head.slice(*start..*end),
-            runs => {
-                let mut joined = BytesMut::with_capacity(runs.iter().map(|(s, e)| e - s).sum());
-                for &(start, end) in runs {
-                    joined.extend_from_slice(&head[start..end]);
-                }
-                joined.freeze()
-            }
-        };
         let length = match framing.length {
             Some(Some(n)) => Some(n),
             _ => None,
         };
+        let lines = runs.finish()?;
         Some((RawFields { lines, length }, framing))
+    }
+
+    /// Splits a request head's fields (at `spans` in `head`): those the proxy reads or
+    /// rewrites ([`in_request_map`]) are moved to the front of `spans`, in their order, and
+    /// counted; the others are kept as they came. When they cannot be (a line not ended by
+    /// CRLF, too many runs), or there are none, every field is counted for the map.
+    pub(crate) fn split_request(
+        head: &Bytes,
+        spans: &mut [FieldSpan],
+    ) -> (usize, Option<RawFields>) {
+        let all = (spans.len(), None);
+        // Which fields go to the map (at most MAX_HEADERS, 100, of them).
+        let mut mapped: u128 = 0;
+        if spans.len() > 128 {
+            return all;
+        }
+        let Some(mut runs) = Runs::new(head, spans) else {
+            return all;
+        };
+        for (i, &(ns, ne, _, _)) in spans.iter().enumerate() {
+            let Some(line) = runs.line(spans, i) else {
+                return all;
+            };
+            if in_request_map(&head[ns as usize..ne as usize]) {
+                mapped |= 1 << i;
+                if runs.leave_out(line).is_none() {
+                    return all;
+                }
+            }
+        }
+        let count = mapped.count_ones() as usize;
+        if count == spans.len() {
+            return all;
+        }
+        let Some(lines) = runs.finish() else {
+            return all;
+        };
+        // The map's fields to the front, in order (each moves to a place at or before its own).
+        let mut to = 0;
+        for i in 0..spans.len() {
+            if mapped & (1 << i) != 0 {
+                spans[to] = spans[i];
+                to += 1;
+            }
+        }
+        (
+            count,
+            Some(RawFields {
+                lines,
+                length: None,
+            }),
+        )
     }
 
     /// Fields as [`RawFields::of`] keeps them, for tests elsewhere.
@@ -206,6 +329,13 @@ pub fn restore_into(headers: &mut HeaderMap, extensions: &mut Extensions) {
     }
 }
 
+/// [`restore_into`] for a whole request.
+pub fn restore_request<B>(request: &mut Request<B>) {
+    if let Some(raw) = request.extensions_mut().remove::<RawFields>() {
+        put(request.headers_mut(), raw.header_map());
+    }
+}
+
 /// [`restore_into`] for a whole response.
 pub fn restore<B>(response: &mut Response<B>) {
     if let Some(raw) = response.extensions_mut().remove::<RawFields>() {
@@ -231,9 +361,13 @@ mod tests {
         let mut fields = [httparse::EMPTY_HEADER; 16];
         let mut parsed = httparse::Response::new(&mut fields);
         assert!(parsed.parse(&head).expect("a head").is_complete());
+        let spans = spans_of(&head, parsed.headers);
+        RawFields::of(&head, &spans)
+    }
+
+    fn spans_of(head: &Bytes, fields: &[httparse::Header<'_>]) -> Vec<FieldSpan> {
         let base = head.as_ptr() as usize;
-        let spans: Vec<FieldSpan> = parsed
-            .headers
+        fields
             .iter()
             .map(|f| {
                 let (n, v) = (
@@ -247,8 +381,7 @@ mod tests {
                     (v + f.value.len()) as u32,
                 )
             })
-            .collect();
-        RawFields::of(&head, &spans)
+            .collect()
     }
 
     fn lines(raw: &RawFields) -> &str {
@@ -296,6 +429,101 @@ mod tests {
         ] {
             assert!(kept(head).is_none(), "{head:?} was kept");
         }
+    }
+
+    /// A request head's fields split as our HTTP/1.1 server splits them: the map's names in
+    /// order, and the kept lines.
+    fn split(head: &str) -> (Vec<String>, Option<String>) {
+        let head = Bytes::from(head.to_string());
+        let mut fields = [httparse::EMPTY_HEADER; 16];
+        let mut parsed = httparse::Request::new(&mut fields);
+        assert!(parsed.parse(&head).expect("a head").is_complete());
+        let mut spans = spans_of(&head, parsed.headers);
+        let (mapped, raw) = RawFields::split_request(&head, &mut spans);
+        let names = spans[..mapped]
+            .iter()
+            .map(|&(ns, ne, _, _)| String::from_utf8_lossy(&head[ns as usize..ne as usize]).into())
+            .collect();
+        (names, raw.map(|r| lines(&r).to_string()))
+    }
+
+    #[test]
+    fn a_requests_fields_the_sidecar_acts_on_go_to_the_map_and_the_rest_as_they_came() {
+        let (mapped, kept) = split(
+            "GET / HTTP/1.1\r\nHost: web\r\nUser-Agent: curl\r\nAccept: */*\r\n\
+             X-Mesh-Hop: http h1\r\nx-app: 1\r\nX-Forwarded-Client-Cert: forged\r\n\
+             Connection: keep-alive\r\nx-app: 2\r\n\r\n",
+        );
+        assert_eq!(
+            mapped,
+            [
+                "Host",
+                "X-Mesh-Hop",
+                "X-Forwarded-Client-Cert",
+                "Connection"
+            ]
+        );
+        assert_eq!(
+            kept.as_deref(),
+            Some("User-Agent: curl\r\nAccept: */*\r\nx-app: 1\r\nx-app: 2\r\n")
+        );
+        // Nothing to keep: no extension, every field in the map.
+        let (mapped, kept) = split("GET / HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\n\r\n");
+        assert_eq!((mapped.len(), kept), (2, None));
+        // Lines that do not end in CRLF: all in the map.
+        let (mapped, kept) = split("GET / HTTP/1.1\nhost: a\nx-app: 1\n\n");
+        assert_eq!((mapped.len(), kept), (2, None));
+    }
+
+    #[test]
+    fn every_name_the_sidecar_reads_sets_or_drops_on_a_request_is_in_the_map() {
+        use crate::hop::HOP;
+        use crate::peer::ORIG_HOST;
+        for name in [
+            HOP.as_str(),
+            ORIG_HOST.as_str(),
+            CLIENT_CERT.as_str(),
+            // An older sidecar's (see `crate::hop::take_old`).
+            "x-mesh-target-port",
+            "x-mesh-orig-proto",
+            "x-mesh-service",
+            "Host",
+            "content-length",
+            "Transfer-Encoding",
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "upgrade",
+            "expect",
+        ] {
+            assert!(in_request_map(name.as_bytes()), "{name}");
+        }
+        for name in ["user-agent", "accept", "x-mesh", "x-canary", "hosts", "tee"] {
+            assert!(!in_request_map(name.as_bytes()), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_requests_kept_fields_are_restored_after_its_map() {
+        let mut request = Request::new(());
+        request
+            .headers_mut()
+            .insert("host", HeaderValue::from_static("web"));
+        request
+            .extensions_mut()
+            .insert(RawFields::for_test("x-app: 1\r\nAccept: */*\r\n", None));
+        restore_request(&mut request);
+        assert!(request.extensions().get::<RawFields>().is_none());
+        let h = request.headers();
+        assert_eq!(h.len(), 3);
+        assert_eq!(h["host"], "web");
+        assert_eq!(h["x-app"], "1");
+        assert_eq!(h["accept"], "*/*");
+        assert!(!h.contains_key(CONTENT_LENGTH));
     }
 
     #[test]

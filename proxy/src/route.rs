@@ -95,6 +95,13 @@ impl RequestMatch {
         }
     }
 
+    /// Whether it looks at a header field other than `:method` and `:authority`.
+    pub fn reads_headers(&self) -> bool {
+        self.headers
+            .iter()
+            .any(|h| matches!(h.field, HeaderField::Header(_)))
+    }
+
     pub fn is_catch_all(&self) -> bool {
         matches!(self.path, PathMatch::Any) && self.headers.is_empty() && self.query.is_empty()
     }
@@ -255,6 +262,11 @@ impl HeaderEdits {
 
     pub fn apply_request(&self, headers: &mut HeaderMap) {
         apply(headers, &self.request_remove, &self.request_set);
+    }
+
+    /// Whether it changes requests.
+    pub fn edits_request(&self) -> bool {
+        !(self.request_set.is_empty() && self.request_remove.is_empty())
     }
 
     /// Whether it changes responses.

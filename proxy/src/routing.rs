@@ -113,6 +113,9 @@ pub struct Service {
     pub vhosts: Vec<Arc<Vec<String>>>,
     /// HTTP (routed per request) or opaque TCP (routed per connection, no protocol detection).
     pub http: bool,
+    /// Whether a route matches on a header field (see [`crate::route::RequestMatch::reads_headers`]):
+    /// then a request's whole map is restored before its route is found.
+    pub matches_headers: bool,
 }
 
 /// Why a connection to a known Service could not be given an endpoint.
@@ -345,6 +348,7 @@ mod tests {
                 total: 100,
             })],
             http: false,
+            matches_headers: false,
         };
         assert_eq!(s.pick(0).map(|(_, c)| c), Ok("v1"));
         assert_eq!(s.pick(89).map(|(_, c)| c), Ok("v1"));
@@ -372,6 +376,7 @@ mod tests {
                 total: 1,
             })],
             http: false,
+            matches_headers: false,
         };
         assert_eq!(
             s.pick(0).map(|(e, c)| (e.addr, c)),
@@ -386,6 +391,7 @@ mod tests {
                 reason: "no backends".into(),
             })],
             http: false,
+            matches_headers: false,
         };
         assert_eq!(
             r.pick(0).map(|(e, c)| (e.addr, c)),

@@ -765,7 +765,7 @@ impl Resources {
                 Target::Table(table) => table.clone(),
             };
             let mut vhosts: Vec<Arc<Vec<String>>> = Vec::new();
-            let routes = table
+            let routes: Vec<routing::Route> = table
                 .into_iter()
                 .map(|def| {
                     let action = match (def.redirect, def.backends) {
@@ -820,6 +820,7 @@ impl Resources {
                 l.address,
                 routing::Service {
                     name: name.clone(),
+                    matches_headers: routes.iter().any(|r| r.matcher.reads_headers()),
                     routes,
                     vhosts,
                     http: l.http,
