@@ -45,8 +45,15 @@ impl Algorithm {
 const DECAY: Duration = Duration::from_secs(10);
 
 fn now_nanos() -> u64 {
+    nanos_at(Instant::now())
+}
+
+/// `at` in nanoseconds since the first time asked: each clock read costs a request about a
+/// hundred instructions, so a time already read is passed in rather than read again.
+fn nanos_at(at: Instant) -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    let start = *START.get_or_init(|| at);
+    at.saturating_duration_since(start).as_nanos() as u64
 }
 
 /// One endpoint and what the balancer knows about it.
@@ -136,7 +143,12 @@ impl Endpoint {
 
     /// Records one response latency: a slower sample is taken at once, a faster one decays in.
     pub fn observe(&self, rtt: Duration) {
-        let now = now_nanos();
+        self.observe_at(rtt, Instant::now());
+    }
+
+    /// [`Endpoint::observe`] of a sample taken at `at`.
+    fn observe_at(&self, rtt: Duration, at: Instant) {
+        let now = nanos_at(at);
         let rtt = rtt.as_nanos() as f64;
         let prev = f64::from_bits(self.ewma_bits.load(Ordering::Relaxed));
         let elapsed = now.saturating_sub(self.updated_nanos.swap(now, Ordering::Relaxed)) as f64;
@@ -151,10 +163,15 @@ impl Endpoint {
 
     /// Counts a request as in flight until the returned guard is dropped.
     pub fn start(self: &Arc<Self>) -> InFlight {
+        self.start_at(Instant::now())
+    }
+
+    /// [`Endpoint::start`] of a request that started at `started` (its latency counts from there).
+    pub fn start_at(self: &Arc<Self>, started: Instant) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight {
             endpoint: self.clone(),
-            started: Instant::now(),
+            started,
         }
     }
 }
@@ -169,7 +186,9 @@ pub struct InFlight {
 impl InFlight {
     /// The response head arrived: record the latency.
     pub fn answered(&self) {
-        self.endpoint.observe(self.started.elapsed());
+        let now = Instant::now();
+        let rtt = now.saturating_duration_since(self.started);
+        self.endpoint.observe_at(rtt, now);
     }
 }
 

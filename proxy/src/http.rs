@@ -164,7 +164,14 @@ impl HttpClients {
     /// How a request of `version` goes to the sidecar at `peer`, or not at all when it cannot
     /// go through it (an `upgrade` needs HTTP/1.1 end to end, which only `mesh/h1` carries, and
     /// plaintext peers speak only HTTP/2: without an identity it goes directly to the app).
-    pub fn peer_route(&self, version: Version, upgrade: bool, peer: IpAddr) -> Option<PeerRoute> {
+    /// `now`: when the request came in, for the carriage's hold (see [`Http1Slots::take_at`]).
+    pub fn peer_route(
+        &self,
+        version: Version,
+        upgrade: bool,
+        peer: IpAddr,
+        now: Instant,
+    ) -> Option<PeerRoute> {
         let Some(clients) = &self.peer else {
             return (!upgrade).then(|| PeerRoute::of(Version::HTTP_2));
         };
@@ -179,7 +186,7 @@ impl HttpClients {
             Http1Carriage::Http2 => PeerRoute::of(Version::HTTP_2),
             Http1Carriage::Mux => PeerRoute::muxed(),
             Http1Carriage::Auto(slots) => {
-                let slot = slots.take(peer);
+                let slot = slots.take_at(peer, now);
                 PeerRoute {
                     version: Version::HTTP_11,
                     muxed: !slot.on_http1(),
@@ -284,7 +291,7 @@ async fn route_request(
     let (response, stats) = match dispatch(req, vip, &routing, &ctx) {
         Dispatch::Answered(response, stats) => (response, stats),
         Dispatch::Forward(req, route, service) => (
-            forward(req, route, service, &ctx).await,
+            forward(req, route, service, &ctx, start).await,
             Some(route.stats.clone()),
         ),
     };
@@ -382,12 +389,14 @@ fn redirect_response(status: u16, location: &str, route: &Route) -> Response<Pro
     resp
 }
 
-/// Sends the request to an endpoint of the route's backends, within the route's timeout.
+/// Sends the request to an endpoint of the route's backends, within the route's timeout;
+/// `start` is when it came in (the balancer's latency counts from there).
 async fn forward(
     mut req: Request<StreamBody>,
     route: &Route,
     service: &Service,
     ctx: &Context,
+    start: Instant,
 ) -> Response<ProxyBody> {
     // An Upgrade (e.g. WebSocket): keep its headers, and join both sides after a 101.
     let upgrade = wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
@@ -406,7 +415,7 @@ async fn forward(
     };
     let endpoint = picked.addr;
     // In flight until the response head arrives; its latency feeds the balancer.
-    let in_flight = picked.start();
+    let in_flight = picked.start_at(start);
     // URLRewrite and header modifier filters, on the way up.
     let path = route.rewrite.as_ref().map(|r| {
         let path = r.apply(req.uri().path(), route.matcher.path_prefix());
@@ -426,7 +435,7 @@ async fn forward(
         .meshed()
         .then(|| {
             ctx.http
-                .peer_route(req.version(), upgrade.is_some(), endpoint.ip())
+                .peer_route(req.version(), upgrade.is_some(), endpoint.ip(), start)
         })
         .flatten()
     {
@@ -777,14 +786,18 @@ mod tests {
         let peer: IpAddr = [10, 0, 0, 7].into();
         for mode in [PeerHttp1::Http1, PeerHttp1::Http2, PeerHttp1::Auto] {
             let clients = HttpClients::new(Duration::from_secs(1), None, mode, 4);
-            assert!(clients.peer_route(Version::HTTP_11, true, peer).is_none());
-            let route = clients.peer_route(Version::HTTP_11, false, peer);
+            assert!(
+                clients
+                    .peer_route(Version::HTTP_11, true, peer, Instant::now())
+                    .is_none()
+            );
+            let route = clients.peer_route(Version::HTTP_11, false, peer, Instant::now());
             assert_eq!(
                 route.map(|r| (r.version, r.slot.is_some())),
                 Some((Version::HTTP_2, false)),
                 "plaintext peers speak only HTTP/2, whatever --peer-http1 {mode:?} says"
             );
-            let route = clients.peer_route(Version::HTTP_2, false, peer);
+            let route = clients.peer_route(Version::HTTP_2, false, peer, Instant::now());
             assert_eq!(route.map(|r| r.version), Some(Version::HTTP_2));
         }
     }

@@ -39,7 +39,7 @@ use hyper::header::{
 use hyper::{Method, Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::raw_head::{RawFields, WritesRawHeads};
+use crate::raw_head::{FromHttp1Server, RawFields};
 
 /// A connection's byte stream: TCP, or TLS over it.
 pub trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
@@ -227,7 +227,7 @@ where
         unsent: None,
     };
     let head_request = req.method() == Method::HEAD;
-    let raw = req.extensions().get::<WritesRawHeads>().is_some();
+    let raw = req.extensions().get::<FromHttp1Server>().is_some();
     let framing = encode_head(&req, &mut conn.write).map_err(unsent)?;
     let (parts, body) = req.into_parts();
     let retryable = reused && framing.encoder.is_none() && is_idempotent(&parts.method);
@@ -366,7 +366,8 @@ fn encode_head<B: Body>(req: &Request<B>, out: &mut Vec<u8>) -> Result<Framing, 
         out.extend_from_slice(b"\r\n");
     }
     // The fields the sidecar did not act on, as they came (see `crate::raw_head`).
-    if let Some(raw) = req.extensions().get::<RawFields>() {
+    let kept = req.extensions().get::<FromHttp1Server>();
+    if let Some(raw) = kept.and_then(|from| from.kept.as_ref()) {
         out.extend_from_slice(raw.lines());
     }
     match added {
@@ -1127,7 +1128,7 @@ mod tests {
         let answer = b"HTTP/1.1 200 OK\r\nSERVER: t\r\nContent-Length: 5\r\n\
                        Connection: close\r\nX-A: 1\r\n\r\nhello";
         let mut req = get("/");
-        req.extensions_mut().insert(WritesRawHeads);
+        req.extensions_mut().insert(FromHttp1Server::default());
         let (conn, mut server) = connection();
         let (mut resp, body) = exchange(conn, &mut server, req, answer).await;
         assert!(resp.headers().is_empty(), "{:?}", resp.headers());
@@ -1143,7 +1144,7 @@ mod tests {
         for (marked, answer) in [(false, &answer[..]), (true, &chunked[..])] {
             let mut req = get("/");
             if marked {
-                req.extensions_mut().insert(WritesRawHeads);
+                req.extensions_mut().insert(FromHttp1Server::default());
             }
             let (conn, mut server) = connection();
             let (resp, _) = exchange(conn, &mut server, req, answer).await;
@@ -1155,8 +1156,9 @@ mod tests {
     #[tokio::test]
     async fn a_requests_fields_kept_as_they_came_are_written_after_its_map() {
         let mut req = get("/");
-        req.extensions_mut()
-            .insert(RawFields::for_test("User-Agent: t\r\nx-app: 1\r\n", None));
+        req.extensions_mut().insert(FromHttp1Server {
+            kept: Some(RawFields::for_test("User-Agent: t\r\nx-app: 1\r\n", None)),
+        });
         let (conn, mut server) = connection();
         let answer = b"HTTP/1.1 204 No Content\r\n\r\n";
         let _ = exchange(conn, &mut server, req, answer).await;

@@ -51,7 +51,7 @@ use crate::http1_client::{
     field_spans, push_decimal,
 };
 use crate::io::Rewind;
-use crate::raw_head::{RawFields, WritesRawHeads};
+use crate::raw_head::{FromHttp1Server, RawFields};
 
 /// A request body of at most this many bytes (by its `content-length`) is read whole with its
 /// head; a longer one hands the connection to hyper, which streams it.
@@ -338,10 +338,9 @@ fn parse_request(buf: &mut BytesMut) -> Result<Parse, Refusal> {
     *request.version_mut() = version;
     *request.headers_mut() = headers;
     // Its response comes back here: its fields may come as they arrived upstream.
-    request.extensions_mut().insert(WritesRawHeads);
-    if let Some(raw) = raw {
-        request.extensions_mut().insert(raw);
-    }
+    request
+        .extensions_mut()
+        .insert(FromHttp1Server { kept: raw });
     Ok(Parse::Request(Parsed {
         request,
         keep_alive,
@@ -350,9 +349,14 @@ fn parse_request(buf: &mut BytesMut) -> Result<Parse, Refusal> {
     }))
 }
 
+/// Room in a request's map for the fields the sidecar adds to it (the hop field on the way to
+/// a peer, `x-forwarded-client-cert` on the way in): a map made for only the fields it came
+/// with grew (reallocated and rehashed) at the first insert.
+const ADDED_FIELDS: usize = 2;
+
 /// The header fields at `spans` (name and value, start and end) in `head`.
 fn header_map(head: &Bytes, spans: &[FieldSpan]) -> Result<HeaderMap, Refusal> {
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut headers = HeaderMap::with_capacity(spans.len() + ADDED_FIELDS);
     for &(ns, ne, vs, ve) in spans {
         let name = &head[ns as usize..ne as usize];
         let name = match common_name(name) {
@@ -832,7 +836,7 @@ mod tests {
     #[tokio::test]
     async fn requests_it_answers_itself_say_their_responses_come_back_here() {
         let answer = |req: Request<StreamBody>| async move {
-            let marked = req.extensions().get::<WritesRawHeads>().is_some();
+            let marked = req.extensions().get::<FromHttp1Server>().is_some();
             let body = Full::new(Bytes::from(marked.to_string()));
             Response::new(body.map_err(|e| match e {}).boxed())
         };

@@ -74,6 +74,11 @@ impl PeerLoad {
     fn busy_at(&self, now: Instant) -> bool {
         self.busy_until.is_some_and(|until| now < until)
     }
+
+    /// [`PeerLoad::busy_at`] now; the clock is read only for a peer that was held busy.
+    fn busy_now(&self) -> bool {
+        self.busy_until.is_some_and(|until| Instant::now() < until)
+    }
 }
 
 /// One request in flight to a peer, counted until dropped; `on_http1` says which carriage it
@@ -146,7 +151,7 @@ impl Drop for Http1Slot {
             return;
         };
         load.in_flight = load.in_flight.saturating_sub(1);
-        if load.in_flight == 0 && !load.busy_at(Instant::now()) {
+        if load.in_flight == 0 && !load.busy_now() {
             peers.loads.remove(&self.peer);
         }
     }

@@ -12,7 +12,7 @@
 //! Responses: all their fields become one [`RawFields`] in the response's extensions, in place
 //! of the map, which our server writes as it is. Only where that is sound:
 //! - the request says that its response is written by our HTTP/1.1 server
-//!   ([`WritesRawHeads`] in its extensions, put there by that server alone); anything else
+//!   ([`FromHttp1Server`] in its extensions, put there by that server alone); anything else
 //!   that writes or reads a response gets a `HeaderMap`;
 //! - the head has none of the fields a proxy must act on or rewrite beyond its framing:
 //!   `transfer-encoding`, `upgrade`, `trailer`, `te`, or a `connection` that names other
@@ -26,7 +26,7 @@
 //! Requests: the fields the sidecar itself reads, sets or removes go into the request's map
 //! as before (`host`, the mesh's `x-mesh-*`, `x-forwarded-client-cert`, framing and hop-by-hop
 //! fields, see [`in_request_map`]); the others (`user-agent`, `accept`, the app's own) become a
-//! [`RawFields`] in its extensions, which our HTTP/1.1 client writes after the map's. The map is
+//! [`RawFields`] in its [`FromHttp1Server`], which our HTTP/1.1 client writes after the map's. The map is
 //! restored whole ([`restore_request`]) before anything else reads it: route matching on a
 //! Service with header matches, a route's request header edits, and the HTTP/2 and hyper
 //! clients.
@@ -41,9 +41,15 @@ use hyper::{Request, Response};
 use crate::http1_client::{FieldSpan, FramingFields};
 use crate::peer::CLIENT_CERT;
 
-/// On a request: its response is written by our HTTP/1.1 server, which writes [`RawFields`].
-#[derive(Debug, Clone, Copy)]
-pub struct WritesRawHeads;
+/// On a request read by our HTTP/1.1 server, the one extension it puts there (each insert
+/// into a request's extensions costs a hash-map insert and its allocations): its response is
+/// written by that server, which writes [`RawFields`]; and the request's own fields kept as
+/// they came, if any.
+#[derive(Debug, Clone, Default)]
+pub struct FromHttp1Server {
+    /// Written by our HTTP/1.1 client after the map's fields; taken by [`restore_request`].
+    pub kept: Option<RawFields>,
+}
 
 /// On a response, in place of its `HeaderMap`: its header fields as they came, each line with
 /// its CRLF, without the framing and hop-by-hop fields.
@@ -331,7 +337,11 @@ pub fn restore_into(headers: &mut HeaderMap, extensions: &mut Extensions) {
 
 /// [`restore_into`] for a whole request.
 pub fn restore_request<B>(request: &mut Request<B>) {
-    if let Some(raw) = request.extensions_mut().remove::<RawFields>() {
+    let kept = request
+        .extensions_mut()
+        .get_mut::<FromHttp1Server>()
+        .and_then(|from| from.kept.take());
+    if let Some(raw) = kept {
         put(request.headers_mut(), raw.header_map());
     }
 }
@@ -513,11 +523,13 @@ mod tests {
         request
             .headers_mut()
             .insert("host", HeaderValue::from_static("web"));
-        request
-            .extensions_mut()
-            .insert(RawFields::for_test("x-app: 1\r\nAccept: */*\r\n", None));
+        request.extensions_mut().insert(FromHttp1Server {
+            kept: Some(RawFields::for_test("x-app: 1\r\nAccept: */*\r\n", None)),
+        });
         restore_request(&mut request);
-        assert!(request.extensions().get::<RawFields>().is_none());
+        // Taken out; the mark that the response is written by our server stays.
+        let from = request.extensions().get::<FromHttp1Server>();
+        assert!(from.is_some_and(|from| from.kept.is_none()));
         let h = request.headers();
         assert_eq!(h.len(), 3);
         assert_eq!(h["host"], "web");
