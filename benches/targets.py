@@ -87,10 +87,10 @@ def compare(run, name, mode, test, metric, target, higher_better, nd, added=Fals
     peer_r = {p: run.by_round(mode, test, p, metric, added) for p in peers}
     skipped = 0
     for rnd in sorted(mesh_r):
-        vals = [peer_r[p][rnd] for p in peers if rnd in peer_r[p]]
         # An added latency at or below zero (a peer's p50 under direct's in that round, which
-        # the host's bimodal latency makes happen) gives no ratio.
-        if vals and pick(vals) > 0:
+        # the host's bimodal latency makes happen) is left out: the ratio is against the other.
+        vals = [peer_r[p][rnd] for p in peers if rnd in peer_r[p] and peer_r[p][rnd] > 0]
+        if vals:
             rounds.append(mesh_r[rnd] / pick(vals))
         else:
             skipped += 1
@@ -105,7 +105,7 @@ def compare(run, name, mode, test, metric, target, higher_better, nd, added=Fals
     sign = '+' if added else ''
     return (f'| {name} | {sign}{fmt(mesh, nd)} against {best}\'s {sign}{fmt(peers[best], nd)}: '
             f'{ratio:.2f}x ({", ".join(f"{r:.2f}x" for r in rounds)}'
-            + (f'; {skipped} round(s) without a ratio: the better peer at or under direct' if skipped else '')
+            + (f'; {skipped} round(s) with both peers at or under direct' if skipped else '')
             + f'): {verdict} | {floor_cell} |')
 
 
