@@ -29,11 +29,13 @@ use std::collections::{BTreeMap, VecDeque};
 use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
 use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, Wake, Waker, ready};
 
 use bytes::{Buf, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::drain::Drain;
@@ -447,10 +449,35 @@ where
     .await
 }
 
+/// The waker the driver reads the connection with: it wakes the connection's task and
+/// remembers that the connection did, so that the driver reads only then. The task is woken far
+/// more often by its streams (data, FIN and window updates to write, a stream served on the
+/// server) than by frames coming in, and each read attempt through TLS costs some 500
+/// instructions to find nothing (`benches/instructions.sh` with `--peer-http1 mux`).
+struct ReadWake {
+    /// The connection woke the task since the driver last read it to the end.
+    fired: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for ReadWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
 /// Moves frames between the connection and the session's streams.
 struct Driver<S> {
     io: S,
     shared: Arc<Shared>,
+    read_wake: Arc<ReadWake>,
+    /// `read_wake` as a [`Waker`], made once.
+    read_waker: Waker,
     /// Zeroed once, when made: a TLS stream initializes every byte of the room a read offers
     /// (`ReadBuf::initialize_unfilled`), which over uninitialized room (a `BytesMut`'s spare
     /// capacity) would be a `memset` at every read. `read[start..end]` is what has come and is
@@ -468,9 +495,16 @@ struct Driver<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     fn new(io: S, shared: Arc<Shared>) -> Driver<S> {
+        // Fired: nothing has been read yet.
+        let read_wake = Arc::new(ReadWake {
+            fired: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
         Driver {
             io,
             shared,
+            read_waker: Waker::from(read_wake.clone()),
+            read_wake,
             read: vec![0; READ_SIZE].into_boxed_slice(),
             start: 0,
             end: 0,
@@ -505,6 +539,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     }
 
     fn poll_with(&mut self, cx: &mut Context<'_>, shared: &Shared) -> Poll<io::Result<()>> {
+        self.read_wake.task.register(cx.waker());
+        // Read to the end (Pending, which leaves `read_waker` with the connection) only when
+        // the connection woke us since the last time.
+        if self.read_wake.fired.swap(false, Ordering::AcqRel)
+            && let Poll::Ready(ended) = self.poll_read_all(shared)
+        {
+            return Poll::Ready(ended);
+        }
+        self.poll_write_all(cx, shared)
+    }
+
+    /// Reads and dispatches until the connection has nothing more (Pending); Ready when it
+    /// ended or failed.
+    fn poll_read_all(&mut self, shared: &Shared) -> Poll<io::Result<()>> {
+        // A clone (a count's increment): `dispatch` below borrows all of `self`.
+        let waker = self.read_waker.clone();
+        let mut rcx = Context::from_waker(&waker);
         loop {
             if self.read.len() - self.end < READ_SIZE / 4 && self.start > 0 {
                 // Room for the rest of the frame begun at `start`: after a dispatch less than
@@ -514,8 +565,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 self.start = 0;
             }
             let mut room = ReadBuf::new(&mut self.read[self.end..]);
-            match Pin::new(&mut self.io).poll_read(cx, &mut room) {
-                Poll::Pending => break,
+            match Pin::new(&mut self.io).poll_read(&mut rcx, &mut room) {
+                Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(())) if room.filled().is_empty() => return Poll::Ready(Ok(())),
                 Poll::Ready(Ok(())) => {
                     self.end += room.filled().len();
@@ -524,6 +575,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             }
         }
+    }
+
+    /// Writes what the streams queued, and flushes it; Pending when all is written (or the
+    /// connection cannot take more now).
+    fn poll_write_all(&mut self, cx: &mut Context<'_>, shared: &Shared) -> Poll<io::Result<()>> {
         loop {
             if self.written == self.write.len() {
                 self.write.clear();
@@ -815,6 +871,77 @@ mod tests {
             }
         });
         futures_util::future::join_all(rounds).await;
+    }
+
+    /// A pipe's end that counts the reads tried on it.
+    struct CountingReads {
+        io: tokio::io::DuplexStream,
+        reads: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl AsyncRead for CountingReads {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for CountingReads {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.io).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn the_driver_reads_the_connection_only_when_it_woke_the_driver() {
+        let (client_io, mut server_io) = duplex(64 * 1024);
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = CountingReads {
+            io: client_io,
+            reads: reads.clone(),
+        };
+        let (session, driver) = Session::client(counted);
+        tokio::spawn(driver);
+        // The other end takes the frames and sends nothing back.
+        const WRITES: usize = 20;
+        let taken = tokio::spawn(async move {
+            let mut want = WRITES * (HEADER + 1);
+            let mut buf = vec![0; 4096];
+            while want > 0 {
+                let n = server_io.read(&mut buf).await.expect("read");
+                assert!(n > 0, "the client closed early");
+                want = want.saturating_sub(n);
+            }
+            server_io
+        });
+        let mut stream = session.open().expect("a stream");
+        for _ in 0..WRITES {
+            // Each write wakes the driver to send a frame of its own.
+            stream.write_all(b"x").await.expect("write");
+            tokio::task::yield_now().await;
+        }
+        let _server_io = taken.await.expect("the other end");
+        let reads = reads.load(Ordering::Relaxed);
+        assert!(
+            reads <= 2,
+            "{reads} reads of a connection that sent nothing, for {WRITES} wakeups to write"
+        );
     }
 
     #[tokio::test]
