@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The mesh as a mesh runs: client -> client sidecar (plaintext in on BENCH_LISTEN_PORT) -> mutual
-# TLS 1.3 with SPIFFE certificates from meshd's CA (HTTP/1.1 on ALPN mesh/h1 while fewer than 4 requests to the peer are in flight, HTTP/2 on mesh/h2 beyond and for 20 ms after; tcp mode: ALPN mesh/tcp)
+# TLS 1.3 with SPIFFE certificates from meshd's CA (HTTP/1.1 on ALPN mesh/h1 while fewer than 4 requests to the peer are in flight, on streams of one mesh/mux connection beyond and for 20 ms after; tcp mode: ALPN mesh/tcp)
 # -> server sidecar (peer port BENCH_INTERNAL_PORT) -> backend. One thread per sidecar.
 source "$BENCH_HOME/contenders/_lib.sh"
 source "$(dirname "$0")/_mesh.sh"
