@@ -197,7 +197,8 @@ impl HttpClients {
     }
 
     /// Sends `req` to `addr`, through a peer sidecar's port as `via` says
-    /// ([`HttpClients::peer_route`] chose it). The request is as [`upstream_request`] makes it.
+    /// ([`HttpClients::peer_route`] chose it). The request is as [`upstream_request`] makes it;
+    /// `upgrade`: it asks to switch protocols ([`wants_upgrade`], which the caller has read).
     ///
     /// Not an `async fn`: its five pools' futures are the variants of one enum ([`Either`]),
     /// laid over each other, where an `async fn` awaiting each in its own arm kept room for
@@ -208,18 +209,23 @@ impl HttpClients {
         req: Request<StreamBody>,
         addr: SocketAddr,
         via: Via,
+        upgrade: bool,
     ) -> impl Future<Output = Result<Response<PooledBody<StreamBody>>, PoolError>> + '_ {
         let http2 = req.version() == Version::HTTP_2;
         match (&self.peer, via) {
-            (Some(peer), Via::PeerMux) => Either::Left(peer.mux.send(req, addr)),
-            (Some(peer), Via::Peer) if http2 => {
-                Either::Right(Either::Left(Either::Left(peer.http2.send(req, addr))))
-            }
-            (Some(peer), Via::Peer) => {
-                Either::Right(Either::Left(Either::Right(peer.http1.send(req, addr))))
-            }
-            _ if http2 => Either::Right(Either::Right(Either::Left(self.http2.send(req, addr)))),
-            _ => Either::Right(Either::Right(Either::Right(self.http1.send(req, addr)))),
+            (Some(peer), Via::PeerMux) => Either::Left(peer.mux.send(req, addr, upgrade)),
+            (Some(peer), Via::Peer) if http2 => Either::Right(Either::Left(Either::Left(
+                peer.http2.send(req, addr, upgrade),
+            ))),
+            (Some(peer), Via::Peer) => Either::Right(Either::Left(Either::Right(
+                peer.http1.send(req, addr, upgrade),
+            ))),
+            _ if http2 => Either::Right(Either::Right(Either::Left(
+                self.http2.send(req, addr, upgrade),
+            ))),
+            _ => Either::Right(Either::Right(Either::Right(
+                self.http1.send(req, addr, upgrade),
+            ))),
         }
     }
 }
@@ -461,16 +467,20 @@ async fn forward(
     // The send is made in the arm that awaits it: one future held across the `await` would
     // take room of its own beside the timeout's copy of it.
     let result = match route.timeout {
-        Some(limit) => match tokio::time::timeout(limit, ctx.http.send(req, addr, via)).await {
-            Ok(r) => r,
-            Err(_) => {
-                let reason = format!(
-                    "{endpoint} ({cluster}) did not answer within the route timeout {limit:?}"
-                );
-                return mesh_error(StatusCode::GATEWAY_TIMEOUT, &reason);
+        Some(limit) => {
+            match tokio::time::timeout(limit, ctx.http.send(req, addr, via, upgrade.is_some()))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => {
+                    let reason = format!(
+                        "{endpoint} ({cluster}) did not answer within the route timeout {limit:?}"
+                    );
+                    return mesh_error(StatusCode::GATEWAY_TIMEOUT, &reason);
+                }
             }
-        },
-        None => ctx.http.send(req, addr, via).await,
+        }
+        None => ctx.http.send(req, addr, via, upgrade.is_some()).await,
     };
     match result {
         Ok(mut resp) => {

@@ -425,7 +425,11 @@ async fn to_app(
             return inbound_error(StatusCode::BAD_REQUEST, &format!("bad request target: {e}"));
         }
     };
-    match ctx.http.send(req, app, Via::Direct).await {
+    match ctx
+        .http
+        .send(req, app, Via::Direct, upgrade.is_some())
+        .await
+    {
         Ok(mut resp) => {
             if let Some(from_peer) =
                 upgrade.filter(|_| resp.status() == StatusCode::SWITCHING_PROTOCOLS)

@@ -402,7 +402,7 @@ mod tests {
                     .version(Version::HTTP_11)
                     .body(Empty::<Bytes>::new())
                     .expect("request");
-                let resp = pool.send(req, addr).await.expect("response");
+                let resp = pool.send(req, addr, false).await.expect("response");
                 assert!(resp.status().is_success(), "{}", resp.status());
                 let body = resp.into_body().collect().await.expect("body").to_bytes();
                 assert_eq!(body, arrives_in.as_bytes(), "the server's version");

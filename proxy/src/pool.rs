@@ -216,15 +216,15 @@ where
     /// Sends `req` to `addr`. An HTTP/1.1 request must be in origin form with a Host header; an
     /// HTTP/2 one in absolute form (its scheme and authority become the pseudo-headers). A
     /// request for a protocol upgrade (or `CONNECT`) goes on a new HTTP/1.1 connection of its
-    /// own, which hyper's client drives and hands over once switched.
+    /// own, which hyper's client drives and hands over once switched: `upgrade` says the
+    /// request asks for one (the caller has looked: [`crate::http::wants_upgrade`]).
     pub async fn send(
         &self,
         mut req: Request<B>,
         addr: SocketAddr,
+        upgrade: bool,
     ) -> Result<Response<PooledBody<B>>, PoolError> {
-        if self.inner.version == Version::Http1
-            && (req.method() == Method::CONNECT || crate::http::wants_upgrade(req.headers()))
-        {
+        if self.inner.version == Version::Http1 && (upgrade || req.method() == Method::CONNECT) {
             // hyper's client writes the map only.
             crate::raw_head::restore_request(&mut req);
             // Boxed: rare, and its future would otherwise be part of every request's.
@@ -707,7 +707,10 @@ mod tests {
     /// Sends a request and reads its body: the number of the backend's connection it took.
     async fn connection_of(pool: &Pool<TcpConnector, Empty<Bytes>>, addr: SocketAddr) -> String {
         let http2 = pool.inner.version == Version::Http2;
-        let resp = pool.send(get(addr, http2), addr).await.expect("response");
+        let resp = pool
+            .send(get(addr, http2), addr, false)
+            .await
+            .expect("response");
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         String::from_utf8_lossy(&body).into_owned()
     }
@@ -731,7 +734,10 @@ mod tests {
     async fn an_http1_response_read_in_part_does_not_give_its_connection_back() {
         let (addr, accepted) = backend(false, false).await;
         let pool = pool(Version::Http1);
-        let resp = pool.send(get(addr, false), addr).await.expect("response");
+        let resp = pool
+            .send(get(addr, false), addr, false)
+            .await
+            .expect("response");
         drop(resp);
         assert_eq!(pool.pooled(), 0, "a body dropped before its end");
         assert_eq!(connection_of(&pool, addr).await, "2");
@@ -805,8 +811,10 @@ mod tests {
         let (servers, mut accepted) = tokio::sync::mpsc::unbounded_channel();
         let pool = Pool::new(MemoryConnector { servers }, Version::Http1);
         let addr: SocketAddr = "127.0.0.1:80".parse().expect("addr");
-        let (first, mut server) =
-            tokio::join!(pool.send(get(addr, false), addr), answer_one(&mut accepted));
+        let (first, mut server) = tokio::join!(
+            pool.send(get(addr, false), addr, false),
+            answer_one(&mut accepted)
+        );
         let body = first.expect("first response").into_body().collect().await;
         assert_eq!(&body.expect("first body").to_bytes()[..], b"ok");
         assert_eq!(pool.pooled(), 1, "the first connection is back in the pool");
@@ -817,10 +825,12 @@ mod tests {
             drop(server);
             answer_one(&mut accepted).await
         });
-        let second =
-            tokio::time::timeout(Duration::from_secs(10), pool.send(get(addr, false), addr))
-                .await
-                .expect("an answer within 10 s");
+        let second = tokio::time::timeout(
+            Duration::from_secs(10),
+            pool.send(get(addr, false), addr, false),
+        )
+        .await
+        .expect("an answer within 10 s");
         let body = second
             .expect("the request sent again on a new connection")
             .into_body()
@@ -880,7 +890,7 @@ mod tests {
             let pool = pool(version);
             let http2 = version == Version::Http2;
             let e = pool
-                .send(get(addr, http2), addr)
+                .send(get(addr, http2), addr, false)
                 .await
                 .expect_err("refused");
             assert!(e.is_connect(), "{e:?}");
