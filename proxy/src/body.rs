@@ -7,7 +7,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::http2_body::RecvBody;
@@ -31,8 +31,59 @@ pub enum StreamBody {
     Hyper(Incoming),
     /// Read off an `h2` stream.
     H2(RecvBody),
-    /// Read whole with its head ([`crate::http1_server`]): `None` once taken, or when empty.
-    Whole(Option<Bytes>),
+    /// Read whole with its head by our HTTP/1.1 server ([`crate::http1_server`]).
+    Whole(Whole),
+}
+
+/// A request body read whole by our HTTP/1.1 server, with the fields of its head that were
+/// kept as they came ([`crate::raw_head`]): `bytes[..kept]` are those field lines, and
+/// `bytes[body..]` the body not yet taken.
+///
+/// The fields are carried here rather than in the request's extensions, whose first insert
+/// allocated a table and a box that its drop freed (about 600 instructions a request), and in
+/// one buffer with the body, which keeps this body within a word of hyper's: every move of a
+/// request copies it.
+#[derive(Debug)]
+pub struct Whole {
+    bytes: Bytes,
+    /// Below `MAX_HEAD` and `body` below that plus `MAX_WHOLE_BODY` (http1_server's limits).
+    kept: u32,
+    body: u32,
+}
+
+impl Whole {
+    /// `bytes` holding the kept field lines in its first `kept` bytes and the body from `body`
+    /// on (both within `bytes`, and `kept` at most `body`).
+    pub fn new(bytes: Bytes, kept: usize, body: usize) -> Whole {
+        debug_assert!(kept <= body && body <= bytes.len());
+        Whole {
+            bytes,
+            kept: kept as u32,
+            body: body as u32,
+        }
+    }
+
+    /// The kept field lines and the body from two buffers: joined (a copy of both), which
+    /// only a request whose kept fields are not the last of its head and that has a body needs.
+    pub fn joined(kept: &[u8], body: &[u8]) -> Whole {
+        let mut bytes = BytesMut::with_capacity(kept.len() + body.len());
+        bytes.extend_from_slice(kept);
+        bytes.extend_from_slice(body);
+        Whole::new(bytes.freeze(), kept.len(), kept.len())
+    }
+
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.body as usize
+    }
+
+    fn take_body(&mut self) -> Option<Bytes> {
+        if self.remaining() == 0 {
+            return None;
+        }
+        let body = self.bytes.slice(self.body as usize..);
+        self.body = self.bytes.len() as u32;
+        Some(body)
+    }
 }
 
 impl From<Incoming> for StreamBody {
@@ -58,7 +109,7 @@ impl Body for StreamBody {
         match self.get_mut() {
             StreamBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(BodyError::Http1),
             StreamBody::H2(body) => Pin::new(body).poll_frame(cx).map_err(BodyError::Http2),
-            StreamBody::Whole(body) => Poll::Ready(body.take().map(|data| Ok(Frame::data(data)))),
+            StreamBody::Whole(whole) => Poll::Ready(whole.take_body().map(|d| Ok(Frame::data(d)))),
         }
     }
 
@@ -66,7 +117,7 @@ impl Body for StreamBody {
         match self {
             StreamBody::Hyper(body) => body.is_end_stream(),
             StreamBody::H2(body) => body.is_end_stream(),
-            StreamBody::Whole(body) => body.is_none(),
+            StreamBody::Whole(whole) => whole.remaining() == 0,
         }
     }
 
@@ -74,9 +125,31 @@ impl Body for StreamBody {
         match self {
             StreamBody::Hyper(body) => body.size_hint(),
             StreamBody::H2(body) => body.size_hint(),
-            StreamBody::Whole(body) => {
-                SizeHint::with_exact(body.as_ref().map_or(0, |data| data.len() as u64))
+            StreamBody::Whole(whole) => SizeHint::with_exact(whole.remaining() as u64),
+        }
+    }
+}
+
+impl crate::raw_head::RequestFields for StreamBody {
+    fn read_by_our_server(&self) -> bool {
+        matches!(self, StreamBody::Whole(_))
+    }
+
+    fn kept(&self) -> Option<&[u8]> {
+        match self {
+            StreamBody::Whole(whole) if whole.kept > 0 => Some(&whole.bytes[..whole.kept as usize]),
+            _ => None,
+        }
+    }
+
+    fn take_kept(&mut self) -> Option<Bytes> {
+        match self {
+            StreamBody::Whole(whole) if whole.kept > 0 => {
+                let kept = whole.bytes.slice(..whole.kept as usize);
+                whole.kept = 0;
+                Some(kept)
             }
+            _ => None,
         }
     }
 }
@@ -87,11 +160,13 @@ mod tests {
 
     /// Requests and responses move their bodies about by value (into hyper's HTTP/1.1
     /// connections among others): a larger body than hyper's own cost each request two
-    /// out-of-line copies there (callgrind, `benches/instructions.sh`).
+    /// out-of-line copies there (callgrind, `benches/instructions.sh`). A [`Whole`] body holds
+    /// two offsets beside its buffer, one word more than hyper's; with its kept fields in a
+    /// second buffer (72 bytes) each side's copies cost about 120 instructions a request more.
     #[test]
-    fn a_body_of_either_kind_is_no_larger_than_hypers() {
+    fn a_body_of_any_kind_is_at_most_a_word_larger_than_hypers() {
         assert!(
-            std::mem::size_of::<StreamBody>() <= std::mem::size_of::<Incoming>(),
+            std::mem::size_of::<StreamBody>() <= std::mem::size_of::<Incoming>() + 8,
             "StreamBody is {} bytes, hyper's Incoming {}",
             std::mem::size_of::<StreamBody>(),
             std::mem::size_of::<Incoming>()

@@ -1,6 +1,8 @@
 //! Graceful shutdown: stop accepting, let open connections finish, give up after a timeout.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -11,6 +13,9 @@ use tokio_util::task::TaskTracker;
 #[derive(Clone, Debug, Default)]
 pub struct Drain {
     signal: CancellationToken,
+    /// Set before `signal` fires: read on every request, where the token's own check takes a
+    /// lock.
+    draining: Arc<AtomicBool>,
     connections: TaskTracker,
 }
 
@@ -21,11 +26,14 @@ impl Drain {
 
     /// Starts the drain (idempotent).
     pub fn start(&self) {
+        self.draining.store(true, Ordering::Release);
         self.signal.cancel();
     }
 
+    /// Whether the drain has started: once [`Drain::started`] wakes a task, this is `true`
+    /// for it.
     pub fn is_draining(&self) -> bool {
-        self.signal.is_cancelled()
+        self.draining.load(Ordering::Acquire)
     }
 
     /// Resolves once the drain has started.

@@ -39,7 +39,7 @@ use hyper::header::{
 use hyper::{Method, Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::raw_head::{FromHttp1Server, RawFields};
+use crate::raw_head::{RawFields, RequestFields};
 
 /// A connection's byte stream: TCP, or TLS over it.
 pub trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
@@ -219,7 +219,7 @@ pub async fn send<B>(
     reused: bool,
 ) -> Result<Response<ResponseBody<B>>, SendError<B>>
 where
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + RequestFields + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let unsent = |error| SendError {
@@ -227,7 +227,7 @@ where
         unsent: None,
     };
     let head_request = req.method() == Method::HEAD;
-    let raw = req.extensions().get::<FromHttp1Server>().is_some();
+    let raw = req.body().read_by_our_server();
     let framing = encode_head(&req, &mut conn.write).map_err(unsent)?;
     let (parts, body) = req.into_parts();
     let retryable = reused && framing.encoder.is_none() && is_idempotent(&parts.method);
@@ -312,7 +312,10 @@ pub(crate) enum Encoder {
 
 /// Writes the request line and header section into `out`, with the framing header the body
 /// needs when the request has none.
-fn encode_head<B: Body>(req: &Request<B>, out: &mut Vec<u8>) -> Result<Framing, Error> {
+fn encode_head<B: Body + RequestFields>(
+    req: &Request<B>,
+    out: &mut Vec<u8>,
+) -> Result<Framing, Error> {
     let method = req.method();
     if method == Method::CONNECT {
         return Err(Error::Request("CONNECT goes on a connection of its own"));
@@ -366,9 +369,8 @@ fn encode_head<B: Body>(req: &Request<B>, out: &mut Vec<u8>) -> Result<Framing, 
         out.extend_from_slice(b"\r\n");
     }
     // The fields the sidecar did not act on, as they came (see `crate::raw_head`).
-    let kept = req.extensions().get::<FromHttp1Server>();
-    if let Some(raw) = kept.and_then(|from| from.kept.as_ref()) {
-        out.extend_from_slice(raw.lines());
+    if let Some(kept) = req.body().kept() {
+        out.extend_from_slice(kept);
     }
     match added {
         Some(FramingHeader::Length(n)) => {
@@ -1039,6 +1041,16 @@ mod tests {
             .expect("request")
     }
 
+    /// A GET as our HTTP/1.1 server reads it: its body says so, with the `kept` fields.
+    fn from_our_server(path: &str, kept: Option<&'static str>) -> Request<crate::body::StreamBody> {
+        let kept = kept.unwrap_or_default().as_bytes();
+        let body = crate::body::StreamBody::Whole(crate::body::Whole::joined(kept, b""));
+        Request::get(path)
+            .header("host", "example")
+            .body(body)
+            .expect("request")
+    }
+
     /// What the client has written so far (the test's upstream end reads it without waiting).
     async fn written(server: &mut DuplexStream) -> String {
         let mut out = Vec::new();
@@ -1063,7 +1075,7 @@ mod tests {
         reused: bool,
     ) -> Response<ResponseBody<B>>
     where
-        B: Body<Data = Bytes> + Unpin,
+        B: Body<Data = Bytes> + RequestFields + Unpin,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         send(conn, req, reused)
@@ -1080,7 +1092,7 @@ mod tests {
         answer: &[u8],
     ) -> (Response<ResponseBody<B>>, http_body_util::Collected<Bytes>)
     where
-        B: Body<Data = Bytes> + Unpin,
+        B: Body<Data = Bytes> + RequestFields + Unpin,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         server.write_all(answer).await.expect("answer");
@@ -1127,8 +1139,7 @@ mod tests {
     async fn a_request_whose_response_is_written_raw_gets_its_fields_as_they_came() {
         let answer = b"HTTP/1.1 200 OK\r\nSERVER: t\r\nContent-Length: 5\r\n\
                        Connection: close\r\nX-A: 1\r\n\r\nhello";
-        let mut req = get("/");
-        req.extensions_mut().insert(FromHttp1Server::default());
+        let req = from_our_server("/", None);
         let (conn, mut server) = connection();
         let (mut resp, body) = exchange(conn, &mut server, req, answer).await;
         assert!(resp.headers().is_empty(), "{:?}", resp.headers());
@@ -1142,12 +1153,16 @@ mod tests {
         let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n\
                         2\r\nhi\r\n0\r\n\r\n";
         for (marked, answer) in [(false, &answer[..]), (true, &chunked[..])] {
-            let mut req = get("/");
-            if marked {
-                req.extensions_mut().insert(FromHttp1Server::default());
-            }
             let (conn, mut server) = connection();
-            let (resp, _) = exchange(conn, &mut server, req, answer).await;
+            let resp = if marked {
+                let req = from_our_server("/", None);
+                exchange(conn, &mut server, req, answer).await.0.map(drop)
+            } else {
+                exchange(conn, &mut server, get("/"), answer)
+                    .await
+                    .0
+                    .map(drop)
+            };
             assert!(resp.extensions().get::<RawFields>().is_none());
             assert_eq!(resp.headers()["x-a"], "1");
         }
@@ -1155,10 +1170,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_requests_fields_kept_as_they_came_are_written_after_its_map() {
-        let mut req = get("/");
-        req.extensions_mut().insert(FromHttp1Server {
-            kept: Some(RawFields::for_test("User-Agent: t\r\nx-app: 1\r\n", None)),
-        });
+        let req = from_our_server("/", Some("User-Agent: t\r\nx-app: 1\r\n"));
         let (conn, mut server) = connection();
         let answer = b"HTTP/1.1 204 No Content\r\n\r\n";
         let _ = exchange(conn, &mut server, req, answer).await;

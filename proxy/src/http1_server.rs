@@ -43,6 +43,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::body::StreamBody;
+use crate::body::Whole;
 use crate::drain::Drain;
 use crate::hop::HOP;
 use crate::http::ProxyBody;
@@ -51,7 +52,7 @@ use crate::http1_client::{
     field_spans, push_decimal,
 };
 use crate::io::Rewind;
-use crate::raw_head::{FromHttp1Server, RawFields};
+use crate::raw_head::RawFields;
 
 /// A request body of at most this many bytes (by its `content-length`) is read whole with its
 /// head; a longer one hands the connection to hyper, which streams it.
@@ -92,14 +93,19 @@ where
     let mut conn = Connection::with_read(io, read);
     // Polled only while no request has begun (a drain closes idle connections at once, and
     // tells a busy one's client `connection: close` with its response).
-    let mut drained = pin!(async move {
+    let drained = pin!(async move {
         match drain {
             Some(drain) => drain.started().await,
             None => std::future::pending().await,
         }
     });
+    let mut idle = IdleWatch {
+        started: drained,
+        drain,
+        registered: false,
+    };
     loop {
-        let parsed = match poll_fn(|cx| poll_next(&mut conn, drained.as_mut(), cx)).await {
+        let parsed = match poll_fn(|cx| poll_next(&mut conn, &mut idle, cx)).await {
             Next::Request(parsed) => parsed,
             Next::Closed => return Ok(()),
             Next::HandOff => return hand_off(conn, drain, &answer).await,
@@ -182,12 +188,12 @@ enum Next {
 }
 
 /// Reads until the next request (its head, and its body when it goes whole) is in the buffer.
-fn poll_next<I: AsyncRead + AsyncWrite + Unpin>(
+fn poll_next<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>>(
     conn: &mut Connection<I>,
-    drained: Pin<&mut impl Future<Output = ()>>,
+    idle: &mut IdleWatch<'_, F>,
     cx: &mut Context<'_>,
 ) -> Poll<Next> {
-    if conn.read.is_empty() && drained.poll(cx).is_ready() {
+    if conn.read.is_empty() && idle.drain_started(cx) {
         // Draining: an idle connection closes, but a request that has already arrived (on a
         // `mesh/mux` stream opened just before the peer read its GOAWAY, say) is served, with
         // `connection: close`.
@@ -211,6 +217,29 @@ fn poll_next<I: AsyncRead + AsyncWrite + Unpin>(
             Ok(_) => {}
             Err(e) => return Poll::Ready(Next::Failed(Error::Read(e))),
         }
+    }
+}
+
+/// Whether a drain has started, asked each time the connection waits for a request.
+///
+/// The first ask polls the drain's signal, which keeps the task's waker to wake it when the
+/// drain starts; later asks read the drain's flag only (polling the signal again took a lock
+/// twice, about 190 instructions, at each request). The connection is polled by one task for
+/// its whole life (its own, or its slot in a `mesh/mux` driver's set), so the waker kept is
+/// the one to wake.
+struct IdleWatch<'d, F> {
+    started: Pin<&'d mut F>,
+    drain: Option<&'d Drain>,
+    registered: bool,
+}
+
+impl<F: Future<Output = ()>> IdleWatch<'_, F> {
+    fn drain_started(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.registered {
+            return self.drain.is_some_and(Drain::is_draining);
+        }
+        self.registered = true;
+        self.started.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -315,8 +344,9 @@ fn parse_request(buf: &mut BytesMut) -> Result<Parse, Refusal> {
     }
     let method = span(method.as_bytes());
     let target = span(parsed.path.unwrap_or_default().as_bytes());
-    let head = buf.split_to(len).freeze();
-    let body = (body_len > 0).then(|| buf.split_to(body_len).freeze());
+    // Head and body in one buffer: the body's part of it goes with the kept fields (`Whole`).
+    let message = buf.split_to(len + body_len).freeze();
+    let head = message.slice(..len);
     let method = Method::from_bytes(&head[method.0 as usize..method.1 as usize])
         .map_err(|_| (StatusCode::BAD_REQUEST, "invalid method".to_string()))?;
     let target = head.slice(target.0 as usize..target.1 as usize);
@@ -328,25 +358,44 @@ fn parse_request(buf: &mut BytesMut) -> Result<Parse, Refusal> {
         )
     })?;
     // The fields the sidecar acts on go into the map; the rest stay as they came.
-    let (mapped, raw) = RawFields::split_request(&head, spans);
+    let (mapped, kept) = RawFields::split_request(&head, spans);
     let headers = header_map(&head, &spans[..mapped])?;
     let head_request = method == Method::HEAD;
     let keep_alive = !framing.close && (version == Version::HTTP_11 || framing.keep_alive);
-    let mut request = Request::new(StreamBody::Whole(body));
+    // Its body says that it came from here: its response comes back here, and the response's
+    // fields may stay as they arrived upstream.
+    let mut request = Request::new(StreamBody::Whole(whole(&message, len, kept)));
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = version;
     *request.headers_mut() = headers;
-    // Its response comes back here: its fields may come as they arrived upstream.
-    request
-        .extensions_mut()
-        .insert(FromHttp1Server { kept: raw });
     Ok(Parse::Request(Parsed {
         request,
         keep_alive,
         head_request,
         version,
     }))
+}
+
+/// The body of `message` (after its head of `head_len` bytes) with the head's `kept` field
+/// lines, in one buffer: a slice of `message` from the kept lines on when they are the head's
+/// last (they end where the empty line that ends the head starts, as they do when the map's
+/// fields come first), else a copy of both, where the body is not empty.
+fn whole(message: &Bytes, head_len: usize, kept: Option<Bytes>) -> Whole {
+    let Some(kept) = kept else {
+        return Whole::new(message.clone(), 0, head_len);
+    };
+    if message.len() == head_len {
+        return Whole::new(kept.clone(), kept.len(), kept.len());
+    }
+    let base = message.as_ptr() as usize;
+    let last = (kept.as_ptr() as usize)
+        .checked_sub(base)
+        .filter(|start| start + kept.len() + 2 == head_len);
+    match last {
+        Some(start) => Whole::new(message.slice(start..), kept.len(), head_len - start),
+        None => Whole::joined(&kept, &message[head_len..]),
+    }
 }
 
 /// Room in a request's map for the fields the sidecar adds to it (the hop field on the way to
@@ -836,7 +885,7 @@ mod tests {
     #[tokio::test]
     async fn requests_it_answers_itself_say_their_responses_come_back_here() {
         let answer = |req: Request<StreamBody>| async move {
-            let marked = req.extensions().get::<FromHttp1Server>().is_some();
+            let marked = crate::raw_head::RequestFields::read_by_our_server(req.body());
             let body = Full::new(Bytes::from(marked.to_string()));
             Response::new(body.map_err(|e| match e {}).boxed())
         };
@@ -975,6 +1024,41 @@ mod tests {
                 assert_eq!(headers[last.as_str()], format!("value {}", count - 1));
             }
             assert!(buf.is_empty());
+        }
+    }
+
+    /// The kept fields and the body share one buffer whether the kept fields end the head or
+    /// not, and whether there is a body or not; the next request stays in the read buffer.
+    #[tokio::test]
+    async fn a_requests_kept_fields_and_body_come_whole_whatever_their_order() {
+        use crate::raw_head::RequestFields;
+        let heads = [
+            (
+                "POST /a HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\nx-app: 1\r\n\r\nhello",
+                "hello",
+            ),
+            (
+                "POST /a HTTP/1.1\r\nx-app: 1\r\ncontent-length: 5\r\nhost: a\r\n\r\nhello",
+                "hello",
+            ),
+            ("GET /a HTTP/1.1\r\nx-app: 1\r\nhost: a\r\n\r\n", ""),
+            ("GET /a HTTP/1.1\r\nhost: a\r\nx-app: 1\r\n\r\n", ""),
+        ];
+        for (message, body) in heads {
+            let mut buf = BytesMut::from(format!("{message}GET /next").as_bytes());
+            let Ok(Parse::Request(parsed)) = parse_request(&mut buf) else {
+                panic!("{message:?}: not parsed");
+            };
+            let request = parsed.request;
+            assert_eq!(
+                request.body().kept(),
+                Some(&b"x-app: 1\r\n"[..]),
+                "{message:?}"
+            );
+            assert_eq!(request.body().size_hint().exact(), Some(body.len() as u64));
+            let read = request.into_body().collect().await.expect("the body");
+            assert_eq!(read.to_bytes(), body.as_bytes(), "{message:?}");
+            assert_eq!(&buf[..], b"GET /next");
         }
     }
 

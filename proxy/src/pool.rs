@@ -45,6 +45,7 @@ use crate::body::BodyError;
 use crate::http1_client::{self, Connection};
 use crate::http2_body::RecvBody;
 use crate::http2_client::{self, KeepAlive, SendError};
+use crate::raw_head::RequestFields;
 
 /// How often idle connections are looked at.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
@@ -195,7 +196,7 @@ enum Taken {
 impl<C, B> Pool<C, B>
 where
     C: Connect,
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B: Body<Data = Bytes> + RequestFields + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     pub fn new(connector: C, version: Version) -> Pool<C, B> {

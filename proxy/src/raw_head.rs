@@ -12,7 +12,7 @@
 //! Responses: all their fields become one [`RawFields`] in the response's extensions, in place
 //! of the map, which our server writes as it is. Only where that is sound:
 //! - the request says that its response is written by our HTTP/1.1 server
-//!   ([`FromHttp1Server`] in its extensions, put there by that server alone); anything else
+//!   ([`RequestFields::read_by_our_server`]: its body is that server's alone); anything else
 //!   that writes or reads a response gets a `HeaderMap`;
 //! - the head has none of the fields a proxy must act on or rewrite beyond its framing:
 //!   `transfer-encoding`, `upgrade`, `trailer`, `te`, or a `connection` that names other
@@ -25,9 +25,9 @@
 //!
 //! Requests: the fields the sidecar itself reads, sets or removes go into the request's map
 //! as before (`host`, the mesh's `x-mesh-*`, `x-forwarded-client-cert`, framing and hop-by-hop
-//! fields, see [`in_request_map`]); the others (`user-agent`, `accept`, the app's own) become a
-//! [`RawFields`] in its [`FromHttp1Server`], which our HTTP/1.1 client writes after the map's. The map is
-//! restored whole ([`restore_request`]) before anything else reads it: route matching on a
+//! fields, see [`in_request_map`]); the others (`user-agent`, `accept`, the app's own) are kept
+//! as their lines, carried by the request's body ([`RequestFields::kept`]), which our HTTP/1.1
+//! client writes after the map's. The map is restored whole ([`restore_request`]) before anything else reads it: route matching on a
 //! Service with header matches, a route's request header edits, and the HTTP/2 and hyper
 //! clients.
 
@@ -41,15 +41,36 @@ use hyper::{Request, Response};
 use crate::http1_client::{FieldSpan, FramingFields};
 use crate::peer::CLIENT_CERT;
 
-/// On a request read by our HTTP/1.1 server, the one extension it puts there (each insert
-/// into a request's extensions costs a hash-map insert and its allocations): its response is
-/// written by that server, which writes [`RawFields`]; and the request's own fields kept as
-/// they came, if any.
-#[derive(Debug, Clone, Default)]
-pub struct FromHttp1Server {
-    /// Written by our HTTP/1.1 client after the map's fields; taken by [`restore_request`].
-    pub kept: Option<RawFields>,
+/// What a request's body tells of its head: a body read whole by our HTTP/1.1 server
+/// ([`crate::body::StreamBody::Whole`]) says so, and carries the fields of the head that were
+/// kept as they came; any other body has neither.
+pub trait RequestFields {
+    /// Read by our HTTP/1.1 server, which writes its response: the response's fields may
+    /// then stay as they come ([`RawFields`]).
+    fn read_by_our_server(&self) -> bool {
+        false
+    }
+
+    /// The fields kept as they came, each line with its CRLF: written by our HTTP/1.1 client
+    /// after the map's.
+    fn kept(&self) -> Option<&[u8]> {
+        None
+    }
+
+    /// Takes them out, for [`restore_request`].
+    fn take_kept(&mut self) -> Option<Bytes> {
+        None
+    }
 }
+
+#[cfg(test)]
+impl RequestFields for http_body_util::Empty<Bytes> {}
+
+#[cfg(test)]
+impl RequestFields for http_body_util::Full<Bytes> {}
+
+#[cfg(test)]
+impl<S> RequestFields for http_body_util::StreamBody<S> {}
 
 /// On a response, in place of its `HeaderMap`: its header fields as they came, each line with
 /// its CRLF, without the framing and hop-by-hop fields.
@@ -232,10 +253,7 @@ impl RawFields {
     /// rewrites ([`in_request_map`]) are moved to the front of `spans`, in their order, and
     /// counted; the others are kept as they came. When they cannot be (a line not ended by
     /// CRLF, too many runs), or there are none, every field is counted for the map.
-    pub(crate) fn split_request(
-        head: &Bytes,
-        spans: &mut [FieldSpan],
-    ) -> (usize, Option<RawFields>) {
+    pub(crate) fn split_request(head: &Bytes, spans: &mut [FieldSpan]) -> (usize, Option<Bytes>) {
         let all = (spans.len(), None);
         // Which fields go to the map (at most MAX_HEADERS, 100, of them).
         let mut mapped: u128 = 0;
@@ -271,13 +289,7 @@ impl RawFields {
                 to += 1;
             }
         }
-        (
-            count,
-            Some(RawFields {
-                lines,
-                length: None,
-            }),
-        )
+        (count, Some(lines))
     }
 
     /// Fields as [`RawFields::of`] keeps them, for tests elsewhere.
@@ -335,13 +347,13 @@ pub fn restore_into(headers: &mut HeaderMap, extensions: &mut Extensions) {
     }
 }
 
-/// [`restore_into`] for a whole request.
-pub fn restore_request<B>(request: &mut Request<B>) {
-    let kept = request
-        .extensions_mut()
-        .get_mut::<FromHttp1Server>()
-        .and_then(|from| from.kept.take());
-    if let Some(raw) = kept {
+/// [`restore_into`] for a whole request: its body's kept fields into its map.
+pub fn restore_request<B: RequestFields>(request: &mut Request<B>) {
+    if let Some(lines) = request.body_mut().take_kept() {
+        let raw = RawFields {
+            lines,
+            length: None,
+        };
         put(request.headers_mut(), raw.header_map());
     }
 }
@@ -454,7 +466,10 @@ mod tests {
             .iter()
             .map(|&(ns, ne, _, _)| String::from_utf8_lossy(&head[ns as usize..ne as usize]).into())
             .collect();
-        (names, raw.map(|r| lines(&r).to_string()))
+        (
+            names,
+            raw.map(|r| String::from_utf8(r.to_vec()).expect("text")),
+        )
     }
 
     #[test]
@@ -519,17 +534,16 @@ mod tests {
 
     #[test]
     fn a_requests_kept_fields_are_restored_after_its_map() {
-        let mut request = Request::new(());
+        let kept = Bytes::from_static(b"x-app: 1\r\nAccept: */*\r\n");
+        let whole = crate::body::Whole::new(kept.clone(), kept.len(), kept.len());
+        let mut request = Request::new(crate::body::StreamBody::Whole(whole));
         request
             .headers_mut()
             .insert("host", HeaderValue::from_static("web"));
-        request.extensions_mut().insert(FromHttp1Server {
-            kept: Some(RawFields::for_test("x-app: 1\r\nAccept: */*\r\n", None)),
-        });
         restore_request(&mut request);
         // Taken out; the mark that the response is written by our server stays.
-        let from = request.extensions().get::<FromHttp1Server>();
-        assert!(from.is_some_and(|from| from.kept.is_none()));
+        assert!(request.body().kept().is_none());
+        assert!(request.body().read_by_our_server());
         let h = request.headers();
         assert_eq!(h.len(), 3);
         assert_eq!(h["host"], "web");
