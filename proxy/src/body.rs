@@ -11,6 +11,7 @@ use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::http2_body::RecvBody;
+use crate::raw_head::RawFields;
 
 /// Why a body could not be read to its end.
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +152,118 @@ impl crate::raw_head::RequestFields for StreamBody {
             }
             _ => None,
         }
+    }
+}
+
+/// A response body as the sidecar answers with it (from upstream, or made here), with the
+/// response's header fields when our HTTP/1.1 client kept them as they came ([`RawFields`], in
+/// place of its map): for our HTTP/1.1 server to write, and for anything else that writes or
+/// reads the response to put back into the map first ([`crate::raw_head::restore_into`]).
+///
+/// One box holds the body and the fields: in the response's extensions the fields cost a table
+/// and a box more, allocated at the insert and freed at the drop (about 600 instructions a
+/// response), and beside the box they made every move of a response longer.
+pub struct ProxyBody(Box<dyn KeptBody + Send>);
+
+impl std::fmt::Debug for ProxyBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyBody")
+            .field("kept", &self.kept())
+            .finish()
+    }
+}
+
+/// A body that says which header fields of its response were kept as they came.
+trait KeptBody: Body<Data = Bytes, Error = BodyError> + Unpin {
+    fn kept(&self) -> Option<&RawFields>;
+    fn take_kept(&mut self) -> Option<RawFields>;
+}
+
+struct WithKept<B> {
+    body: B,
+    kept: Option<RawFields>,
+}
+
+impl<B> Body for WithKept<B>
+where
+    B: Body<Data = Bytes, Error = BodyError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl<B> KeptBody for WithKept<B>
+where
+    B: Body<Data = Bytes, Error = BodyError> + Unpin,
+{
+    fn kept(&self) -> Option<&RawFields> {
+        self.kept.as_ref()
+    }
+
+    fn take_kept(&mut self) -> Option<RawFields> {
+        self.kept.take()
+    }
+}
+
+impl ProxyBody {
+    pub fn new<B>(body: B) -> ProxyBody
+    where
+        B: Body<Data = Bytes, Error = BodyError> + Send + Unpin + 'static,
+    {
+        ProxyBody::with_kept(body, None)
+    }
+
+    /// `body`, for a response whose fields are `kept` (when `Some`) instead of in its map.
+    pub fn with_kept<B>(body: B, kept: Option<RawFields>) -> ProxyBody
+    where
+        B: Body<Data = Bytes, Error = BodyError> + Send + Unpin + 'static,
+    {
+        ProxyBody(Box::new(WithKept { body, kept }))
+    }
+
+    pub fn kept(&self) -> Option<&RawFields> {
+        self.0.kept()
+    }
+}
+
+impl crate::raw_head::ResponseFields for ProxyBody {
+    fn take_kept(&mut self) -> Option<RawFields> {
+        self.0.take_kept()
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        Pin::new(&mut *self.get_mut().0).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
     }
 }
 

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::future::Either;
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, LOCATION, TE, UPGRADE};
@@ -23,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use crate::balance::Endpoint;
-use crate::body::{BodyError, StreamBody};
+use crate::body::StreamBody;
 use crate::config::PeerHttp1;
 use crate::detect::Protocol;
 use crate::forward::Context;
@@ -39,7 +38,7 @@ use crate::routing::{Action, NoEndpoint, Route, Routing, Service, random_u32};
 use crate::tls::Carriage;
 
 /// Response bodies: the upstream's, streamed, or a short one the proxy made.
-pub type ProxyBody = BoxBody<Bytes, BodyError>;
+pub use crate::body::ProxyBody;
 
 /// The header that marks (and explains) a response the mesh produced itself.
 pub const MESH_ERROR: HeaderName = HeaderName::from_static("x-mesh-error");
@@ -268,11 +267,9 @@ pub fn mesh_error(status: StatusCode, reason: &str) -> Response<ProxyBody> {
 pub fn side_error(side: &str, status: StatusCode, reason: &str) -> Response<ProxyBody> {
     let text = format!("mesh-proxy {side}: {reason}");
     tracing::warn!(status = status.as_u16(), "{text}");
-    let mut resp = Response::new(
-        Full::new(Bytes::from(format!("{text}\n")))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut resp = Response::new(ProxyBody::new(
+        Full::new(Bytes::from(format!("{text}\n"))).map_err(|never| match never {}),
+    ));
     *resp.status_mut() = status;
     if let Ok(v) = HeaderValue::from_str(&text) {
         resp.headers_mut().insert(MESH_ERROR, v);
@@ -375,11 +372,9 @@ fn dispatch<'a>(
 
 /// A redirect the route answers with itself (not an error: no `x-mesh-error`).
 fn redirect_response(status: u16, location: &str, route: &Route) -> Response<ProxyBody> {
-    let mut resp = Response::new(
-        Full::new(Bytes::new())
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut resp = Response::new(ProxyBody::new(
+        Full::new(Bytes::new()).map_err(|never| match never {}),
+    ));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
     match HeaderValue::from_str(location) {
         Ok(v) => {
@@ -491,13 +486,16 @@ async fn forward(
                 }
                 _ => strip_hop_by_hop(resp.headers_mut()),
             }
+            let mut kept = resp.body_mut().take_kept();
             if route.edits.edits_response() {
-                crate::raw_head::restore(&mut resp);
+                crate::raw_head::restore_into(resp.headers_mut(), kept.take());
                 route.edits.apply_response(resp.headers_mut());
             }
             match slot {
-                Some(slot) => resp.map(|body| SlotBody::new(body, slot).boxed()),
-                None => resp.map(BodyExt::boxed),
+                Some(slot) => {
+                    resp.map(|body| ProxyBody::with_kept(SlotBody::new(body, slot), kept))
+                }
+                None => resp.map(|body| ProxyBody::with_kept(body, kept)),
             }
         }
         Err(e) => {

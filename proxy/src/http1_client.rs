@@ -266,20 +266,20 @@ where
         }
     };
     let keep_alive = head.keep_alive && !framing.close && write_failed.is_none();
+    let (headers, kept) = match head.fields {
+        Fields::Map(headers) => (headers, None),
+        Fields::Raw(raw) => (HeaderMap::new(), Some(raw)),
+    };
     let mut response = Response::new(ResponseBody {
         conn: Some(conn),
         decoder: head.decoder,
         keep_alive,
         writer: (write_failed.is_none() && !writer.is_done()).then(|| Box::new(writer)),
+        kept,
     });
     *response.status_mut() = head.status;
     *response.version_mut() = head.version;
-    match head.fields {
-        Fields::Map(headers) => *response.headers_mut() = headers,
-        Fields::Raw(raw) => {
-            response.extensions_mut().insert(raw);
-        }
-    }
+    *response.headers_mut() = headers;
     Ok(response)
 }
 
@@ -811,6 +811,8 @@ pub struct ResponseBody<B> {
     keep_alive: bool,
     /// What is left of the request's body, when the response came before it had all gone.
     writer: Option<Box<Writer<B>>>,
+    /// The response's fields as they came, in place of its map ([`RawFields::of`]).
+    kept: Option<RawFields>,
 }
 
 impl<B> std::fmt::Debug for ResponseBody<B> {
@@ -824,6 +826,15 @@ impl<B> std::fmt::Debug for ResponseBody<B> {
 }
 
 impl<B> ResponseBody<B> {
+    /// The response's fields, when they were kept as they came in place of its map.
+    pub fn kept(&self) -> Option<&RawFields> {
+        self.kept.as_ref()
+    }
+
+    pub fn take_kept(&mut self) -> Option<RawFields> {
+        self.kept.take()
+    }
+
     /// The connection, once the body has been read to its end, if it can take another request:
     /// both sides allow it, the request has all been written and nothing follows the response.
     pub fn take_reusable(&mut self) -> Option<Box<Connection>> {
@@ -1143,7 +1154,7 @@ mod tests {
         let (conn, mut server) = connection();
         let (mut resp, body) = exchange(conn, &mut server, req, answer).await;
         assert!(resp.headers().is_empty(), "{:?}", resp.headers());
-        let raw = resp.extensions().get::<RawFields>().expect("kept fields");
+        let raw = resp.body().kept().expect("kept fields");
         assert_eq!(raw.lines(), b"SERVER: t\r\nX-A: 1\r\n");
         assert_eq!(raw.length(), Some(5));
         assert_eq!(&body.to_bytes()[..], b"hello");
@@ -1154,16 +1165,16 @@ mod tests {
                         2\r\nhi\r\n0\r\n\r\n";
         for (marked, answer) in [(false, &answer[..]), (true, &chunked[..])] {
             let (conn, mut server) = connection();
+            fn kept<B>(resp: Response<ResponseBody<B>>) -> Response<bool> {
+                resp.map(|body| body.kept().is_some())
+            }
             let resp = if marked {
                 let req = from_our_server("/", None);
-                exchange(conn, &mut server, req, answer).await.0.map(drop)
+                kept(exchange(conn, &mut server, req, answer).await.0)
             } else {
-                exchange(conn, &mut server, get("/"), answer)
-                    .await
-                    .0
-                    .map(drop)
+                kept(exchange(conn, &mut server, get("/"), answer).await.0)
             };
-            assert!(resp.extensions().get::<RawFields>().is_none());
+            assert!(!resp.body());
             assert_eq!(resp.headers()["x-a"], "1");
         }
     }

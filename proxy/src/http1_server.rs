@@ -495,7 +495,7 @@ fn encode_head(
     // The response's own framing fields, written back as they are when it has no body.
     let mut length = None;
     let mut coding = None;
-    let raw = response.extensions().get::<RawFields>();
+    let raw = response.body().kept();
     if let Some(raw) = raw {
         // Kept as they came upstream, without framing or hop-by-hop fields.
         out.extend_from_slice(raw.lines());
@@ -685,7 +685,7 @@ mod tests {
         if path == "/no-content" {
             *response.status_mut() = StatusCode::NO_CONTENT;
         }
-        response
+        response.map(ProxyBody::new)
     }
 
     /// A server on one end of a pipe, serving with [`echo`]; the client's end.
@@ -847,12 +847,9 @@ mod tests {
     #[test]
     fn fields_kept_as_they_came_are_written_as_they_are_with_the_length_they_had() {
         let raw = |body: &'static str, length| {
-            let mut response =
-                Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
-            response
-                .extensions_mut()
-                .insert(RawFields::for_test("Server: up\r\nX-A: 1\r\n", length));
-            response
+            let body = Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed();
+            let kept = RawFields::for_test("Server: up\r\nX-A: 1\r\n", length);
+            Response::new(ProxyBody::with_kept(body, Some(kept)))
         };
         let head = |response: &Response<ProxyBody>, head_request| {
             let mut out = Vec::new();
@@ -887,7 +884,7 @@ mod tests {
         let answer = |req: Request<StreamBody>| async move {
             let marked = crate::raw_head::RequestFields::read_by_our_server(req.body());
             let body = Full::new(Bytes::from(marked.to_string()));
-            Response::new(body.map_err(|e| match e {}).boxed())
+            Response::new(ProxyBody::new(body.map_err(|e| match e {}).boxed()))
         };
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let _task = tokio::spawn(async move { serve(server, BytesMut::new(), None, answer).await });

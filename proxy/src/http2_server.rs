@@ -70,7 +70,7 @@ where
     Io: AsyncRead + AsyncWrite + Unpin,
     A: Fn(Request<RecvBody>) -> F,
     F: Future<Output = Response<B>>,
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + crate::raw_head::ResponseFields + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut conn = h2::server::Builder::new()
@@ -153,7 +153,7 @@ async fn stream<A, F, B>(req: Request<RecvStream>, mut respond: SendResponse<Byt
 where
     A: Fn(Request<RecvBody>) -> F,
     F: Future<Output = Response<B>>,
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + crate::raw_head::ResponseFields + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (parts, recv) = req.into_parts();
@@ -175,9 +175,9 @@ where
         tracing::debug!("the peer reset the stream before its answer");
         return;
     };
-    let (mut head, body) = response.into_parts();
+    let (mut head, mut body) = response.into_parts();
     // Fields kept as they came are for an HTTP/1.1 server; h2 needs them in the map.
-    crate::raw_head::restore_into(&mut head.headers, &mut head.extensions);
+    crate::raw_head::restore_into(&mut head.headers, body.take_kept());
     strip_connection_specific(&mut head.headers);
     let end_of_stream = body.is_end_stream();
     // A body of known length says so, as hyper's server did (not an empty one: a 204 or 304
@@ -221,7 +221,7 @@ mod tests {
     where
         A: Fn(Request<RecvBody>) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<B>> + Send,
-        B: Body<Data = Bytes> + Unpin + Send + 'static,
+        B: Body<Data = Bytes> + crate::raw_head::ResponseFields + Unpin + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         server_pinging(KeepAlive::DEFAULT, answer, drain).await
@@ -232,7 +232,7 @@ mod tests {
     where
         A: Fn(Request<RecvBody>) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<B>> + Send,
-        B: Body<Data = Bytes> + Unpin + Send + 'static,
+        B: Body<Data = Bytes> + crate::raw_head::ResponseFields + Unpin + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

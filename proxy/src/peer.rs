@@ -15,7 +15,6 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-use http_body_util::BodyExt;
 use hyper::header::{HOST, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Version};
 use mesh_proto::spiffe::SpiffeId;
@@ -436,7 +435,8 @@ async fn to_app(
             {
                 join_upgraded(from_peer, hyper::upgrade::on(&mut resp), app);
             }
-            resp.map(BodyExt::boxed)
+            let kept = resp.body_mut().take_kept();
+            resp.map(|body| ProxyBody::with_kept(body, kept))
         }
         Err(e) => inbound_error(
             StatusCode::BAD_GATEWAY,

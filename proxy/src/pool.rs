@@ -557,6 +557,17 @@ impl<C: Connect> Returns for Inner<C> {
     }
 }
 
+impl<B> PooledBody<B> {
+    /// The response's fields, when our HTTP/1.1 client kept them as they came in place of its
+    /// map ([`http1_client::ResponseBody::kept`]).
+    pub fn take_kept(&mut self) -> Option<crate::raw_head::RawFields> {
+        match &mut self.inner {
+            Upstream::Http1(body) => body.take_kept(),
+            Upstream::Http2(_) | Upstream::Hyper(_) => None,
+        }
+    }
+}
+
 impl<B> PooledBody<B>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,

@@ -9,8 +9,8 @@
 //! (`benches/instructions.sh`) the response's map was about 2.3k of the 31k instructions a
 //! request on each side, the request's about 2k.
 //!
-//! Responses: all their fields become one [`RawFields`] in the response's extensions, in place
-//! of the map, which our server writes as it is. Only where that is sound:
+//! Responses: all their fields become one [`RawFields`] carried by the response's body
+//! ([`crate::body::ProxyBody::kept`]), in place of the map, which our server writes as it is. Only where that is sound:
 //! - the request says that its response is written by our HTTP/1.1 server
 //!   ([`RequestFields::read_by_our_server`]: its body is that server's alone); anything else
 //!   that writes or reads a response gets a `HeaderMap`;
@@ -21,7 +21,7 @@
 //!   bytes, as `strip_hop_by_hop` removes them from a map; `content-length` is left out and
 //!   kept as its number, which the server writes with the body it frames;
 //! - a route that edits response headers, or any other reader, restores the map first
-//!   ([`restore`]; our HTTP/2 server does).
+//!   ([`restore_into`]; our HTTP/2 server does).
 //!
 //! Requests: the fields the sidecar itself reads, sets or removes go into the request's map
 //! as before (`host`, the mesh's `x-mesh-*`, `x-forwarded-client-cert`, framing and hop-by-hop
@@ -34,9 +34,8 @@
 #![forbid(unsafe_code)]
 
 use bytes::{Bytes, BytesMut};
+use hyper::Request;
 use hyper::header::{CONNECTION, CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue};
-use hyper::http::Extensions;
-use hyper::{Request, Response};
 
 use crate::http1_client::{FieldSpan, FramingFields};
 use crate::peer::CLIENT_CERT;
@@ -71,6 +70,21 @@ impl RequestFields for http_body_util::Full<Bytes> {}
 
 #[cfg(test)]
 impl<S> RequestFields for http_body_util::StreamBody<S> {}
+
+/// What a response's body tells of its head: [`crate::body::ProxyBody`] may carry the
+/// response's fields kept as they came; any other body has none.
+pub trait ResponseFields {
+    /// Takes them out, for [`restore_into`].
+    fn take_kept(&mut self) -> Option<RawFields> {
+        None
+    }
+}
+
+#[cfg(test)]
+impl ResponseFields for http_body_util::Full<Bytes> {}
+
+#[cfg(test)]
+impl ResponseFields for http_body_util::Empty<Bytes> {}
 
 /// On a response, in place of its `HeaderMap`: its header fields as they came, each line with
 /// its CRLF, without the framing and hop-by-hop fields.
@@ -339,15 +353,15 @@ impl RawFields {
     }
 }
 
-/// Puts kept fields (if `extensions` has them) back into `headers`, for whatever reads or
-/// edits them.
-pub fn restore_into(headers: &mut HeaderMap, extensions: &mut Extensions) {
-    if let Some(raw) = extensions.remove::<RawFields>() {
+/// Puts a response's `kept` fields (taken from its body: [`ResponseFields::take_kept`])
+/// back into its `headers`, for whatever reads or edits them.
+pub fn restore_into(headers: &mut HeaderMap, kept: Option<RawFields>) {
+    if let Some(raw) = kept {
         put(headers, raw.header_map());
     }
 }
 
-/// [`restore_into`] for a whole request: its body's kept fields into its map.
+/// A request's body's kept fields into its map.
 pub fn restore_request<B: RequestFields>(request: &mut Request<B>) {
     if let Some(lines) = request.body_mut().take_kept() {
         let raw = RawFields {
@@ -355,13 +369,6 @@ pub fn restore_request<B: RequestFields>(request: &mut Request<B>) {
             length: None,
         };
         put(request.headers_mut(), raw.header_map());
-    }
-}
-
-/// [`restore_into`] for a whole response.
-pub fn restore<B>(response: &mut Response<B>) {
-    if let Some(raw) = response.extensions_mut().remove::<RawFields>() {
-        put(response.headers_mut(), raw.header_map());
     }
 }
 
@@ -559,11 +566,9 @@ mod tests {
              Set-Cookie: b=2\r\nX-Pad:   v  \r\n\r\n",
         )
         .expect("kept");
-        let mut response = Response::new(());
-        response.extensions_mut().insert(raw);
-        restore(&mut response);
-        assert!(response.extensions().get::<RawFields>().is_none());
-        let h = response.headers();
+        let mut headers = HeaderMap::new();
+        restore_into(&mut headers, Some(raw));
+        let h = &headers;
         assert_eq!(h["server"], "nginx");
         assert_eq!(h[CONTENT_LENGTH], "5");
         let cookies: Vec<_> = h.get_all("set-cookie").iter().collect();
