@@ -28,6 +28,18 @@ use crate::xds::Xds;
 #[derive(Debug)]
 pub struct PeerStream(TlsStream<ReadAhead<TcpStream>>);
 
+impl crate::http1_client::Io for PeerStream {
+    /// Quiet when rustls holds nothing received (no plaintext to hand out, no close from the
+    /// peer), nothing was read ahead, and nothing came on the socket.
+    fn is_quiet(&mut self) -> bool {
+        let (io, tls) = self.0.get_mut();
+        let rustls_quiet = tls
+            .process_new_packets()
+            .is_ok_and(|state| state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed());
+        rustls_quiet && !io.has_pending() && crate::http1_client::tcp_is_quiet(io.get_ref())
+    }
+}
+
 impl AsyncRead for PeerStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -180,6 +192,15 @@ impl Connect for PeerConnector {
 pub enum PeerIo {
     Muxed(MuxStream),
     Direct(Box<PeerStream>),
+}
+
+impl crate::http1_client::Io for PeerIo {
+    fn is_quiet(&mut self) -> bool {
+        match self {
+            PeerIo::Muxed(_) => false,
+            PeerIo::Direct(stream) => stream.is_quiet(),
+        }
+    }
 }
 
 impl AsyncRead for PeerIo {

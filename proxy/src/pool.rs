@@ -66,7 +66,7 @@ pub struct Connected<Io> {
 
 /// Opens connections for a pool.
 pub trait Connect: Clone + Send + Sync + 'static {
-    type Io: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static;
+    type Io: http1_client::Io;
 
     fn connect(
         &self,

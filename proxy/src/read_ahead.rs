@@ -77,6 +77,15 @@ impl<T> ReadAhead<T> {
     pub fn keep_buffer(&mut self) {
         self.ahead.keep = true;
     }
+
+    /// Whether bytes read ahead wait to be handed out.
+    pub fn has_pending(&self) -> bool {
+        !self.ahead.pending().is_empty()
+    }
+
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for ReadAhead<T> {
