@@ -42,8 +42,7 @@ use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::body::StreamBody;
-use crate::body::Whole;
+use crate::body::{StreamBody, Whole};
 use crate::drain::Drain;
 use crate::hop::HOP;
 use crate::http::ProxyBody;
