@@ -252,7 +252,7 @@ pub async fn serve_outbound(
         return;
     }
     let answer = |req| route_request(req, vip, ctx.clone());
-    if let Err(e) = http1_server::serve(io, read, None, answer).await {
+    if let Err(e) = http1_server::serve(io, read, None, http1_server::Heads::Text, answer).await {
         tracing::debug!(error = %e, "HTTP/1.1 connection ended with an error");
     }
 }

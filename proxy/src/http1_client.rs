@@ -42,6 +42,7 @@ use nix::sys::socket::{MsgFlags, recv};
 use tokio::io::{AsyncRead, AsyncWrite, Interest};
 use tokio::net::TcpStream;
 
+use crate::compact_head;
 use crate::raw_head::{RawFields, RequestFields};
 
 /// A connection's byte stream: TCP, or TLS over it.
@@ -52,6 +53,12 @@ pub trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {
     /// see that it is still open cost some 200 instructions a request over TCP and 500
     /// through TLS.
     fn is_quiet(&mut self) -> bool {
+        false
+    }
+
+    /// Whether the other end may write response heads in the compact form
+    /// ([`crate::compact_head`]): a peer sidecar whose handshake chose `mesh/h1c`.
+    fn compact_heads(&self) -> bool {
         false
     }
 }
@@ -104,6 +111,8 @@ pub enum Error {
     Head(httparse::Error),
     #[error("the response head is longer than {MAX_HEAD} bytes")]
     HeadTooLong,
+    #[error("invalid response head from the peer sidecar: {0}")]
+    Compact(compact_head::Error),
     #[error("invalid response: {0}")]
     Response(&'static str),
     #[error("invalid chunked response body: {0}")]
@@ -132,6 +141,8 @@ pub struct Connection<I: ?Sized = dyn Io> {
     read_size: usize,
     pub(crate) write: Vec<u8>,
     written: usize,
+    /// Response heads may come in the compact form ([`Io::compact_heads`]).
+    compact: bool,
     pub(crate) io: I,
 }
 
@@ -151,6 +162,7 @@ impl Connection {
             read_size: READ_SIZE,
             write: Vec::new(),
             written: 0,
+            compact: io.compact_heads(),
             io,
         })
     }
@@ -165,6 +177,7 @@ impl<I> Connection<I> {
             read_size: READ_SIZE,
             write: Vec::new(),
             written: 0,
+            compact: false,
             io,
         }
     }
@@ -235,10 +248,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin + ?Sized> Connection<I> {
         raw: bool,
     ) -> Poll<Result<Head, Error>> {
         loop {
-            if !self.read.is_empty()
-                && let Some(head) = parse_head(&mut self.read, head_request, raw)?
-            {
-                return Poll::Ready(Ok(head));
+            if let Some(&first) = self.read.first() {
+                let head = if self.compact && first == compact_head::MARKER {
+                    parse_compact(&mut self.read, head_request, raw)?
+                } else {
+                    parse_head(&mut self.read, head_request, raw)?
+                };
+                if let Some(head) = head {
+                    return Poll::Ready(Ok(head));
+                }
             }
             if ready!(self.poll_fill(cx)).map_err(Error::Read)? == 0 {
                 return Poll::Ready(Err(Error::Closed(if self.read.is_empty() {
@@ -764,6 +782,31 @@ fn parse_head(buf: &mut BytesMut, head_request: bool, raw: bool) -> Result<Optio
     }
 }
 
+/// Reads the compact response head ([`crate::compact_head`]) at the start of `buf`; `None`
+/// while it is incomplete. With `raw`, its fields stay as they came, else they go into a map.
+fn parse_compact(buf: &mut BytesMut, head_request: bool, raw: bool) -> Result<Option<Head>, Error> {
+    let Some(head) = compact_head::decode(buf, MAX_HEAD).map_err(Error::Compact)? else {
+        return Ok(None);
+    };
+    let fields = if raw {
+        Fields::Raw(head.fields)
+    } else {
+        Fields::Map(head.fields.header_map())
+    };
+    let decoder = match head.length {
+        _ if head_request => Decoder::Done,
+        0 => Decoder::Done,
+        n => Decoder::Length(n),
+    };
+    Ok(Some(Head {
+        status: head.status,
+        version: Version::HTTP_11,
+        fields,
+        decoder,
+        keep_alive: head.keep_alive,
+    }))
+}
+
 /// The fields of `head` at `spans` as a map, and what its framing fields say.
 fn header_map(head: &Bytes, spans: &[FieldSpan]) -> Result<(HeaderMap, FramingFields), Error> {
     let mut headers = HeaderMap::with_capacity(spans.len());
@@ -1178,6 +1221,119 @@ mod tests {
         let (parts, mut body) = resp.into_parts();
         let collected = (&mut body).collect().await.expect("body");
         (Response::from_parts(parts, body), collected)
+    }
+
+    /// The end of a connection to a peer whose handshake chose compact response heads.
+    struct CompactPeer(DuplexStream);
+
+    impl AsyncRead for CompactPeer {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for CompactPeer {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    impl Io for CompactPeer {
+        fn compact_heads(&self) -> bool {
+            true
+        }
+    }
+
+    /// From a peer that speaks compact heads: a compact head gives the status, the fields as
+    /// they came (or a map, for a request not read by our server) and the body it frames,
+    /// and the connection goes on to a response in text; a broken one is an error that names
+    /// the peer; on a connection that did not choose them, the marker is no head at all.
+    #[tokio::test]
+    async fn a_compact_head_from_a_peer_reads_as_its_text_would() {
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        let conn = Connection::new(CompactPeer(client));
+        let fields = RawFields::for_test("content-type: text/plain\r\nx-a: 1\r\n", Some(5));
+        let mut answer = Vec::new();
+        assert!(compact_head::encode(
+            StatusCode::CREATED,
+            &fields,
+            5,
+            true,
+            &mut answer
+        ));
+        answer.extend_from_slice(b"hello");
+        let (mut resp, body) =
+            exchange(conn, &mut server, from_our_server("/a", None), &answer).await;
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        assert!(resp.headers().is_empty());
+        let kept = resp.body().kept().expect("the fields as they came");
+        assert_eq!(kept.lines(), b"content-type: text/plain\r\nx-a: 1\r\n");
+        assert_eq!(kept.length(), Some(5));
+        assert_eq!(&body.to_bytes()[..], b"hello");
+        let conn = resp.body_mut().take_reusable().expect("kept alive");
+        assert!(
+            written(&mut server)
+                .await
+                .starts_with("GET /a HTTP/1.1\r\n")
+        );
+
+        // Not read by our server: the fields come as a map.
+        let (mut resp, body) = exchange(conn, &mut server, get("/b"), &answer).await;
+        assert_eq!(resp.headers()["x-a"], "1");
+        assert_eq!(resp.headers()[CONTENT_LENGTH], "5");
+        assert_eq!(&body.to_bytes()[..], b"hello");
+        let conn = resp.body_mut().take_reusable().expect("kept alive");
+
+        // Text on the same connection.
+        let text = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-c: 3\r\n\r\nok";
+        let (mut resp, body) = exchange(conn, &mut server, get("/c"), text).await;
+        assert_eq!(resp.headers()["x-c"], "3");
+        assert_eq!(&body.to_bytes()[..], b"ok");
+        let conn = resp.body_mut().take_reusable().expect("kept alive");
+
+        let mut broken = Vec::new();
+        let bad = RawFields::for_test("x-a: 1\n", Some(0));
+        assert!(compact_head::encode(
+            StatusCode::OK,
+            &bad,
+            0,
+            true,
+            &mut broken
+        ));
+        server.write_all(&broken).await.expect("answer");
+        let e = send(conn, get("/d"), false)
+            .await
+            .expect_err("refused")
+            .error;
+        assert!(
+            matches!(e, Error::Compact(compact_head::Error::Lines)),
+            "{e}"
+        );
+        assert!(e.to_string().contains("peer sidecar"), "{e}");
+
+        let (conn, mut server) = connection();
+        server.write_all(&answer).await.expect("answer");
+        let e = send(conn, get("/e"), false)
+            .await
+            .expect_err("refused")
+            .error;
+        assert!(matches!(e, Error::Head(_)), "{e}");
     }
 
     #[test]

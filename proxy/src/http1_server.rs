@@ -43,6 +43,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::body::{StreamBody, Whole};
+use crate::compact_head;
 use crate::drain::Drain;
 use crate::hop::HOP;
 use crate::http::ProxyBody;
@@ -75,13 +76,24 @@ pub enum Error {
     Hyper(#[from] hyper::Error),
 }
 
+/// How a connection's response heads are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heads {
+    /// HTTP/1.1 text.
+    Text,
+    /// The compact form where a response fits it, else text: to a peer sidecar whose handshake
+    /// chose `mesh/h1c` (see [`crate::compact_head`]).
+    Compact,
+}
+
 /// Serves HTTP/1.1 on `io`, whose first bytes (`read`) were read already, until the client
 /// closes it, a request or response ends it, or `drain` starts. Each request is answered by
-/// `answer`.
+/// `answer`; the responses' heads are written as `heads` says.
 pub async fn serve<I, A, F>(
     io: I,
     read: BytesMut,
     drain: Option<&Drain>,
+    heads: Heads,
     answer: A,
 ) -> Result<(), Error>
 where
@@ -133,13 +145,20 @@ where
         .await?;
         let keep_alive =
             keep_alive && !read_closed && !drain.is_some_and(|drain| drain.is_draining());
-        let (encoder, keep_alive) = encode_head(
-            &response,
-            version,
-            head_request,
-            keep_alive,
-            &mut conn.write,
-        );
+        let compact = match heads {
+            Heads::Compact => encode_compact(&response, head_request, keep_alive, &mut conn.write),
+            Heads::Text => None,
+        };
+        let (encoder, keep_alive) = match compact {
+            Some(encoder) => (encoder, keep_alive),
+            None => encode_head(
+                &response,
+                version,
+                head_request,
+                keep_alive,
+                &mut conn.write,
+            ),
+        };
         let mut writer = Writer::new(response.into_body(), encoder);
         poll_fn(|cx| writer.poll_write(&mut conn, cx))
             .await
@@ -561,6 +580,25 @@ fn encode_head(
     (encoder, keep_alive)
 }
 
+/// Writes the head of `response` in the compact form ([`crate::compact_head`]) when it fits:
+/// its fields are all kept as they came (none in its map) and its body's length is known.
+/// Returns how its body goes, or `None` when the head is left to [`encode_head`].
+fn encode_compact(
+    response: &Response<ProxyBody>,
+    head_request: bool,
+    keep_alive: bool,
+    out: &mut Vec<u8>,
+) -> Option<Option<Encoder>> {
+    if head_request || !response.headers().is_empty() {
+        return None;
+    }
+    let body = response.body();
+    let fields = body.kept()?;
+    let length = fields.length().or_else(|| body.size_hint().exact())?;
+    compact_head::encode(response.status(), fields, length, keep_alive, out)
+        .then_some((length > 0).then_some(Encoder::Length(length)))
+}
+
 fn write_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"content-length: ");
     push_decimal(out, n);
@@ -690,8 +728,9 @@ mod tests {
     /// A server on one end of a pipe, serving with [`echo`]; the client's end.
     fn served(drain: Option<Drain>) -> (DuplexStream, tokio::task::JoinHandle<Result<(), Error>>) {
         let (client, server) = tokio::io::duplex(256 * 1024);
-        let task =
-            tokio::spawn(async move { serve(server, BytesMut::new(), drain.as_ref(), echo).await });
+        let task = tokio::spawn(async move {
+            serve(server, BytesMut::new(), drain.as_ref(), Heads::Text, echo).await
+        });
         (client, task)
     }
 
@@ -878,6 +917,81 @@ mod tests {
         assert_eq!(encoder, Some(Encoder::Length(3)));
     }
 
+    /// To a peer that speaks compact heads (`mesh/h1c`): a response whose fields are all
+    /// kept and whose length is known goes compact; one with fields in its map, and one to a
+    /// HEAD request, go as text on the same connection; the connection goes on after each.
+    #[tokio::test]
+    async fn a_response_that_fits_goes_in_a_compact_head_and_others_as_text() {
+        let answer = |req: Request<StreamBody>| async move {
+            let kept = RawFields::for_test("content-type: text/plain\r\nx-a: 1\r\n", Some(5));
+            let body = Full::new(Bytes::from_static(b"hello")).map_err(|e| match e {});
+            let mut response = Response::new(ProxyBody::with_kept(body.boxed(), Some(kept)));
+            if req.uri().path() == "/map" {
+                response
+                    .headers_mut()
+                    .insert("x-b", HeaderValue::from_static("2"));
+            }
+            response
+        };
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let _task = tokio::spawn(async move {
+            serve(server, BytesMut::new(), None, Heads::Compact, answer).await
+        });
+        client
+            .write_all(b"GET /kept HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .expect("the pipe");
+        let mut got = BytesMut::new();
+        let head = loop {
+            if let Some(head) = compact_head::decode(&mut got, MAX_HEAD).expect("a compact head") {
+                break head;
+            }
+            assert!(
+                client.read_buf(&mut got).await.expect("the pipe") > 0,
+                "closed"
+            );
+        };
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(
+            head.fields.lines(),
+            b"content-type: text/plain\r\nx-a: 1\r\n"
+        );
+        assert_eq!((head.length, head.keep_alive), (5, true));
+        while got.len() < 5 {
+            assert!(
+                client.read_buf(&mut got).await.expect("the pipe") > 0,
+                "closed"
+            );
+        }
+        assert_eq!(&got[..], b"hello");
+
+        client
+            .write_all(b"GET /map HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .expect("the pipe");
+        let text = response(&mut client).await;
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(
+            text.contains("x-a: 1\r\n") && text.contains("x-b: 2\r\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("\r\n\r\nhello"), "{text}");
+
+        client
+            .write_all(b"HEAD /kept HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .expect("the pipe");
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            assert_eq!(client.read(&mut byte).await.expect("the pipe"), 1, "closed");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(head.contains("content-length: 5\r\n"), "{head}");
+    }
+
     #[tokio::test]
     async fn requests_it_answers_itself_say_their_responses_come_back_here() {
         let answer = |req: Request<StreamBody>| async move {
@@ -886,7 +1000,10 @@ mod tests {
             Response::new(ProxyBody::new(body.map_err(|e| match e {}).boxed()))
         };
         let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let _task = tokio::spawn(async move { serve(server, BytesMut::new(), None, answer).await });
+        let _task =
+            tokio::spawn(
+                async move { serve(server, BytesMut::new(), None, Heads::Text, answer).await },
+            );
         client
             .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
             .await
@@ -1086,7 +1203,7 @@ mod tests {
             let drain = Drain::new();
             drain.start();
             let read = BytesMut::from(&b"GET /b HTTP/1.1\r\n\r\n"[..]);
-            serve(server, read, Some(&drain), echo).await
+            serve(server, read, Some(&drain), Heads::Text, echo).await
         });
         let busy = rest(&mut client).await;
         assert!(busy.contains("connection: close\r\n"), "{busy}");

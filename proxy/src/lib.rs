@@ -14,6 +14,7 @@ pub mod background;
 pub mod balance;
 pub mod batch_copy;
 pub mod body;
+pub mod compact_head;
 pub mod config;
 pub mod detect;
 pub mod drain;

@@ -32,13 +32,13 @@ use crate::hop::{self, HOP, Hop};
 use crate::http::{
     ProxyBody, Via, join_upgraded, path_and_query, side_error, target_uri, wants_upgrade,
 };
-use crate::http1_server;
+use crate::http1_server::{self, Heads};
 use crate::http2_server;
 use crate::metrics::{Direction, RefuseReason, inc};
 use crate::mux;
 use crate::read_ahead::ReadAhead;
 use crate::routing::Routing;
-use crate::tls::{Carriage, peer_identity};
+use crate::tls::{Carriage, compact_heads, peer_identity};
 
 // The mesh's own headers are `HeaderName`s made at compile time: a `&str` name is parsed (and
 // lower-cased, checked) on every insert, get and remove, a few hundred instructions a header per
@@ -93,7 +93,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, drain
                 return;
             }
             ctx.metrics.peer_connection(Carriage::Http2);
-            serve_http(stream, Version::HTTP_2, local, None, ctx, &drain).await;
+            serve_http(stream, Version::HTTP_2, Heads::Text, local, None, ctx, &drain).await;
             return;
         };
         let accepted =
@@ -132,8 +132,13 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, drain
                 } else {
                     Version::HTTP_11
                 };
+                let heads = if compact_heads(conn.alpn_protocol()) {
+                    Heads::Compact
+                } else {
+                    Heads::Text
+                };
                 // Boxed, as on the outbound side: the opaque streams' task stays small.
-                Box::pin(serve_http(stream, version, local, caller, ctx, &drain)).await;
+                Box::pin(serve_http(stream, version, heads, local, caller, ctx, &drain)).await;
             }
             (Some(caller), Some(Carriage::Mux)) => {
                 tracing::debug!(%caller, "peer authenticated (mesh/mux)");
@@ -163,10 +168,12 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, drain
     inc(&counted.metrics.tcp(Direction::Inbound).closed);
 }
 
-/// HTTP/2 or HTTP/1.1 (`version`) from a peer: each request restored and sent to the app.
+/// HTTP/2 or HTTP/1.1 (`version`, its response heads written as `heads` says) from a peer:
+/// each request restored and sent to the app.
 async fn serve_http<S>(
     stream: S,
     version: Version,
+    heads: Heads,
     local: SocketAddr,
     caller: Option<Arc<Caller>>,
     ctx: Arc<Context>,
@@ -189,7 +196,7 @@ async fn serve_http<S>(
         }
         return;
     }
-    if let Err(e) = http1_server::serve(stream, BytesMut::new(), Some(drain), answer).await {
+    if let Err(e) = http1_server::serve(stream, BytesMut::new(), Some(drain), heads, answer).await {
         tracing::debug!(error = %e, "peer connection ended with an error");
     }
 }
@@ -211,7 +218,8 @@ async fn serve_mux<S>(
     let answer = move |req: Request<StreamBody>| answer_peer(req, local, loopback, caller, ctx);
     let answer = &answer;
     let served = mux::serve(stream, drain, |stream| async move {
-        if let Err(e) = http1_server::serve(stream, BytesMut::new(), Some(drain), answer).await {
+        let served = http1_server::serve(stream, BytesMut::new(), Some(drain), Heads::Text, answer);
+        if let Err(e) = served.await {
             tracing::debug!(error = %e, "mesh/mux stream ended with an error");
         }
     });
@@ -462,6 +470,7 @@ mod tests {
             serve_http(
                 theirs,
                 Version::HTTP_11,
+                Heads::Text,
                 local,
                 None,
                 Arc::new(Context::for_tests()),

@@ -38,6 +38,10 @@ impl crate::http1_client::Io for PeerStream {
             .is_ok_and(|state| state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed());
         rustls_quiet && !io.has_pending() && crate::http1_client::tcp_is_quiet(io.get_ref())
     }
+
+    fn compact_heads(&self) -> bool {
+        crate::tls::compact_heads(self.0.get_ref().1.alpn_protocol())
+    }
 }
 
 impl AsyncRead for PeerStream {
@@ -199,6 +203,13 @@ impl crate::http1_client::Io for PeerIo {
         match self {
             PeerIo::Muxed(_) => false,
             PeerIo::Direct(stream) => stream.is_quiet(),
+        }
+    }
+
+    fn compact_heads(&self) -> bool {
+        match self {
+            PeerIo::Muxed(_) => false,
+            PeerIo::Direct(stream) => stream.compact_heads(),
         }
     }
 }

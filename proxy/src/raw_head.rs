@@ -128,6 +128,12 @@ fn kind(name: &[u8]) -> FieldKind {
     }
 }
 
+/// Whether a response's field named `name` (a token) goes on as it came: not a framing or
+/// hop-by-hop field.
+pub(crate) fn goes_as_it_came(name: &[u8]) -> bool {
+    kind(name) == FieldKind::Kept
+}
+
 /// Whether a request's field goes into its map: the fields the proxy reads, sets or removes
 /// (`host`, the mesh's own `x-mesh-*` and `x-forwarded-client-cert`), its framing and
 /// hop-by-hop fields, and `expect`. Every other field goes on as it came.
@@ -306,6 +312,12 @@ impl RawFields {
         (count, Some(lines))
     }
 
+    /// Field lines (each ending in CRLF, without framing or hop-by-hop fields) and the
+    /// `content-length` they go with, as a compact head carries them ([`crate::compact_head`]).
+    pub(crate) fn new(lines: Bytes, length: Option<u64>) -> RawFields {
+        RawFields { lines, length }
+    }
+
     /// Fields as [`RawFields::of`] keeps them, for tests elsewhere.
     #[cfg(test)]
     pub(crate) fn for_test(lines: &'static str, length: Option<u64>) -> RawFields {
@@ -326,7 +338,7 @@ impl RawFields {
     }
 
     /// The fields as a map, `content-length` included.
-    fn header_map(&self) -> HeaderMap {
+    pub(crate) fn header_map(&self) -> HeaderMap {
         let mut map = HeaderMap::new();
         let mut rest = &self.lines[..];
         while let Some(at) = rest.windows(2).position(|w| w == b"\r\n") {
@@ -335,8 +347,8 @@ impl RawFields {
             let Some(colon) = line.iter().position(|&b| b == b':') else {
                 continue;
             };
-            // Checked by httparse when the head was read: a token, and a value without
-            // control characters.
+            // Checked when the head was read (by httparse, or as a compact head's lines): a
+            // token, and a value without control characters.
             let name = HeaderName::from_bytes(&line[..colon]);
             let value = line[colon + 1..].trim_ascii();
             let start = value.as_ptr() as usize - self.lines.as_ptr() as usize;

@@ -3,9 +3,10 @@
 //! Both sides present their current workload certificate. The server side (the peer port)
 //! requires a client certificate that chains to the trust bundle; the client side checks that the
 //! server's certificate chains to the bundle and names exactly the SPIFFE ID meshd published for
-//! that endpoint. ALPN says what the connection carries: `mesh/h2` (HTTP/2 between sidecars) or
-//! `mesh/tcp` (one opaque TCP stream, preceded by its 2-byte target port). Sessions are resumed
-//! from a shared in-memory cache.
+//! that endpoint. ALPN says what the connection carries ([`Carriage`]): `mesh/h2` (HTTP/2
+//! between sidecars), `mesh/h1` (HTTP/1.1; `mesh/h1c` with compact response heads),
+//! `mesh/mux` (HTTP/1.1 on multiplexed streams) or `mesh/tcp` (one opaque TCP stream, preceded
+//! by its 2-byte target port). Sessions are resumed from a shared in-memory cache.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -66,13 +67,36 @@ impl Carriage {
 
     pub fn from_alpn(alpn: Option<&[u8]>) -> Option<Carriage> {
         match alpn {
-            Some(b"mesh/h1") => Some(Carriage::Http1),
+            Some(b"mesh/h1" | COMPACT_HEADS) => Some(Carriage::Http1),
             Some(b"mesh/h2") => Some(Carriage::Http2),
             Some(b"mesh/tcp") => Some(Carriage::Tcp),
             Some(b"mesh/mux") => Some(Carriage::Mux),
             _ => None,
         }
     }
+}
+
+/// `mesh/h1` whose responses may come with a compact head ([`crate::compact_head`]): offered
+/// before `mesh/h1`, which a sidecar built before it picks instead. It carries HTTP/1.1 as
+/// `mesh/h1` does ([`Carriage::Http1`], counted as `mesh/h1`).
+pub const COMPACT_HEADS: &[u8] = b"mesh/h1c";
+
+/// Whether the handshake chose [`COMPACT_HEADS`].
+pub fn compact_heads(alpn: Option<&[u8]>) -> bool {
+    alpn == Some(COMPACT_HEADS)
+}
+
+/// The ALPN protocols of `carriages`, in order, `mesh/h1` preceded by [`COMPACT_HEADS`] when
+/// `compact`.
+fn alpn_protocols(carriages: &[Carriage], compact: bool) -> Vec<Vec<u8>> {
+    let mut protocols = Vec::with_capacity(carriages.len() + 1);
+    for carriage in carriages {
+        if compact && *carriage == Carriage::Http1 {
+            protocols.push(COMPACT_HEADS.to_vec());
+        }
+        protocols.push(carriage.alpn().to_vec());
+    }
+    protocols
 }
 
 /// Hands every handshake the identity's current certificate.
@@ -183,7 +207,7 @@ impl std::fmt::Debug for MeshTls {
 
 impl MeshTls {
     /// Serves every carriage, the server's preference first: `mesh/h1` when the client offers it
-    /// (see [`Carriage::offers`]).
+    /// (see [`Carriage::offers`]), with compact response heads when it offers those.
     pub fn new(identity: Arc<Identity>) -> Result<MeshTls, Error> {
         MeshTls::serving(
             identity,
@@ -194,11 +218,17 @@ impl MeshTls {
                 Carriage::Http2,
                 Carriage::Tcp,
             ],
+            true,
         )
     }
 
-    /// Serves `carriages` only, in that order of preference.
-    fn serving(identity: Arc<Identity>, carriages: &[Carriage]) -> Result<MeshTls, Error> {
+    /// Serves `carriages` only, in that order of preference; [`COMPACT_HEADS`] too when
+    /// `compact`.
+    fn serving(
+        identity: Arc<Identity>,
+        carriages: &[Carriage],
+        compact: bool,
+    ) -> Result<MeshTls, Error> {
         let provider = Arc::new(CryptoProvider {
             cipher_suites: CIPHER_SUITES.to_vec(),
             ..rustls::crypto::aws_lc_rs::default_provider()
@@ -211,7 +241,7 @@ impl MeshTls {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::new(CurrentCertificate(identity.clone())));
-        server.alpn_protocols = carriages.iter().map(|c| c.alpn().to_vec()).collect();
+        server.alpn_protocols = alpn_protocols(carriages, compact);
         Ok(MeshTls {
             identity,
             provider,
@@ -258,11 +288,7 @@ impl MeshTls {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_client_cert_resolver(Arc::new(CurrentCertificate(self.identity.clone())));
-        config.alpn_protocols = carriage
-            .offers()
-            .iter()
-            .map(|c| c.alpn().to_vec())
-            .collect();
+        config.alpn_protocols = alpn_protocols(carriage.offers(), true);
         config.resumption = Resumption::store(self.sessions.clone());
         let config = Arc::new(config);
         clients.insert((expected.clone(), carriage), config.clone());
@@ -349,7 +375,18 @@ pub(crate) mod testing {
 
     /// The TLS of a sidecar built before `mesh/h1` existed: it served `mesh/h2` and `mesh/tcp`.
     pub(crate) fn older_sidecar(identity: Arc<Identity>) -> MeshTls {
-        MeshTls::serving(identity, &[Carriage::Http2, Carriage::Tcp]).expect("server")
+        MeshTls::serving(identity, &[Carriage::Http2, Carriage::Tcp], false).expect("server")
+    }
+
+    /// A sidecar built before [`COMPACT_HEADS`] (it served `mesh/h1` and the others).
+    pub(crate) fn sidecar_without_compact_heads(identity: Arc<Identity>) -> MeshTls {
+        let carriages = [
+            Carriage::Mux,
+            Carriage::Http1,
+            Carriage::Http2,
+            Carriage::Tcp,
+        ];
+        MeshTls::serving(identity, &carriages, false).expect("server")
     }
 }
 
@@ -426,24 +463,28 @@ mod tests {
         }
     }
 
-    /// The carriage each client offer lands on, against a server of this build and one built
-    /// before `mesh/h1` (it served `mesh/h2` and `mesh/tcp` only).
+    /// The carriage each client offer lands on, and whether with compact response heads,
+    /// against a server of this build, one built before compact heads and one built before
+    /// `mesh/h1` (it served `mesh/h2` and `mesh/tcp` only).
     #[tokio::test]
     async fn http1_falls_back_to_http2_on_a_sidecar_without_mesh_h1() {
         let (root_pem, issuer) = root_ca();
         let client = MeshTls::new(identity(&root_pem, &issuer, "client")).expect("client");
         let current = MeshTls::new(identity(&root_pem, &issuer, "web")).expect("server");
+        let no_compact = sidecar_without_compact_heads(identity(&root_pem, &issuer, "web"));
         let older = older_sidecar(identity(&root_pem, &issuer, "web"));
 
-        for (server, carriage, lands_on) in [
-            (&current, Carriage::Http1, Carriage::Http1),
-            (&current, Carriage::Http2, Carriage::Http2),
-            (&current, Carriage::Tcp, Carriage::Tcp),
-            (&current, Carriage::Mux, Carriage::Mux),
-            (&older, Carriage::Http1, Carriage::Http2),
-            (&older, Carriage::Mux, Carriage::Http2),
-            (&older, Carriage::Http2, Carriage::Http2),
-            (&older, Carriage::Tcp, Carriage::Tcp),
+        for (server, carriage, lands_on, compact) in [
+            (&current, Carriage::Http1, Carriage::Http1, true),
+            (&current, Carriage::Http2, Carriage::Http2, false),
+            (&current, Carriage::Tcp, Carriage::Tcp, false),
+            (&current, Carriage::Mux, Carriage::Mux, false),
+            (&no_compact, Carriage::Http1, Carriage::Http1, false),
+            (&no_compact, Carriage::Mux, Carriage::Mux, false),
+            (&older, Carriage::Http1, Carriage::Http2, false),
+            (&older, Carriage::Mux, Carriage::Http2, false),
+            (&older, Carriage::Http2, Carriage::Http2, false),
+            (&older, Carriage::Tcp, Carriage::Tcp, false),
         ] {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = listener.local_addr().expect("addr");
@@ -451,17 +492,27 @@ mod tests {
             let accepted = tokio::spawn(async move {
                 let (tcp, _) = listener.accept().await.expect("accept");
                 let tls = acceptor.accept(tcp).await.expect("server handshake");
-                Carriage::from_alpn(tls.get_ref().1.alpn_protocol())
+                let alpn = tls.get_ref().1.alpn_protocol();
+                (Carriage::from_alpn(alpn), compact_heads(alpn))
             });
             let tcp = TcpStream::connect(addr).await.expect("tcp");
             let tls = client
                 .connect(tcp, addr.ip(), &id("web"), carriage)
                 .await
                 .expect("client handshake");
-            let client_sees = Carriage::from_alpn(tls.get_ref().1.alpn_protocol());
+            let alpn = tls.get_ref().1.alpn_protocol();
+            let client_sees = (Carriage::from_alpn(alpn), compact_heads(alpn));
             let server_sees = accepted.await.expect("server task");
-            assert_eq!(client_sees, Some(lands_on), "client offered {carriage:?}");
-            assert_eq!(server_sees, Some(lands_on), "client offered {carriage:?}");
+            assert_eq!(
+                client_sees,
+                (Some(lands_on), compact),
+                "client offered {carriage:?}"
+            );
+            assert_eq!(
+                server_sees,
+                (Some(lands_on), compact),
+                "client offered {carriage:?}"
+            );
         }
     }
 }
