@@ -34,8 +34,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{
     ACCEPT_RANGES, CACHE_CONTROL, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, DATE,
-    ETAG, EXPIRES, HeaderMap, HeaderName, HeaderValue, LAST_MODIFIED, LOCATION, SERVER, SET_COOKIE,
-    TRANSFER_ENCODING, VARY,
+    ETAG, EXPECT, EXPIRES, HeaderMap, HeaderName, HeaderValue, LAST_MODIFIED, LOCATION, SERVER,
+    SET_COOKIE, TRANSFER_ENCODING, VARY,
 };
 use hyper::{Method, Request, Response, StatusCode, Version};
 use nix::sys::socket::{MsgFlags, recv};
@@ -56,8 +56,8 @@ pub trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {
         false
     }
 
-    /// Whether the other end may write response heads in the compact form
-    /// ([`crate::compact_head`]): a peer sidecar whose handshake chose `mesh/h1c`.
+    /// Whether the other end speaks compact heads ([`crate::compact_head`]): a peer sidecar
+    /// whose handshake chose `mesh/h1c`. Requests that fit go so, and responses may come so.
     fn compact_heads(&self) -> bool {
         false
     }
@@ -141,8 +141,11 @@ pub struct Connection<I: ?Sized = dyn Io> {
     read_size: usize,
     pub(crate) write: Vec<u8>,
     written: usize,
-    /// Response heads may come in the compact form ([`Io::compact_heads`]).
+    /// The other end speaks compact heads ([`Io::compact_heads`]): responses may come so.
     compact: bool,
+    /// Requests that fit go in a compact head: until one goes as text, after which the other
+    /// sidecar's server may have handed the connection to hyper's, which reads text only.
+    send_compact: bool,
     pub(crate) io: I,
 }
 
@@ -163,6 +166,7 @@ impl Connection {
             write: Vec::new(),
             written: 0,
             compact: io.compact_heads(),
+            send_compact: io.compact_heads(),
             io,
         })
     }
@@ -178,6 +182,7 @@ impl<I> Connection<I> {
             write: Vec::new(),
             written: 0,
             compact: false,
+            send_compact: false,
             io,
         }
     }
@@ -287,7 +292,15 @@ where
     };
     let head_request = req.method() == Method::HEAD;
     let raw = req.body().read_by_our_server();
-    let framing = encode_head(&req, &mut conn.write).map_err(unsent)?;
+    let compact = conn
+        .send_compact
+        .then(|| encode_compact(&req, &mut conn.write))
+        .flatten();
+    conn.send_compact = compact.is_some();
+    let framing = match compact {
+        Some(framing) => framing,
+        None => encode_head(&req, &mut conn.write).map_err(unsent)?,
+    };
     let (parts, body) = req.into_parts();
     let retryable = reused && framing.encoder.is_none() && is_idempotent(&parts.method);
     let mut writer = Writer::new(body, framing.encoder);
@@ -444,6 +457,63 @@ fn encode_head<B: Body + RequestFields>(
     Ok(Framing {
         encoder,
         close: seen.close,
+    })
+}
+
+/// Writes the request's head in the compact form ([`crate::compact_head`]) when it fits: in
+/// origin form, with no field that the other sidecar's server leaves to hyper (`expect`) or
+/// that is not plain (`transfer-encoding`, `upgrade`, `connection`...: every field of the map
+/// but `content-length` goes as it came), and a body of known length that that server reads
+/// whole. `None` (nothing written) otherwise.
+fn encode_compact<B: Body + RequestFields>(req: &Request<B>, out: &mut Vec<u8>) -> Option<Framing> {
+    let method = req.method();
+    let uri = req.uri();
+    if method == Method::CONNECT || uri.scheme().is_some() || uri.authority().is_some() {
+        return None;
+    }
+    let headers = req.headers();
+    let mut seen = FramingFields::default();
+    for (name, value) in headers {
+        if *name == CONTENT_LENGTH {
+            seen.see(name, value.as_bytes());
+        } else if *name == EXPECT || !crate::raw_head::goes_as_it_came(name.as_str().as_bytes()) {
+            return None;
+        }
+    }
+    let body = req.body();
+    let length = match seen.length {
+        Some(n) => n?,
+        None if body.is_end_stream() => 0,
+        None => body.size_hint().exact()?,
+    };
+    if length > crate::http1_server::MAX_WHOLE_BODY {
+        return None;
+    }
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let map_lines = |out: &mut Vec<u8>| {
+        for (name, value) in headers {
+            if *name != CONTENT_LENGTH {
+                out.extend_from_slice(name.as_str().as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    };
+    let kept = body.kept().unwrap_or_default();
+    let method = method.as_str().as_bytes();
+    compact_head::encode_request(
+        out,
+        method,
+        target.as_bytes(),
+        false,
+        length,
+        map_lines,
+        kept,
+    )
+    .then_some(Framing {
+        encoder: (length > 0).then_some(Encoder::Length(length)),
+        close: false,
     })
 }
 
@@ -1174,6 +1244,11 @@ mod tests {
 
     /// What the client has written so far (the test's upstream end reads it without waiting).
     async fn written(server: &mut DuplexStream) -> String {
+        String::from_utf8(written_bytes(server).await).expect("text")
+    }
+
+    /// What the client has written so far, as bytes.
+    async fn written_bytes(server: &mut DuplexStream) -> Vec<u8> {
         let mut out = Vec::new();
         let mut buf = [0u8; 64 * 1024];
         loop {
@@ -1186,7 +1261,7 @@ mod tests {
                 () = std::future::ready(()) => break,
             }
         }
-        String::from_utf8(out).expect("text")
+        out
     }
 
     /// Sends `req` and expects a response head.
@@ -1287,11 +1362,16 @@ mod tests {
         assert_eq!(kept.length(), Some(5));
         assert_eq!(&body.to_bytes()[..], b"hello");
         let conn = resp.body_mut().take_reusable().expect("kept alive");
-        assert!(
-            written(&mut server)
-                .await
-                .starts_with("GET /a HTTP/1.1\r\n")
-        );
+        // The request went in a compact head too.
+        let sent = written_bytes(&mut server).await;
+        let layout = compact_head::request_layout(&sent, MAX_HEAD, 0)
+            .expect("a compact request")
+            .expect("all of it");
+        let part = |(start, end): (usize, usize)| &sent[start..end];
+        assert_eq!(part(layout.method), b"GET");
+        assert_eq!(part(layout.target), b"/a");
+        assert_eq!(part(layout.map), b"host: example\r\n");
+        assert_eq!(layout.end, sent.len());
 
         // Not read by our server: the fields come as a map.
         let (mut resp, body) = exchange(conn, &mut server, get("/b"), &answer).await;
@@ -1334,6 +1414,82 @@ mod tests {
             .expect_err("refused")
             .error;
         assert!(matches!(e, Error::Head(_)), "{e}");
+    }
+
+    /// To a peer that speaks compact heads, what the form cannot carry goes as text: a body
+    /// of unknown length, `expect`, an absolute target, and every request after one in text;
+    /// a body with a length goes compact.
+    #[tokio::test]
+    async fn a_request_the_compact_form_cannot_carry_goes_as_text() {
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        let unknown = || {
+            let chunks =
+                stream::iter([Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"ab")))]);
+            StreamBody::new(chunks)
+        };
+        let unknown_post = || {
+            Request::post("/unknown")
+                .header("host", "example")
+                .body(unknown())
+                .expect("request")
+        };
+        let requests = [
+            Request::post("/unknown")
+                .header("host", "example")
+                .body(unknown()),
+            Request::post("/expect")
+                .header("host", "example")
+                .header("expect", "100-continue")
+                .header("content-length", "2")
+                .body(unknown()),
+            Request::get("http://example/absolute").body(unknown()),
+        ];
+        for req in requests {
+            let req = req.expect("request");
+            let path = req.uri().path().to_string();
+            let (client, mut server) = tokio::io::duplex(64 * 1024);
+            let conn = Connection::new(CompactPeer(client));
+            let (resp, _) = exchange(conn, &mut server, req, ok).await;
+            assert_eq!(resp.status(), StatusCode::OK);
+            let sent = written(&mut server).await;
+            assert!(
+                sent.starts_with("POST ") || sent.starts_with("GET "),
+                "{path}: {sent}"
+            );
+        }
+        // After a request in text, the rest go in text (the other sidecar may have handed the
+        // connection to hyper's server).
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        let conn = Connection::new(CompactPeer(client));
+        let (mut resp, _) = exchange(conn, &mut server, unknown_post(), ok).await;
+        let conn = resp.body_mut().take_reusable().expect("kept alive");
+        assert!(
+            written(&mut server)
+                .await
+                .starts_with("POST /unknown HTTP/1.1\r\n")
+        );
+        let (_, _) = exchange(conn, &mut server, get("/after"), ok).await;
+        assert!(
+            written(&mut server)
+                .await
+                .starts_with("GET /after HTTP/1.1\r\n")
+        );
+
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        let conn = Connection::new(CompactPeer(client));
+        let req = Request::post("/known")
+            .header("host", "example")
+            .header("content-length", "2")
+            .body(Full::new(Bytes::from_static(b"ab")))
+            .expect("request");
+        let (resp, _) = exchange(conn, &mut server, req, ok).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let sent = written_bytes(&mut server).await;
+        let layout = compact_head::request_layout(&sent, MAX_HEAD, 2)
+            .expect("a compact request")
+            .expect("all of it");
+        assert_eq!(&sent[layout.map.0..layout.map.1], b"host: example\r\n");
+        assert_eq!(&sent[layout.kept.1..], b"ab");
     }
 
     #[test]

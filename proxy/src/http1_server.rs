@@ -76,13 +76,13 @@ pub enum Error {
     Hyper(#[from] hyper::Error),
 }
 
-/// How a connection's response heads are written.
+/// What heads a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Heads {
     /// HTTP/1.1 text.
     Text,
-    /// The compact form where a response fits it, else text: to a peer sidecar whose handshake
-    /// chose `mesh/h1c` (see [`crate::compact_head`]).
+    /// Also the compact form, where a request or a response fits it: with a peer sidecar whose
+    /// handshake chose `mesh/h1c` (see [`crate::compact_head`]).
     Compact,
 }
 
@@ -116,7 +116,7 @@ where
         registered: false,
     };
     loop {
-        let parsed = match poll_fn(|cx| poll_next(&mut conn, &mut idle, cx)).await {
+        let parsed = match poll_fn(|cx| poll_next(&mut conn, &mut idle, heads, cx)).await {
             Next::Request(parsed) => parsed,
             Next::Closed => return Ok(()),
             Next::HandOff => return hand_off(conn, drain, &answer).await,
@@ -209,6 +209,7 @@ enum Next {
 fn poll_next<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>>(
     conn: &mut Connection<I>,
     idle: &mut IdleWatch<'_, F>,
+    heads: Heads,
     cx: &mut Context<'_>,
 ) -> Poll<Next> {
     if conn.read.is_empty() && idle.drain_started(cx) {
@@ -221,8 +222,13 @@ fn poll_next<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>>(
         }
     }
     loop {
-        if !conn.read.is_empty() {
-            match parse_request(&mut conn.read) {
+        if let Some(&first) = conn.read.first() {
+            let parsed = if heads == Heads::Compact && first == compact_head::MARKER {
+                parse_compact(&mut conn.read)
+            } else {
+                parse_request(&mut conn.read)
+            };
+            match parsed {
                 Ok(Parse::Request(parsed)) => return Poll::Ready(Next::Request(parsed)),
                 Ok(Parse::HandOff) => return Poll::Ready(Next::HandOff),
                 Ok(Parse::Partial) => {}
@@ -392,6 +398,93 @@ fn parse_request(buf: &mut BytesMut) -> Result<Parse, Refusal> {
         keep_alive,
         head_request,
         version,
+    }))
+}
+
+/// Reads the compact request ([`crate::compact_head`]) at the start of `buf`, once all of it
+/// (head and body) is there. Its bytes leave the buffer; the values, the kept lines and the
+/// body share them.
+fn parse_compact(buf: &mut BytesMut) -> Result<Parse, Refusal> {
+    let refused = |e: compact_head::Error| {
+        let status = match e {
+            compact_head::Error::TooLong(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            compact_head::Error::BodyTooLong(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        (status, e.to_string())
+    };
+    let layout = match compact_head::request_layout(buf, MAX_HEAD, MAX_WHOLE_BODY) {
+        Ok(Some(layout)) => layout,
+        Ok(None) => return Ok(Parse::Partial),
+        Err(e) => return Err(refused(e)),
+    };
+    let message = buf.split_to(layout.end).freeze();
+    let part = |(start, end): (usize, usize)| &message[start..end];
+    let method = Method::from_bytes(part(layout.method))
+        .ok()
+        .filter(|m| *m != Method::CONNECT)
+        .ok_or_else(|| refused(compact_head::Error::Target))?;
+    let target = message.slice(layout.target.0..layout.target.1);
+    let uri = Uri::from_maybe_shared(target).map_err(|_| refused(compact_head::Error::Target))?;
+    // The map's fields: where each is in the message. Anything the server leaves to hyper or
+    // that frames the body has no place among them.
+    let (mut few, mut many) = ([(0u32, 0u32, 0u32, 0u32); FEW_FIELDS], Vec::new());
+    let mut count = 0;
+    let base = message.as_ptr() as usize;
+    let map_start = layout.map.0;
+    compact_head::each_field(part(layout.map), |name, (vs, ve)| {
+        if !crate::raw_head::goes_as_it_came(name) || name.eq_ignore_ascii_case(b"expect") {
+            return Err(compact_head::Error::Field);
+        }
+        let ns = name.as_ptr() as usize - base;
+        // Below MAX_HEAD: the head is no longer than that.
+        let span = (
+            ns as u32,
+            (ns + name.len()) as u32,
+            (map_start + vs) as u32,
+            (map_start + ve) as u32,
+        );
+        match few.get_mut(count) {
+            Some(slot) => *slot = span,
+            None => {
+                if many.is_empty() {
+                    many.extend_from_slice(&few);
+                }
+                many.push(span);
+            }
+        }
+        count += 1;
+        Ok(())
+    })
+    .map_err(refused)?;
+    // The kept fields: none the sidecar acts on (`x-forwarded-client-cert` among them would
+    // reach the app unchecked).
+    compact_head::each_field(part(layout.kept), |name, _| {
+        if crate::raw_head::in_request_map(name) {
+            Err(compact_head::Error::Field)
+        } else {
+            Ok(())
+        }
+    })
+    .map_err(refused)?;
+    let spans = if count <= FEW_FIELDS {
+        &few[..count]
+    } else {
+        &many[..]
+    };
+    let headers = header_map(&message, spans)?;
+    let head_request = method == Method::HEAD;
+    let kept_len = layout.kept.1 - layout.kept.0;
+    let whole = Whole::new(message.slice(layout.kept.0..), kept_len, kept_len);
+    let mut request = Request::new(StreamBody::Whole(whole));
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    Ok(Parse::Request(Parsed {
+        request,
+        keep_alive: !layout.close,
+        head_request,
+        version: Version::HTTP_11,
     }))
 }
 
@@ -990,6 +1083,97 @@ mod tests {
         let head = String::from_utf8_lossy(&head);
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
         assert!(head.contains("content-length: 5\r\n"), "{head}");
+    }
+
+    /// From a peer that speaks compact heads: a compact request reads as its text would
+    /// (method, target, the map's fields, the kept ones, the body), and the connection goes
+    /// on to a text request; one that carries a field the sidecar acts on among its kept
+    /// lines, or `expect` in its map, is refused.
+    #[tokio::test]
+    async fn a_compact_request_reads_as_its_text_would() {
+        let answer = |req: Request<StreamBody>| async move {
+            use crate::raw_head::RequestFields;
+            let (parts, body) = req.into_parts();
+            let kept = body.kept().map(|k| String::from_utf8_lossy(k).into_owned());
+            let body = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let text = format!(
+                "{} {} host={:?} hop={:?} kept={kept:?} body={:?}",
+                parts.method,
+                parts.uri,
+                parts.headers.get(HOST),
+                parts.headers.get(HOP),
+                String::from_utf8_lossy(&body),
+            );
+            let body = Full::new(Bytes::from(text)).map_err(|e| match e {});
+            Response::new(ProxyBody::new(body.boxed()))
+        };
+        let compact = |method: &[u8], map: &'static [u8], kept: &[u8], body: &[u8]| {
+            let mut out = Vec::new();
+            let map_lines = |out: &mut Vec<u8>| out.extend_from_slice(map);
+            let len = body.len() as u64;
+            assert!(compact_head::encode_request(
+                &mut out, method, b"/p?q", false, len, map_lines, kept
+            ));
+            out.extend_from_slice(body);
+            out
+        };
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let _task = tokio::spawn(async move {
+            serve(server, BytesMut::new(), None, Heads::Compact, answer).await
+        });
+        let request = compact(
+            b"POST",
+            b"host: web\r\nx-mesh-hop: 80 h1\r\n",
+            b"accept: */*\r\n",
+            b"hi",
+        );
+        client.write_all(&request).await.expect("the pipe");
+        let got = response(&mut client).await;
+        assert!(
+            got.ends_with("POST /p?q host=Some(\"web\") hop=Some(\"80 h1\") kept=Some(\"accept: */*\\r\\n\") body=\"hi\""),
+            "{got}"
+        );
+        client
+            .write_all(b"GET /t HTTP/1.1\r\nhost: text\r\n\r\n")
+            .await
+            .expect("the pipe");
+        let got = response(&mut client).await;
+        assert!(
+            got.ends_with("GET /t host=Some(\"text\") hop=None kept=None body=\"\""),
+            "{got}"
+        );
+
+        for (map, kept) in [
+            (
+                &b"host: web\r\n"[..],
+                &b"x-forwarded-client-cert: By=x\r\n"[..],
+            ),
+            (b"host: web\r\n", b"Host: other\r\n"),
+            (b"host: web\r\n", b"x-mesh-hop: 81 h1\r\n"),
+            (b"expect: 100-continue\r\n", b""),
+            (b"transfer-encoding: chunked\r\n", b""),
+            (b"host web\r\n", b""),
+        ] {
+            let (mut client, server) = tokio::io::duplex(64 * 1024);
+            let task = tokio::spawn(async move {
+                serve(server, BytesMut::new(), None, Heads::Compact, answer).await
+            });
+            client
+                .write_all(&compact(b"GET", map, kept, b""))
+                .await
+                .expect("the pipe");
+            let got = rest(&mut client).await;
+            assert!(got.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{got}");
+            assert!(got.contains("compact head"), "{got}");
+            assert!(matches!(
+                task.await.expect("the task"),
+                Err(Error::Refused(_))
+            ));
+        }
     }
 
     #[tokio::test]

@@ -352,7 +352,9 @@ impl Connect for MuxConnector {
 mod tests {
     use super::*;
     use crate::pool::{Pool, Version as PoolVersion};
-    use crate::tls::testing::{id, identity, older_sidecar, root_ca};
+    use crate::tls::testing::{
+        id, identity, older_sidecar, root_ca, sidecar_without_compact_heads,
+    };
     use bytes::Bytes;
     use http_body_util::{BodyExt, Empty, Full};
     use hyper::{Request, Response, Version};
@@ -413,15 +415,16 @@ mod tests {
         }
     }
 
-    /// The `mesh/h1` pool as the sidecar builds it: against a sidecar of this build the request
+    /// The `mesh/h1` pool as the sidecar builds it: against a sidecar with `mesh/h1` the request
     /// goes in HTTP/1.1; against one built before `mesh/h1` the handshake lands on `mesh/h2`,
-    /// and the same pool speaks HTTP/2 on that connection, and reuses it.
+    /// and the same pool speaks HTTP/2 on that connection, and reuses it. (hyper's servers
+    /// stand in for the sidecar's, so the sidecar serves no compact heads.)
     #[tokio::test]
     async fn the_http1_pool_speaks_http2_to_a_sidecar_without_mesh_h1() {
         let (root_pem, issuer) = root_ca();
         let client_tls =
             Arc::new(MeshTls::new(identity(&root_pem, &issuer, "client")).expect("tls"));
-        let current = MeshTls::new(identity(&root_pem, &issuer, "web")).expect("tls");
+        let current = sidecar_without_compact_heads(identity(&root_pem, &issuer, "web"));
         let older = older_sidecar(identity(&root_pem, &issuer, "web"));
         for (server, arrives_in) in [(current, "HTTP/1.1"), (older, "HTTP/2.0")] {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

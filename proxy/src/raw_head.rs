@@ -137,7 +137,7 @@ pub(crate) fn goes_as_it_came(name: &[u8]) -> bool {
 /// Whether a request's field goes into its map: the fields the proxy reads, sets or removes
 /// (`host`, the mesh's own `x-mesh-*` and `x-forwarded-client-cert`), its framing and
 /// hop-by-hop fields, and `expect`. Every other field goes on as it came.
-fn in_request_map(name: &[u8]) -> bool {
+pub(crate) fn in_request_map(name: &[u8]) -> bool {
     let is = |lower: &[u8]| {
         name.len() == lower.len() && name.iter().zip(lower).all(|(b, l)| b | 0x20 == *l)
     };

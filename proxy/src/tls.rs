@@ -4,7 +4,7 @@
 //! requires a client certificate that chains to the trust bundle; the client side checks that the
 //! server's certificate chains to the bundle and names exactly the SPIFFE ID meshd published for
 //! that endpoint. ALPN says what the connection carries ([`Carriage`]): `mesh/h2` (HTTP/2
-//! between sidecars), `mesh/h1` (HTTP/1.1; `mesh/h1c` with compact response heads),
+//! between sidecars), `mesh/h1` (HTTP/1.1; `mesh/h1c` with compact heads),
 //! `mesh/mux` (HTTP/1.1 on multiplexed streams) or `mesh/tcp` (one opaque TCP stream, preceded
 //! by its 2-byte target port). Sessions are resumed from a shared in-memory cache.
 
@@ -76,9 +76,9 @@ impl Carriage {
     }
 }
 
-/// `mesh/h1` whose responses may come with a compact head ([`crate::compact_head`]): offered
-/// before `mesh/h1`, which a sidecar built before it picks instead. It carries HTTP/1.1 as
-/// `mesh/h1` does ([`Carriage::Http1`], counted as `mesh/h1`).
+/// `mesh/h1` whose requests and responses may go with a compact head ([`crate::compact_head`]):
+/// offered before `mesh/h1`, which a sidecar built before it picks instead. It carries HTTP/1.1
+/// as `mesh/h1` does ([`Carriage::Http1`], counted as `mesh/h1`).
 pub const COMPACT_HEADS: &[u8] = b"mesh/h1c";
 
 /// Whether the handshake chose [`COMPACT_HEADS`].
