@@ -51,8 +51,7 @@ async fn release_startup_pages(ctx: Arc<Context>) {
     if let Some(tls) = &ctx.tls {
         tls.identity().wait_ready().await;
     }
-    let _ =
-        crate::background::timeout(RELEASE_WITHOUT_CONNECTION, ctx.first_connection.wait()).await;
+    let _ = tokio::time::timeout(RELEASE_WITHOUT_CONNECTION, ctx.first_connection.wait()).await;
     match crate::resident::release() {
         Ok(released) => tracing::info!(
             mappings = released.mappings,
@@ -72,12 +71,8 @@ pub async fn run(config: ProxyConfig) -> Result<(), ProxyError> {
         bind_all(config.outbound_addr).map_err(bind_error("outbound", config.outbound_addr))?;
     let inbound =
         bind_all(config.inbound_addr).map_err(bind_error("inbound", config.inbound_addr))?;
-    // The admin endpoint lives on the background runtime: /ready and /metrics answer whatever
-    // the serving runtime is busy with.
-    let admin_listener = {
-        let _background = crate::background::enter();
-        bind(config.admin_addr, false).map_err(bind_error("admin", config.admin_addr))?
-    };
+    let admin_listener =
+        bind(config.admin_addr, false).map_err(bind_error("admin", config.admin_addr))?;
     let peer = bind_all(config.peer_addr).map_err(bind_error("peer sidecars", config.peer_addr))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(ProxyError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(ProxyError::Signal)?;
@@ -87,7 +82,7 @@ pub async fn run(config: ProxyConfig) -> Result<(), ProxyError> {
     let xds = match &config.xds {
         Some(x) => {
             let xds = Arc::new(Xds::following(x.server.clone()));
-            crate::background::spawn(crate::xds::client::run(x.clone(), xds.clone()));
+            tokio::spawn(crate::xds::client::run(x.clone(), xds.clone()));
             xds
         }
         None => Arc::new(Xds::standalone()),
@@ -100,7 +95,7 @@ pub async fn run(config: ProxyConfig) -> Result<(), ProxyError> {
                 &wanted.bundle_pem,
             )?);
             let tls = Arc::new(MeshTls::new(identity.clone())?);
-            crate::background::spawn(crate::identity::run(wanted.clone(), identity));
+            tokio::spawn(crate::identity::run(wanted.clone(), identity));
             Some(tls)
         }
         None => None,
@@ -137,7 +132,7 @@ pub async fn run(config: ProxyConfig) -> Result<(), ProxyError> {
             drain.clone(),
         ));
     }
-    crate::background::spawn(admin::serve(admin_listener, ctx.clone(), drain.clone()));
+    tokio::spawn(admin::serve(admin_listener, ctx.clone(), drain.clone()));
     if ctx.config.release_startup_pages {
         tokio::spawn(release_startup_pages(ctx.clone()));
     }

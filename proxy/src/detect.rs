@@ -99,8 +99,7 @@ pub async fn detect(
     let mut prefix = BytesMut::with_capacity(MAX_PREFIX);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let read = match crate::background::timeout_at(deadline, stream.read_buf(&mut prefix)).await
-        {
+        let read = match tokio::time::timeout_at(deadline, stream.read_buf(&mut prefix)).await {
             Ok(result) => result?,
             Err(_) => return Ok((classify(&prefix).unwrap_or(Protocol::Opaque), prefix)),
         };

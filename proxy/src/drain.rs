@@ -57,7 +57,7 @@ impl Drain {
     /// Waits for every connection to finish, at most `timeout`. Returns whether all finished.
     pub async fn wait_connections(&self, timeout: Duration) -> bool {
         self.connections.close();
-        crate::background::timeout(timeout, self.connections.wait())
+        tokio::time::timeout(timeout, self.connections.wait())
             .await
             .is_ok()
     }

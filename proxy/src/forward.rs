@@ -235,7 +235,7 @@ pub async fn handle(
             return to_peer_tcp(downstream, b"", target, &tls, &ctx, metrics).await;
         }
         let start = Instant::now();
-        let upstream = match crate::background::timeout(
+        let upstream = match tokio::time::timeout(
             ctx.config.connect_timeout,
             TcpStream::connect(target),
         )
@@ -382,7 +382,7 @@ async fn serve_http(
         if let (true, Some(tls)) = (endpoint.meshed(), &ctx.tls) {
             return to_peer_tcp(downstream, &prefix, endpoint.addr, tls, &ctx, metrics).await;
         }
-        let upstream = match crate::background::timeout(
+        let upstream = match tokio::time::timeout(
             ctx.config.connect_timeout,
             TcpStream::connect(endpoint.addr),
         )

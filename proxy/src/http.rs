@@ -463,11 +463,8 @@ async fn forward(
     // take room of its own beside the timeout's copy of it.
     let result = match route.timeout {
         Some(limit) => {
-            match crate::background::timeout(
-                limit,
-                ctx.http.send(req, addr, via, upgrade.is_some()),
-            )
-            .await
+            match tokio::time::timeout(limit, ctx.http.send(req, addr, via, upgrade.is_some()))
+                .await
             {
                 Ok(r) => r,
                 Err(_) => {

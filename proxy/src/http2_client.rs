@@ -76,11 +76,11 @@ impl KeepAlive {
     /// ended (`false`; `ended` is asked after each wait).
     pub async fn until_silent(self, mut pings: PingPong, ended: impl Fn() -> bool) -> bool {
         loop {
-            crate::background::sleep(self.every).await;
+            tokio::time::sleep(self.every).await;
             if ended() {
                 return false;
             }
-            match crate::background::timeout(self.timeout, pings.ping(Ping::opaque())).await {
+            match tokio::time::timeout(self.timeout, pings.ping(Ping::opaque())).await {
                 Ok(Ok(_pong)) => {}
                 // The connection has ended.
                 Ok(Err(_)) => return false,
@@ -307,7 +307,7 @@ mod tests {
         let req = Request::get(format!("http://{addr}/"))
             .body(http_body_util::Empty::<Bytes>::new())
             .expect("request");
-        let failed = crate::background::timeout(LIMIT, sender.send(req))
+        let failed = tokio::time::timeout(LIMIT, sender.send(req))
             .await
             .expect("the request fails instead of waiting");
         assert!(failed.is_err(), "no answer can come");
@@ -328,7 +328,7 @@ mod tests {
             assert_eq!(resp.status(), 200);
             resp.into_body().collect().await.expect("body")
         };
-        let collected = crate::background::timeout(LIMIT, exchange)
+        let collected = tokio::time::timeout(LIMIT, exchange)
             .await
             .expect("the upload and its answer within the limit");
         let trailers = collected.trailers().cloned().expect("trailers");
@@ -378,7 +378,7 @@ mod tests {
                 tokio::task::yield_now().await;
             }
         };
-        crate::background::timeout(LIMIT, closed)
+        tokio::time::timeout(LIMIT, closed)
             .await
             .expect("the connection's end noticed");
         let req = Request::get(format!("http://{addr}/"))

@@ -293,7 +293,7 @@ mod tests {
             let got = resp.into_body().collect().await.expect("body").to_bytes();
             (length, specific, got)
         };
-        let (length, specific, got) = crate::background::timeout(LIMIT, exchange)
+        let (length, specific, got) = tokio::time::timeout(LIMIT, exchange)
             .await
             .expect("the exchange within the limit");
         assert_eq!(got.len(), body.len());
@@ -322,7 +322,7 @@ mod tests {
             let body = resp.into_body().collect().await.expect("body").to_bytes();
             (failed.is_err(), body)
         };
-        let (failed, body) = crate::background::timeout(LIMIT, exchange)
+        let (failed, body) = tokio::time::timeout(LIMIT, exchange)
             .await
             .expect("both answered within the limit");
         assert!(failed, "the stream whose answer panicked is reset");
@@ -357,7 +357,7 @@ mod tests {
             |req: Request<RecvBody>| async move {
                 // Answered out of order: the later paths wait less.
                 let n: u64 = req.uri().path()[2..].parse().expect("a number");
-                crate::background::sleep(Duration::from_millis(50 - n)).await;
+                tokio::time::sleep(Duration::from_millis(50 - n)).await;
                 Response::new(Full::new(Bytes::from(req.uri().path().to_string())))
             },
             Drain::new(),
@@ -376,7 +376,7 @@ mod tests {
                 (i, String::from_utf8_lossy(&body).into_owned())
             });
         }
-        let answers = crate::background::timeout(LIMIT, requests.join_all())
+        let answers = tokio::time::timeout(LIMIT, requests.join_all())
             .await
             .expect("all answered within the limit");
         for (i, answer) in answers {
@@ -425,12 +425,12 @@ mod tests {
                 true,
             )
             .expect("sent");
-        crate::background::timeout(LIMIT, started.notified())
+        tokio::time::timeout(LIMIT, started.notified())
             .await
             .expect("the answer started");
         drop(response);
         drop(_send);
-        crate::background::timeout(LIMIT, dropped.notified())
+        tokio::time::timeout(LIMIT, dropped.notified())
             .await
             .expect("the answer is dropped once the peer resets the stream");
     }
@@ -447,7 +447,7 @@ mod tests {
         let addr = server_pinging(
             QUICK_PINGS,
             |_req| async {
-                crate::background::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
                 Response::new(Full::new(Bytes::from_static(b"still here")))
             },
             Drain::new(),
@@ -458,7 +458,7 @@ mod tests {
             let resp = sender.send(get(addr, "/")).await.expect("response");
             resp.into_body().collect().await.expect("body").to_bytes()
         };
-        let body = crate::background::timeout(LIMIT, exchange)
+        let body = tokio::time::timeout(LIMIT, exchange)
             .await
             .expect("answered within the limit");
         assert_eq!(&body[..], b"still here");
@@ -483,7 +483,7 @@ mod tests {
             let mut got = Vec::new();
             tcp.read_to_end(&mut got).await.map(|_| got)
         };
-        let got = crate::background::timeout(LIMIT, read_to_end)
+        let got = tokio::time::timeout(LIMIT, read_to_end)
             .await
             .expect("the server closes the connection within the limit")
             .unwrap_or_default();
@@ -526,7 +526,7 @@ mod tests {
             let resp = first.send(get(addr, "/first")).await.expect("response");
             resp.into_body().collect().await.expect("body").to_bytes()
         });
-        crate::background::timeout(LIMIT, started.notified())
+        tokio::time::timeout(LIMIT, started.notified())
             .await
             .expect("the first stream is being answered");
         drain.start();
@@ -539,7 +539,7 @@ mod tests {
                 }
             }
         };
-        let refused = crate::background::timeout(LIMIT, refused)
+        let refused = tokio::time::timeout(LIMIT, refused)
             .await
             .expect("the drain's GOAWAY within the limit");
         assert!(
@@ -548,7 +548,7 @@ mod tests {
             refused.error
         );
         release.notify_one();
-        let body = crate::background::timeout(LIMIT, open)
+        let body = tokio::time::timeout(LIMIT, open)
             .await
             .expect("the open stream finishes")
             .expect("its task");

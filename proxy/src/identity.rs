@@ -246,7 +246,7 @@ pub async fn run(config: IdentityConfig, identity: Arc<Identity>) {
                     renew_in_ms = wait_ms,
                     "workload certificate in place"
                 );
-                crate::background::sleep(Duration::from_millis(wait_ms)).await;
+                tokio::time::sleep(Duration::from_millis(wait_ms)).await;
             }
             Err(e) => {
                 identity.failures.fetch_add(1, Ordering::Relaxed);
@@ -258,7 +258,7 @@ pub async fn run(config: IdentityConfig, identity: Arc<Identity>) {
                     current_expires_in_s = left,
                     "cannot get a workload certificate; keeping the current one and retrying"
                 );
-                crate::background::sleep(wait).await;
+                tokio::time::sleep(wait).await;
                 retry = (retry * 2).min(MAX_RETRY);
             }
         }

@@ -10,7 +10,6 @@ pub mod addr_map;
 pub mod admin;
 pub mod app;
 pub mod authz;
-pub mod background;
 pub mod balance;
 pub mod batch_copy;
 pub mod body;

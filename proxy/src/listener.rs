@@ -61,7 +61,7 @@ pub async fn accept_loop(
                 Err(e) => {
                     // Usually out of file descriptors: back off briefly instead of spinning.
                     tracing::warn!(dir = direction.as_str(), error = %e, "accept failed");
-                    crate::background::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
         }
@@ -81,7 +81,7 @@ pub async fn accept_peers(listener: TcpListener, ctx: Arc<Context>, drain: Drain
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "peer accept failed");
-                    crate::background::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
         }

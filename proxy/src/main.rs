@@ -141,17 +141,14 @@ fn main() -> anyhow::Result<()> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
-    // The runtime that serves connections has I/O and no clock: timers and the work off the
-    // request path run on the background thread (see `mesh_proxy::background`).
-    mesh_proxy::background::start().context("cannot start the background thread")?;
     let runtime = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
-            .enable_io()
+            .enable_all()
             .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
-            .enable_io()
+            .enable_all()
             .build()
     }
     .context("cannot start the async runtime")?;

@@ -992,7 +992,7 @@ mod tests {
         });
         let mut stalled = session.open().expect("a stream");
         // Fills its window: the writes stop there instead of filling the connection.
-        let filled = crate::background::timeout(
+        let filled = tokio::time::timeout(
             std::time::Duration::from_millis(200),
             stalled.write_all(&vec![0u8; 2 * WINDOW as usize]),
         )

@@ -97,7 +97,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, drain
             return;
         };
         let accepted =
-            crate::background::timeout(ctx.config.connect_timeout, tls.acceptor().accept(ReadAhead::new(stream))).await;
+            tokio::time::timeout(ctx.config.connect_timeout, tls.acceptor().accept(ReadAhead::new(stream))).await;
         let mut stream = match accepted {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {

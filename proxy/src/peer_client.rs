@@ -126,7 +126,7 @@ async fn connect(
         let _ = tcp.set_nodelay(true);
         tls.connect(tcp, addr.ip(), &expected, carriage).await
     };
-    match crate::background::timeout(timeout, handshake).await {
+    match tokio::time::timeout(timeout, handshake).await {
         Ok(Ok(stream)) => Ok(PeerStream(stream)),
         Ok(Err(e)) => Err(io::Error::new(
             e.kind(),

@@ -90,7 +90,7 @@ impl Connect for TcpConnector {
     type Io = TcpStream;
 
     async fn connect(&self, addr: SocketAddr) -> io::Result<Connected<Self::Io>> {
-        let tcp = match crate::background::timeout(self.timeout, TcpStream::connect(addr)).await {
+        let tcp = match tokio::time::timeout(self.timeout, TcpStream::connect(addr)).await {
             Ok(Ok(tcp)) => tcp,
             Ok(Err(e)) => return Err(io::Error::new(e.kind(), format!("TCP to {addr}: {e}"))),
             Err(_) => {
@@ -440,7 +440,7 @@ impl State {
         }
         let inner: Weak<Inner<C>> = Arc::downgrade(inner);
         tokio::spawn(async move {
-            let mut every = crate::background::interval(SWEEP_EVERY);
+            let mut every = tokio::time::interval(SWEEP_EVERY);
             every.tick().await;
             loop {
                 every.tick().await;
@@ -837,7 +837,7 @@ mod tests {
             drop(server);
             answer_one(&mut accepted).await
         });
-        let second = crate::background::timeout(
+        let second = tokio::time::timeout(
             Duration::from_secs(10),
             pool.send(get(addr, false), addr, false),
         )

@@ -120,7 +120,7 @@ fn response(ty: &str, version: &str, nonce: &str, resources: Vec<Any>) -> Discov
 }
 
 async fn recv(rx: &mut mpsc::Receiver<DiscoveryRequest>) -> DiscoveryRequest {
-    mesh_proxy::background::timeout(STEP, rx.recv())
+    tokio::time::timeout(STEP, rx.recv())
         .await
         .expect("a request in time")
         .expect("stream open")
@@ -163,7 +163,7 @@ async fn good_updates_are_acked_and_a_bad_one_is_nacked_keeping_the_last_good_co
         },
     };
     tokio::spawn(run(config, xds.clone()));
-    let (mut requests, responses) = mesh_proxy::background::timeout(STEP, streams_rx.recv())
+    let (mut requests, responses) = tokio::time::timeout(STEP, streams_rx.recv())
         .await
         .expect("stream in time")
         .expect("a stream");
@@ -306,7 +306,7 @@ async fn good_updates_are_acked_and_a_bad_one_is_nacked_keeping_the_last_good_co
     drop(responses);
     drop(requests);
     let (mut requests, _responses) =
-        mesh_proxy::background::timeout(Duration::from_secs(15), streams_rx.recv())
+        tokio::time::timeout(Duration::from_secs(15), streams_rx.recv())
             .await
             .expect("reconnect in time")
             .expect("a stream");

@@ -143,7 +143,7 @@ pub async fn run(config: XdsConfig, xds: Arc<Xds>) {
         let delay = backoff / 2 + backoff.mul_f64(f64::from(random_u32() % 1000) / 2000.0);
         tracing::warn!(server = %config.server, error = %err, retry_in_ms = delay.as_millis() as u64,
             "xDS stream to the control plane is down; keeping the last good config");
-        crate::background::sleep(delay).await;
+        tokio::time::sleep(delay).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
