@@ -17,7 +17,9 @@
 //!   without `keep-alive`), the body is read to the close, the client has finished sending
 //!   (half-close: it still gets its answer), or a drain has started;
 //! - a head it cannot parse is answered `400` (`431` when too long) with the reason in
-//!   `x-mesh-error` and the body, and the connection is closed.
+//!   `x-mesh-error` and the body, and the connection is closed;
+//! - on a peer's `mesh/h1c` connection ([`Heads::Compact`]), the compact heads of
+//!   [`crate::compact_head`] too: requests that come so are read, responses that fit go so.
 //!
 //! The rest (a chunked or larger request body, `Expect`, `Upgrade`, `CONNECT`) is rare and
 //! needs a request body streamed while its response may already come, or the connection handed
@@ -88,7 +90,7 @@ pub enum Heads {
 
 /// Serves HTTP/1.1 on `io`, whose first bytes (`read`) were read already, until the client
 /// closes it, a request or response ends it, or `drain` starts. Each request is answered by
-/// `answer`; the responses' heads are written as `heads` says.
+/// `answer`; `heads` says whether compact heads are read and written too.
 pub async fn serve<I, A, F>(
     io: I,
     read: BytesMut,
