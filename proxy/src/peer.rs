@@ -168,8 +168,8 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, drain
     inc(&counted.metrics.tcp(Direction::Inbound).closed);
 }
 
-/// HTTP/2 or HTTP/1.1 (`version`, its response heads written as `heads` says) from a peer:
-/// each request restored and sent to the app.
+/// HTTP/2 or HTTP/1.1 (`version`; `heads` says whether compact heads are read and written too)
+/// from a peer: each request restored and sent to the app.
 async fn serve_http<S>(
     stream: S,
     version: Version,

@@ -128,8 +128,9 @@ fn kind(name: &[u8]) -> FieldKind {
     }
 }
 
-/// Whether a response's field named `name` (a token) goes on as it came: not a framing or
-/// hop-by-hop field.
+/// Whether a response's field named `name` goes on as it came: not a framing or hop-by-hop
+/// field. `name` is a token, or visible ASCII (a compact head's): no visible byte that is not
+/// a letter or '-' becomes one when `kind` folds its case.
 pub(crate) fn goes_as_it_came(name: &[u8]) -> bool {
     kind(name) == FieldKind::Kept
 }
@@ -348,7 +349,8 @@ impl RawFields {
                 continue;
             };
             // Checked when the head was read (by httparse, or as a compact head's lines): a
-            // token, and a value without control characters.
+            // token or visible ASCII (which `HeaderName` checks again), and a value without
+            // control characters.
             let name = HeaderName::from_bytes(&line[..colon]);
             let value = line[colon + 1..].trim_ascii();
             let start = value.as_ptr() as usize - self.lines.as_ptr() as usize;
