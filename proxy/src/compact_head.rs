@@ -1,6 +1,7 @@
 //! Heads between two sidecars in a compact form of their own, on connections whose handshake
-//! chose `mesh/h1c`: HTTP/1.1 as on `mesh/h1`, where a request and a response that fit go with
-//! a binary head in place of their text one.
+//! chose `mesh/h1c` (and on the streams of `mesh/muxc` connections): HTTP/1.1 as on `mesh/h1`
+//! (`mesh/mux`), where a request and a response that fit go with a binary head in place of
+//! their text one.
 //!
 //! Both sidecars keep most header fields as the lines they came in ([`crate::raw_head`]), so
 //! what one sidecar wrote as text the other parsed again with httparse (every line, the framing

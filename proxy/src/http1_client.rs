@@ -57,7 +57,8 @@ pub trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {
     }
 
     /// Whether the other end speaks compact heads ([`crate::compact_head`]): a peer sidecar
-    /// whose handshake chose `mesh/h1c`. Requests that fit go so, and responses may come so.
+    /// whose handshake chose `mesh/h1c`, or a stream of a `mesh/muxc` session. Requests that fit
+    /// go so, and responses may come so.
     fn compact_heads(&self) -> bool {
         false
     }

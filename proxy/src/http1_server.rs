@@ -18,8 +18,9 @@
 //!   (half-close: it still gets its answer), or a drain has started;
 //! - a head it cannot parse is answered `400` (`431` when too long) with the reason in
 //!   `x-mesh-error` and the body, and the connection is closed;
-//! - on a peer's `mesh/h1c` connection ([`Heads::Compact`]), the compact heads of
-//!   [`crate::compact_head`] too: requests that come so are read, responses that fit go so.
+//! - on a peer's `mesh/h1c` connection or `mesh/muxc` stream ([`Heads::Compact`]), the
+//!   compact heads of [`crate::compact_head`] too: requests that come so are read, responses
+//!   that fit go so.
 //!
 //! The rest (a chunked or larger request body, `Expect`, `Upgrade`, `CONNECT`) is rare and
 //! needs a request body streamed while its response may already come, or the connection handed
@@ -84,7 +85,7 @@ pub enum Heads {
     /// HTTP/1.1 text.
     Text,
     /// Also the compact form, where a request or a response fits it: with a peer sidecar whose
-    /// handshake chose `mesh/h1c` (see [`crate::compact_head`]).
+    /// handshake chose `mesh/h1c` or `mesh/muxc` (see [`crate::compact_head`]).
     Compact,
 }
 

@@ -142,9 +142,14 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, drain
             }
             (Some(caller), Some(Carriage::Mux)) => {
                 tracing::debug!(%caller, "peer authenticated (mesh/mux)");
+                let heads = if compact_heads(conn.alpn_protocol()) {
+                    Heads::Compact
+                } else {
+                    Heads::Text
+                };
                 stream.get_mut().0.keep_buffer();
                 let caller = Arc::new(Caller::new(caller, &ctx));
-                Box::pin(serve_mux(stream, local, caller, ctx, &drain)).await;
+                Box::pin(serve_mux(stream, heads, local, caller, ctx, &drain)).await;
             }
             (Some(caller), Some(Carriage::Tcp)) => {
                 tracing::debug!(%caller, "peer authenticated (TCP)");
@@ -202,9 +207,11 @@ async fn serve_http<S>(
 }
 
 /// HTTP/1.1 on each stream of a `mesh/mux` connection from a peer (see [`crate::mux`]), as
-/// on a `mesh/h1` connection of its own.
+/// on a `mesh/h1` connection of its own (`heads`: with compact heads on `mesh/muxc`, as on
+/// `mesh/h1c`).
 async fn serve_mux<S>(
     stream: S,
+    heads: Heads,
     local: SocketAddr,
     caller: Arc<Caller>,
     ctx: Arc<Context>,
@@ -218,7 +225,7 @@ async fn serve_mux<S>(
     let answer = move |req: Request<StreamBody>| answer_peer(req, local, loopback, caller, ctx);
     let answer = &answer;
     let served = mux::serve(stream, drain, |stream| async move {
-        let served = http1_server::serve(stream, BytesMut::new(), Some(drain), Heads::Text, answer);
+        let served = http1_server::serve(stream, BytesMut::new(), Some(drain), heads, answer);
         if let Err(e) = served.await {
             tracing::debug!(error = %e, "mesh/mux stream ended with an error");
         }

@@ -194,21 +194,22 @@ impl Connect for PeerConnector {
 /// before `mesh/mux`, a connection of its own.
 #[derive(Debug)]
 pub enum PeerIo {
-    Muxed(MuxStream),
+    /// A stream of a `mesh/mux` session; `true` when the session is `mesh/muxc` (compact heads).
+    Muxed(MuxStream, bool),
     Direct(Box<PeerStream>),
 }
 
 impl crate::http1_client::Io for PeerIo {
     fn is_quiet(&mut self) -> bool {
         match self {
-            PeerIo::Muxed(_) => false,
+            PeerIo::Muxed(..) => false,
             PeerIo::Direct(stream) => stream.is_quiet(),
         }
     }
 
     fn compact_heads(&self) -> bool {
         match self {
-            PeerIo::Muxed(_) => false,
+            PeerIo::Muxed(_, compact) => *compact,
             PeerIo::Direct(stream) => stream.compact_heads(),
         }
     }
@@ -221,7 +222,7 @@ impl AsyncRead for PeerIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            PeerIo::Muxed(s) => Pin::new(s).poll_read(cx, buf),
+            PeerIo::Muxed(s, _) => Pin::new(s).poll_read(cx, buf),
             PeerIo::Direct(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
@@ -234,7 +235,7 @@ impl AsyncWrite for PeerIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            PeerIo::Muxed(s) => Pin::new(s).poll_write(cx, buf),
+            PeerIo::Muxed(s, _) => Pin::new(s).poll_write(cx, buf),
             PeerIo::Direct(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
@@ -245,28 +246,28 @@ impl AsyncWrite for PeerIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            PeerIo::Muxed(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            PeerIo::Muxed(s, _) => Pin::new(s).poll_write_vectored(cx, bufs),
             PeerIo::Direct(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            PeerIo::Muxed(s) => s.is_write_vectored(),
+            PeerIo::Muxed(s, _) => s.is_write_vectored(),
             PeerIo::Direct(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            PeerIo::Muxed(s) => Pin::new(s).poll_flush(cx),
+            PeerIo::Muxed(s, _) => Pin::new(s).poll_flush(cx),
             PeerIo::Direct(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            PeerIo::Muxed(s) => Pin::new(s).poll_shutdown(cx),
+            PeerIo::Muxed(s, _) => Pin::new(s).poll_shutdown(cx),
             PeerIo::Direct(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
@@ -274,7 +275,14 @@ impl AsyncWrite for PeerIo {
 
 /// Each peer's `mesh/mux` session, behind a lock held while one is made, so the requests
 /// that arrive meanwhile wait for it instead of making more.
-type Sessions = Mutex<AddrMap<SocketAddr, Arc<tokio::sync::Mutex<WeakSession>>>>;
+type Sessions = Mutex<AddrMap<SocketAddr, Arc<tokio::sync::Mutex<MuxSlot>>>>;
+
+/// A peer's `mesh/mux` session, and whether it speaks compact heads (`mesh/muxc`).
+#[derive(Debug, Default)]
+struct MuxSlot {
+    session: WeakSession,
+    compact: bool,
+}
 
 /// Connects the `mesh/mux` pool: each new "connection" is a new stream on the peer's session;
 /// the first makes the session (one mTLS connection), the rest share it until it ends, the
@@ -296,14 +304,14 @@ impl MuxConnector {
 
     /// The lock of `addr`'s session. Entries of peers without a session go when the map has
     /// grown past twice its size at the last sweep.
-    fn session_of(&self, addr: SocketAddr) -> Arc<tokio::sync::Mutex<WeakSession>> {
+    fn session_of(&self, addr: SocketAddr) -> Arc<tokio::sync::Mutex<MuxSlot>> {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(slot) = sessions.get(&addr) {
             return slot.clone();
         }
         if sessions.len() >= 64 && sessions.len().is_power_of_two() {
             sessions.retain(|_, slot| {
-                Arc::strong_count(slot) > 1 || slot.try_lock().is_ok_and(|s| s.is_alive())
+                Arc::strong_count(slot) > 1 || slot.try_lock().is_ok_and(|s| s.session.is_alive())
             });
         }
         sessions.entry(addr).or_default().clone()
@@ -316,10 +324,10 @@ impl Connect for MuxConnector {
     async fn connect(&self, addr: SocketAddr) -> io::Result<Connected<Self::Io>> {
         let slot = self.session_of(addr);
         let mut session = slot.lock().await;
-        if let Some(stream) = session.upgrade().and_then(|s| s.open()) {
+        if let Some(stream) = session.session.upgrade().and_then(|s| s.open()) {
             return Ok(Connected {
                 http2: false,
-                io: PeerIo::Muxed(stream),
+                io: PeerIo::Muxed(stream, session.compact),
             });
         }
         let peer = &self.peer;
@@ -331,19 +339,23 @@ impl Connect for MuxConnector {
                 io: PeerIo::Direct(Box::new(stream)),
             });
         }
+        let compact = crate::http1_client::Io::compact_heads(&stream);
         let (new, driver) = mux::Session::client(stream);
         tokio::spawn(async move {
             if let Err(e) = driver.await {
                 tracing::debug!(%addr, error = %e, "mesh/mux connection ended with an error");
             }
         });
-        *session = new.downgrade();
+        *session = MuxSlot {
+            session: new.downgrade(),
+            compact,
+        };
         let stream = new.open().ok_or_else(|| {
             io::Error::other(format!("mesh/mux to {addr}: no stream on a new session"))
         })?;
         Ok(Connected {
             http2: false,
-            io: PeerIo::Muxed(stream),
+            io: PeerIo::Muxed(stream, compact),
         })
     }
 }
@@ -351,11 +363,20 @@ impl Connect for MuxConnector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::body::{ProxyBody, StreamBody};
+    use crate::compact_head;
+    use crate::drain::Drain;
+    use crate::http1_client::Io;
+    use crate::http1_server::{self, Heads};
     use crate::pool::{Pool, Version as PoolVersion};
+    use crate::raw_head::RawFields;
+    use crate::routing::Routing;
     use crate::tls::testing::{
         id, identity, older_sidecar, root_ca, sidecar_without_compact_heads,
     };
+    use crate::xds::resources::SidecarName;
     use bytes::Bytes;
+    use bytes::BytesMut;
     use http_body_util::{BodyExt, Empty, Full};
     use hyper::{Request, Response, Version};
     use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -443,6 +464,149 @@ mod tests {
                 assert_eq!(body, arrives_in.as_bytes(), "the server's version");
             }
             assert_eq!(pool.pooled(), 1, "one connection, reused ({arrives_in})");
+        }
+    }
+
+    /// A stream that adds the first byte read from it to `first`: [`compact_head::MARKER`]
+    /// when the peer's first head came compact.
+    struct FirstByte {
+        inner: MuxStream,
+        seen: bool,
+        first: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl AsyncRead for FirstByte {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut TaskContext<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            let before = buf.filled().len();
+            let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+            if let (false, Some(&byte)) = (this.seen, buf.filled().get(before)) {
+                this.seen = true;
+                this.first.lock().expect("lock").push(byte);
+            }
+            polled
+        }
+    }
+
+    impl AsyncWrite for FirstByte {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut TaskContext<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        }
+    }
+
+    /// Serves `mesh/mux` sessions on `listener` as the sidecar does: our HTTP/1.1 server on
+    /// each stream, with compact heads when the handshake chose `mesh/muxc`. Each response has
+    /// only kept fields and a known length, so it goes compact whenever the session allows.
+    /// `first` gets the first byte of each stream's first request.
+    fn serve_mux_sessions(listener: TcpListener, server: MeshTls, first: Arc<Mutex<Vec<u8>>>) {
+        let acceptor = server.acceptor().clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, first) = (acceptor.clone(), first.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let heads = if crate::tls::compact_heads(tls.get_ref().1.alpn_protocol()) {
+                        Heads::Compact
+                    } else {
+                        Heads::Text
+                    };
+                    let answer = |_req: Request<StreamBody>| async {
+                        let kept = RawFields::for_test("x-served-by: web\r\n", Some(2));
+                        let body = Full::new(Bytes::from_static(b"ok")).map_err(|e| match e {});
+                        Response::new(ProxyBody::with_kept(body.boxed(), Some(kept)))
+                    };
+                    let drain = Drain::new();
+                    let _ = mux::serve(tls, &drain, |stream| {
+                        let stream = FirstByte {
+                            inner: stream,
+                            seen: false,
+                            first: first.clone(),
+                        };
+                        async move {
+                            let served =
+                                http1_server::serve(stream, BytesMut::new(), None, heads, answer);
+                            let _ = served.await;
+                        }
+                    })
+                    .await;
+                });
+            }
+        });
+    }
+
+    /// The `mesh/mux` pool as the sidecar builds it: against a sidecar of this build the
+    /// session is `mesh/muxc` and requests and responses cross its streams in compact heads;
+    /// against one built before compact heads it is `mesh/mux`, in text. Each connect after
+    /// the first opens a stream on the same session, with the same heads.
+    #[tokio::test]
+    async fn the_mux_pool_speaks_compact_heads_on_a_mesh_muxc_session() {
+        let (root_pem, issuer) = root_ca();
+        let client_tls =
+            Arc::new(MeshTls::new(identity(&root_pem, &issuer, "client")).expect("tls"));
+        let current = MeshTls::new(identity(&root_pem, &issuer, "web")).expect("server");
+        let no_compact = sidecar_without_compact_heads(identity(&root_pem, &issuer, "web"));
+        for (server, compact) in [(current, true), (no_compact, false)] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let first = Arc::new(Mutex::new(Vec::new()));
+            serve_mux_sessions(listener, server, first.clone());
+            let xds = Arc::new(Xds::standalone());
+            let mut routing = Routing::default();
+            routing.sidecars.insert(
+                addr.ip(),
+                SidecarName {
+                    namespace: "default".into(),
+                    service_account: "web".into(),
+                },
+            );
+            xds.routing.store(Arc::new(routing));
+            let peer = PeerConnector::new(client_tls.clone(), xds, Duration::from_secs(5));
+            let connector = MuxConnector::new(peer);
+            for _ in 0..2 {
+                let connected = connector.connect(addr).await.expect("connect");
+                assert!(
+                    matches!(connected.io, PeerIo::Muxed(..)),
+                    "a mesh/mux stream"
+                );
+                assert_eq!(connected.io.compact_heads(), compact, "compact: {compact}");
+            }
+            let pool = Pool::new(connector, PoolVersion::Http1);
+            for _ in 0..2 {
+                let req = Request::get("/")
+                    .header(hyper::header::HOST, "web")
+                    .version(Version::HTTP_11)
+                    .body(Empty::<Bytes>::new())
+                    .expect("request");
+                let resp = pool.send(req, addr, false).await.expect("response");
+                assert!(resp.status().is_success(), "{}", resp.status());
+                let body = resp.into_body().collect().await.expect("body").to_bytes();
+                assert_eq!(body, "ok", "compact: {compact}");
+            }
+            let marker = compact_head::MARKER;
+            let expected = if compact { marker } else { b'G' };
+            let seen = first.lock().expect("lock").clone();
+            assert!(
+                !seen.is_empty() && seen.iter().all(|&b| b == expected),
+                "first bytes of the requests {seen:?}, compact: {compact}"
+            );
         }
     }
 }

@@ -5,7 +5,7 @@
 //! server's certificate chains to the bundle and names exactly the SPIFFE ID meshd published for
 //! that endpoint. ALPN says what the connection carries ([`Carriage`]): `mesh/h2` (HTTP/2
 //! between sidecars), `mesh/h1` (HTTP/1.1; `mesh/h1c` with compact heads),
-//! `mesh/mux` (HTTP/1.1 on multiplexed streams) or `mesh/tcp` (one opaque TCP stream, preceded
+//! `mesh/mux` (HTTP/1.1 on multiplexed streams; `mesh/muxc` with compact heads) or `mesh/tcp` (one opaque TCP stream, preceded
 //! by its 2-byte target port). Sessions are resumed from a shared in-memory cache.
 
 use std::collections::HashMap;
@@ -70,7 +70,7 @@ impl Carriage {
             Some(b"mesh/h1" | COMPACT_HEADS) => Some(Carriage::Http1),
             Some(b"mesh/h2") => Some(Carriage::Http2),
             Some(b"mesh/tcp") => Some(Carriage::Tcp),
-            Some(b"mesh/mux") => Some(Carriage::Mux),
+            Some(b"mesh/mux" | COMPACT_MUX) => Some(Carriage::Mux),
             _ => None,
         }
     }
@@ -81,18 +81,25 @@ impl Carriage {
 /// as `mesh/h1` does ([`Carriage::Http1`], counted as `mesh/h1`).
 pub const COMPACT_HEADS: &[u8] = b"mesh/h1c";
 
-/// Whether the handshake chose [`COMPACT_HEADS`].
+/// `mesh/mux` whose streams' requests and responses may go with a compact head, as on
+/// [`COMPACT_HEADS`]: offered before `mesh/mux`, which a sidecar built before it picks instead.
+/// It carries what `mesh/mux` does ([`Carriage::Mux`], counted as `mesh/mux`).
+pub const COMPACT_MUX: &[u8] = b"mesh/muxc";
+
+/// Whether the handshake chose [`COMPACT_HEADS`] or [`COMPACT_MUX`].
 pub fn compact_heads(alpn: Option<&[u8]>) -> bool {
-    alpn == Some(COMPACT_HEADS)
+    matches!(alpn, Some(COMPACT_HEADS | COMPACT_MUX))
 }
 
-/// The ALPN protocols of `carriages`, in order, `mesh/h1` preceded by [`COMPACT_HEADS`] when
-/// `compact`.
+/// The ALPN protocols of `carriages`, in order, `mesh/h1` preceded by [`COMPACT_HEADS`] and
+/// `mesh/mux` by [`COMPACT_MUX`] when `compact`.
 fn alpn_protocols(carriages: &[Carriage], compact: bool) -> Vec<Vec<u8>> {
-    let mut protocols = Vec::with_capacity(carriages.len() + 1);
+    let mut protocols = Vec::with_capacity(carriages.len() + 2);
     for carriage in carriages {
-        if compact && *carriage == Carriage::Http1 {
-            protocols.push(COMPACT_HEADS.to_vec());
+        match carriage {
+            Carriage::Http1 if compact => protocols.push(COMPACT_HEADS.to_vec()),
+            Carriage::Mux if compact => protocols.push(COMPACT_MUX.to_vec()),
+            _ => {}
         }
         protocols.push(carriage.alpn().to_vec());
     }
@@ -207,7 +214,7 @@ impl std::fmt::Debug for MeshTls {
 
 impl MeshTls {
     /// Serves every carriage, the server's preference first: `mesh/h1` when the client offers it
-    /// (see [`Carriage::offers`]), with compact response heads when it offers those.
+    /// (see [`Carriage::offers`]), with compact heads when it offers those.
     pub fn new(identity: Arc<Identity>) -> Result<MeshTls, Error> {
         MeshTls::serving(
             identity,
@@ -222,8 +229,8 @@ impl MeshTls {
         )
     }
 
-    /// Serves `carriages` only, in that order of preference; [`COMPACT_HEADS`] too when
-    /// `compact`.
+    /// Serves `carriages` only, in that order of preference; [`COMPACT_HEADS`] and
+    /// [`COMPACT_MUX`] too when `compact`.
     fn serving(
         identity: Arc<Identity>,
         carriages: &[Carriage],
@@ -378,7 +385,8 @@ pub(crate) mod testing {
         MeshTls::serving(identity, &[Carriage::Http2, Carriage::Tcp], false).expect("server")
     }
 
-    /// A sidecar built before [`COMPACT_HEADS`] (it served `mesh/h1` and the others).
+    /// A sidecar built before [`COMPACT_HEADS`] and [`COMPACT_MUX`] (it served `mesh/h1`,
+    /// `mesh/mux` and the others).
     pub(crate) fn sidecar_without_compact_heads(identity: Arc<Identity>) -> MeshTls {
         let carriages = [
             Carriage::Mux,
@@ -478,7 +486,7 @@ mod tests {
             (&current, Carriage::Http1, Carriage::Http1, true),
             (&current, Carriage::Http2, Carriage::Http2, false),
             (&current, Carriage::Tcp, Carriage::Tcp, false),
-            (&current, Carriage::Mux, Carriage::Mux, false),
+            (&current, Carriage::Mux, Carriage::Mux, true),
             (&no_compact, Carriage::Http1, Carriage::Http1, false),
             (&no_compact, Carriage::Mux, Carriage::Mux, false),
             (&older, Carriage::Http1, Carriage::Http2, false),
