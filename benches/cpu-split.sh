@@ -3,7 +3,8 @@
 # sidecar makes per request. The pair (benches/lib/pair.sh) under `wrk -t1 -c50`, as in the
 # harness's max-throughput test, or with RATE under `oha -q RATE -c 50`, as in its fixed-rate
 # tests:
-#   1. user and system ticks of each sidecar (/proc/PID/stat) over SECONDS of wrk;
+#   1. user and system ticks of each sidecar (/proc/PID/stat) over SECONDS of wrk, and its time
+#      on a CPU to the nanosecond (/proc/PID/task/*/schedstat);
 #   2. `strace -c` on both sidecars over a second run of SECONDS/2 (strace slows them, so
 #      only the counts per request mean anything, not the rate).
 # Needs root, wrk (oha with RATE), strace and a release build. MESH_BIN_DIR picks other binaries
@@ -38,8 +39,11 @@ load() { # SECONDS -> the number of requests completed under the load, in that m
 }
 what="wrk -t1 -c50"
 [[ -n $RATE ]] && what="oha -q $RATE -c 50"
-ticks() { # utime and stime of the server side, then of the client side
+ticks() { # utime and stime of the server side, then of the client side, then each side's time
+  # on a CPU in ns (/proc/PID/task/*/schedstat, summed over its threads: exact, where the
+  # ticks are 10 ms apart)
   for p in $SERVER $CLIENT; do awk '{printf "%s %s ", $14, $15}' "/proc/$p/stat"; done
+  for p in $SERVER $CLIENT; do cat /proc/"$p"/task/*/schedstat | awk '{ns += $1} END {printf "%d ", ns}'; done
 }
 taskset -c 0 wrk -t1 -c50 -d2s "$URL" >/dev/null
 before=$(ticks)
@@ -52,8 +56,9 @@ b, a = (list(map(int, x.split())) for x in sys.argv[1:3])
 n, hz = int(sys.argv[3]), int(sys.argv[4])
 d = [y - x for x, y in zip(b, a)]
 user, kernel = d[0] + d[2], d[1] + d[3]
-for side, (u, k) in (('server side', d[0:2]), ('client side', d[2:4])):
-    print(f'{side}: user {u} ticks, kernel {k} ticks ({u / hz / n * 1e6:.1f} + {k / hz / n * 1e6:.1f} us a request)')
+for side, (u, k), ns in (('server side', d[0:2], d[4]), ('client side', d[2:4], d[5])):
+    print(f'{side}: user {u} ticks, kernel {k} ticks ({u / hz / n * 1e6:.1f} + {k / hz / n * 1e6:.1f} us a request); on a CPU {ns / n / 1e3:.1f} us a request')
+print(f'pair: on a CPU {(d[4] + d[5]) / n / 1e3:.1f} us a request (schedstat)')
 print(f'pair: user {100 * user / (user + kernel):.0f}%, kernel {100 * kernel / (user + kernel):.0f}% of its CPU')
 EOF
 half=$(( SECONDS_RUN / 2 > 0 ? SECONDS_RUN / 2 : 1 ))
