@@ -415,6 +415,19 @@ mod tests {
         });
     }
 
+    /// `GET /` with `Host: web` in HTTP/1.1 through `pool` to `addr`: the body of its
+    /// response, which must be a success.
+    async fn get<C: Connect>(pool: &Pool<C, Empty<Bytes>>, addr: SocketAddr) -> Bytes {
+        let req = Request::get("/")
+            .header(hyper::header::HOST, "web")
+            .version(Version::HTTP_11)
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let resp = pool.send(req, addr, false).await.expect("response");
+        assert!(resp.status().is_success(), "{}", resp.status());
+        resp.into_body().collect().await.expect("body").to_bytes()
+    }
+
     /// What [`connect`] does, minus the lookup of the peer's identity in xDS.
     #[derive(Clone)]
     struct Connector(Arc<MeshTls>);
@@ -453,14 +466,7 @@ mod tests {
             serve(listener, server);
             let pool = Pool::new(Connector(client_tls.clone()), PoolVersion::Http1);
             for _ in 0..2 {
-                let req = Request::get("/")
-                    .header(hyper::header::HOST, "web")
-                    .version(Version::HTTP_11)
-                    .body(Empty::<Bytes>::new())
-                    .expect("request");
-                let resp = pool.send(req, addr, false).await.expect("response");
-                assert!(resp.status().is_success(), "{}", resp.status());
-                let body = resp.into_body().collect().await.expect("body").to_bytes();
+                let body = get(&pool, addr).await;
                 assert_eq!(body, arrives_in.as_bytes(), "the server's version");
             }
             assert_eq!(pool.pooled(), 1, "one connection, reused ({arrives_in})");
@@ -590,15 +596,7 @@ mod tests {
             }
             let pool = Pool::new(connector, PoolVersion::Http1);
             for _ in 0..2 {
-                let req = Request::get("/")
-                    .header(hyper::header::HOST, "web")
-                    .version(Version::HTTP_11)
-                    .body(Empty::<Bytes>::new())
-                    .expect("request");
-                let resp = pool.send(req, addr, false).await.expect("response");
-                assert!(resp.status().is_success(), "{}", resp.status());
-                let body = resp.into_body().collect().await.expect("body").to_bytes();
-                assert_eq!(body, "ok", "compact: {compact}");
+                assert_eq!(get(&pool, addr).await, "ok", "compact: {compact}");
             }
             let marker = compact_head::MARKER;
             let expected = if compact { marker } else { b'G' };
