@@ -120,6 +120,12 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, drain
         let conn = stream.get_ref().1;
         let caller = peer_identity(conn);
         let carriage = Carriage::from_alpn(conn.alpn_protocol());
+        // `mesh/h1c` and `mesh/muxc`: HTTP/1.1 with compact heads.
+        let heads = if compact_heads(conn.alpn_protocol()) {
+            Heads::Compact
+        } else {
+            Heads::Text
+        };
         if let (Some(_), Some(carriage)) = (&caller, carriage) {
             ctx.metrics.peer_connection(carriage);
         }
@@ -132,21 +138,11 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, drain
                 } else {
                     Version::HTTP_11
                 };
-                let heads = if compact_heads(conn.alpn_protocol()) {
-                    Heads::Compact
-                } else {
-                    Heads::Text
-                };
                 // Boxed, as on the outbound side: the opaque streams' task stays small.
                 Box::pin(serve_http(stream, version, heads, local, caller, ctx, &drain)).await;
             }
             (Some(caller), Some(Carriage::Mux)) => {
                 tracing::debug!(%caller, "peer authenticated (mesh/mux)");
-                let heads = if compact_heads(conn.alpn_protocol()) {
-                    Heads::Compact
-                } else {
-                    Heads::Text
-                };
                 stream.get_mut().0.keep_buffer();
                 let caller = Arc::new(Caller::new(caller, &ctx));
                 Box::pin(serve_mux(stream, heads, local, caller, ctx, &drain)).await;

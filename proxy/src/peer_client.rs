@@ -375,8 +375,7 @@ mod tests {
         id, identity, older_sidecar, root_ca, sidecar_without_compact_heads,
     };
     use crate::xds::resources::SidecarName;
-    use bytes::Bytes;
-    use bytes::BytesMut;
+    use bytes::{Bytes, BytesMut};
     use http_body_util::{BodyExt, Empty, Full};
     use hyper::{Request, Response, Version};
     use hyper_util::rt::{TokioExecutor, TokioIo};
