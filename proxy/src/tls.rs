@@ -4,9 +4,10 @@
 //! requires a client certificate that chains to the trust bundle; the client side checks that the
 //! server's certificate chains to the bundle and names exactly the SPIFFE ID meshd published for
 //! that endpoint. ALPN says what the connection carries ([`Carriage`]): `mesh/h2` (HTTP/2
-//! between sidecars), `mesh/h1` (HTTP/1.1; `mesh/h1c` with compact heads),
-//! `mesh/mux` (HTTP/1.1 on multiplexed streams; `mesh/muxc` with compact heads) or `mesh/tcp` (one opaque TCP stream, preceded
-//! by its 2-byte target port). Sessions are resumed from a shared in-memory cache.
+//! between sidecars), `mesh/h1` (HTTP/1.1; `mesh/h1c` with compact heads), `mesh/mux`
+//! (HTTP/1.1 on multiplexed streams; `mesh/muxc` with compact heads) or `mesh/tcp` (one opaque
+//! TCP stream, preceded by its 2-byte target port). Sessions are resumed from a shared
+//! in-memory cache.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -471,7 +472,7 @@ mod tests {
         }
     }
 
-    /// The carriage each client offer lands on, and whether with compact response heads,
+    /// The carriage each client offer lands on, and whether with compact heads,
     /// against a server of this build, one built before compact heads and one built before
     /// `mesh/h1` (it served `mesh/h2` and `mesh/tcp` only).
     #[tokio::test]
