@@ -6,6 +6,10 @@
 # peers' (the CPU per request at 1000 req/s is the cost of waking up, see RESULTS.md). Needs
 # root, perf (Debian's linux-perf), oha, and the harness's tools for its contenders (nginx,
 # haproxy); builds nothing (run scripts/bench.sh or `cargo build --release --workspace --bins`).
+# Then, in a second run of 2 s under perf's tracepoints (system calls and wakeups on both CPUs),
+# the contender's system calls by whom they woke: a task on the other CPU (the load generator's,
+# for the proxy that answers it), tasks on its own CPU, or none (benches/lib/wake-costs.py):
+# calls per request, median µs and µs per request, slowed alike by the tracing.
 #   benches/wakeups.sh [RATE] [SECONDS] [CONTENDER ...]
 #   e.g. benches/wakeups.sh 1000 10 nginx-mtls haproxy-mtls mesh-pair-mtls
 set -euo pipefail
@@ -79,7 +83,17 @@ for name in "${CONTENDERS[@]}"; do
       req = rps * secs
       printf "%-16s %10.0f %12.2f %14.3f %12.1f\n", n, rps, cs / req, mig / req, tc * 1000 / req
     }' "$OUT/$name.perf"
+  perf record -q -a -o "$OUT/$name.trace" \
+    -e raw_syscalls:sys_enter,raw_syscalls:sys_exit,sched:sched_waking -- \
+    taskset -c 0 oha -z 2s -c 50 -q "$RATE" --no-tui --output-format json \
+    http://127.0.0.1:19010/ >"$OUT/$name.trace.oha"
+  traced=$(python3 -c 'import json, sys; print(sum(json.load(sys.stdin)["statusCodeDistribution"].values()))' \
+    <"$OUT/$name.trace.oha")
+  perf script -i "$OUT/$name.trace" -F pid,tid,cpu,time,event,trace 2>/dev/null \
+    | python3 benches/lib/wake-costs.py "$name" "$PIDS" "$traced" >>"$OUT/calls.txt"
   "$CURRENT" stop >/dev/null 2>&1 || true
   CURRENT=
 done
+printf '\n%-16s %-9s %-28s %9s %10s %9s\n' contender call class "calls/req" "median µs" "µs/req"
+cat "$OUT/calls.txt"
 echo "raw: $OUT"
