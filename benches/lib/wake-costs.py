@@ -24,6 +24,8 @@ NAMES = {
     "0": "read", "1": "write", "17": "pread64", "19": "readv", "20": "writev", "44": "sendto",
     "45": "recvfrom", "46": "sendmsg", "47": "recvmsg", "275": "splice", "288": "accept4",
 }
+# poll, select, nanosleep, futex, clock_nanosleep, epoll_wait, pselect6, ppoll, epoll_pwait,
+# epoll_pwait2: calls that may sleep, left out.
 WAITS = {"7", "23", "35", "202", "230", "232", "270", "271", "281", "441"}
 
 
