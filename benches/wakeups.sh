@@ -10,7 +10,11 @@
 # the contender's system calls by whom they woke: a task on the other CPU (the load generator's,
 # for the proxy that answers it), tasks on its own CPU, or none (benches/lib/wake-costs.py):
 # calls per request, median µs and µs per request, slowed alike by the tracing.
-#   benches/wakeups.sh [RATE] [SECONDS] [CONTENDER ...]
+# WAKEUPS_MODE=tcp runs the contenders in the harness's tcp mode under the same HTTP load: the
+# mesh pair then relays the HTTP bytes through its TLS connection without reading them, which
+# tells its HTTP layer's cost from its TLS relaying's (each of oha's 50 connections then has a
+# TLS connection of its own between the sidecars: their handshakes are in the run's CPU).
+#   [WAKEUPS_MODE=http|tcp] benches/wakeups.sh [RATE] [SECONDS] [CONTENDER ...]
 #   e.g. benches/wakeups.sh 1000 10 nginx-mtls haproxy-mtls mesh-pair-mtls
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +31,7 @@ BENCH_HOME=${BENCH_HOME:-$(cd ../shared/bench && pwd)}
 OUT=$(mktemp -d /tmp/mesh-wakeups.XXXXXX)
 bash "$BENCH_HOME/lib/gen-certs.sh" "$OUT/certs"
 C=$OUT/certs
-export BENCH_HOME BENCH_MODE=http BENCH_LISTEN_PORT=19010 BENCH_LISTEN_PORT_H2=19011 \
+export BENCH_HOME BENCH_MODE=${WAKEUPS_MODE:-http} BENCH_LISTEN_PORT=19010 BENCH_LISTEN_PORT_H2=19011 \
   BENCH_UPSTREAM_HOST=127.0.0.1 BENCH_UPSTREAM_PORT=19000 BENCH_UPSTREAM_PORT_H2= \
   BENCH_INTERNAL_PORT=19012 BENCH_INTERNAL_PORTS=19012-19029 BENCH_THREADS=1 BENCH_PROXY_CPUS=1 \
   BENCH_CA=$C/ca.crt BENCH_SERVER_CERT=$C/server.crt BENCH_SERVER_KEY=$C/server.key \
