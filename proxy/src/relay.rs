@@ -2,9 +2,19 @@
 //!
 //! Each direction ends on EOF by shutting down the write side of the other socket (half-close),
 //! so a peer that finishes sending can still receive. The splice path moves data socket → pipe →
-//! socket inside the kernel; the copy path is the fallback when no pipe can be made.
+//! socket inside the kernel; the copy path reads into a buffer and writes it out, and is the
+//! fallback when no pipe can be made.
+//!
+//! Which one [`RelayMode::Auto`] takes depends on where the upstream is. Splice hands the
+//! receiver the very pages the sender wrote, on the sender's core; a receiver on this host (the
+//! app behind the inbound side, anything on loopback) then reads them cold, and pays more for
+//! that than the copy would have cost the proxy, whose copy hands it pages warm in this core's
+//! cache. Toward another host the pages leave through a device and splice saves the copy.
+//! Measured with one iperf3 stream through one sidecar (`benches/l4-veth.sh`, both sides, and
+//! the shared harness's loopback case; figures in benches/RESULTS.md).
 
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -77,7 +87,7 @@ async fn relay_sockets(
     mode: RelayMode,
     counters: Counters<'_>,
 ) -> io::Result<Transferred> {
-    if mode == RelayMode::Splice {
+    if settled(mode, &upstream) == RelayMode::Splice {
         match (Pipe::new(), Pipe::new()) {
             (Ok(up_pipe), Ok(down_pipe)) => {
                 let (from, to) = tokio::try_join!(
@@ -95,6 +105,31 @@ async fn relay_sockets(
         }
     }
     copy(downstream, upstream, counters).await
+}
+
+/// The relay `mode` asks for, with [`RelayMode::Auto`] settled by where `upstream` is: copy
+/// to a socket on this host, splice to any other.
+fn settled(mode: RelayMode, upstream: &TcpStream) -> RelayMode {
+    match mode {
+        RelayMode::Auto if on_this_host(upstream) => RelayMode::Copy,
+        RelayMode::Auto => RelayMode::Splice,
+        chosen => chosen,
+    }
+}
+
+/// The socket's peer is on this host: on loopback, or at the socket's own address (a pod's own
+/// IP, which the kernel routes through loopback).
+fn on_this_host(stream: &TcpStream) -> bool {
+    match (stream.peer_addr(), stream.local_addr()) {
+        (Ok(peer), Ok(local)) => same_host(peer.ip(), local.ip()),
+        _ => false,
+    }
+}
+
+/// `peer`, as seen from a socket bound to `local`, is on this host.
+fn same_host(peer: IpAddr, local: IpAddr) -> bool {
+    let peer = peer.to_canonical();
+    peer.is_loopback() || peer == local.to_canonical()
 }
 
 async fn copy(
@@ -250,6 +285,29 @@ mod tests {
                 to_downstream: data.len() as u64
             }
         );
+    }
+
+    #[tokio::test]
+    async fn auto_copies_to_this_host_and_keeps_a_chosen_mode() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let upstream = TcpStream::connect(addr).await.expect("connect");
+        assert_eq!(settled(RelayMode::Auto, &upstream), RelayMode::Copy);
+        assert_eq!(settled(RelayMode::Splice, &upstream), RelayMode::Splice);
+        assert_eq!(settled(RelayMode::Copy, &upstream), RelayMode::Copy);
+    }
+
+    #[test]
+    fn the_same_host_is_loopback_or_the_sockets_own_address() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert!(same_host(ip("127.0.0.1"), ip("127.0.0.1")));
+        assert!(same_host(ip("127.0.0.6"), ip("10.0.0.4")));
+        assert!(same_host(ip("::1"), ip("::1")));
+        assert!(same_host(ip("::ffff:127.0.0.1"), ip("::ffff:10.0.0.4")));
+        assert!(same_host(ip("10.0.0.4"), ip("10.0.0.4")));
+        assert!(same_host(ip("::ffff:10.0.0.4"), ip("10.0.0.4")));
+        assert!(!same_host(ip("10.0.0.5"), ip("10.0.0.4")));
+        assert!(!same_host(ip("fd00::5"), ip("fd00::4")));
     }
 
     #[tokio::test]
