@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What one request costs each contender at a fixed rate, in the kernel's terms: context switches,
 # CPU migrations and CPU time per request of all its processes (perf stat's software counters:
-# this VM has no hardware ones), under oha at
+# this VM has no hardware ones), and that time split into user and system time (the kernel's
+# accounting in /proc/PID/stat, by clock tick: a sample, not a count), under oha at
 # RATE req/s as in the harness's latency test. For comparing the mesh pair's wakeups with the
 # peers' (the CPU per request at 1000 req/s is the cost of waking up, see RESULTS.md). Needs
 # root, perf (Debian's linux-perf), oha, and the harness's tools for its contenders (nginx,
@@ -60,7 +61,18 @@ descendants() { # a process and all below it, comma-separated
   for p in $(pgrep -P "$1" || true); do all="$all,$(descendants "$p")"; done
   echo "$all"
 }
-printf '%-16s %10s %12s %14s %12s\n' contender req/s "ctxsw/req" "migrations/req" "CPU µs/req"
+# User and system time of the contender's processes (clock ticks, from /proc/PID/stat), summed.
+user_sys_ticks() {
+  local pid u=0 k=0 a b
+  for pid in ${1//,/ }; do
+    read -r a b < <(awk '{print $14, $15}' "/proc/$pid/stat" 2>/dev/null || echo 0 0)
+    u=$((u + a)) k=$((k + b))
+  done
+  echo "$u $k"
+}
+TICK_HZ=$(getconf CLK_TCK)
+printf '%-16s %10s %12s %14s %12s %11s %11s\n' contender req/s "ctxsw/req" "migrations/req" "CPU µs/req" \
+  "user µs/req" "sys µs/req"
 for name in "${CONTENDERS[@]}"; do
   CURRENT=$(script_of "$name")
   export BENCH_WORKDIR=$OUT/work/$name
@@ -73,19 +85,23 @@ for name in "${CONTENDERS[@]}"; do
   curl -fso /dev/null "http://127.0.0.1:19010/" || { echo "wakeups: $name does not answer" >&2; exit 1; }
   PIDS=$(for p in $(cat "$BENCH_WORKDIR/pids"); do descendants "$p"; done | paste -sd,)
   taskset -c 0 oha -z 2s -c 50 -q "$RATE" --no-tui http://127.0.0.1:19010/ >/dev/null   # warm up
+  read -r user0 sys0 < <(user_sys_ticks "$PIDS")
   perf stat -x, -e context-switches,cpu-migrations,task-clock -p "$PIDS" -o "$OUT/$name.perf" \
     -- sleep "$SECS" &
   PERF=$!
   taskset -c 0 oha -z "${SECS}s" -c 50 -q "$RATE" --no-tui --latency-correction \
     http://127.0.0.1:19010/ >"$OUT/$name.oha"
   wait "$PERF"
+  read -r user1 sys1 < <(user_sys_ticks "$PIDS")
   rps=$(awk '/Requests\/sec/ {print $2}' "$OUT/$name.oha")
-  awk -F, -v n="$name" -v rps="$rps" -v secs="$SECS" '
+  awk -F, -v n="$name" -v rps="$rps" -v secs="$SECS" -v hz="$TICK_HZ" \
+    -v user=$((user1 - user0)) -v sys=$((sys1 - sys0)) '
     $3 == "context-switches" { cs = $1 } $3 == "cpu-migrations" { mig = $1 }
     $3 == "task-clock" { tc = $1 }
     END {
       req = rps * secs
-      printf "%-16s %10.0f %12.2f %14.3f %12.1f\n", n, rps, cs / req, mig / req, tc * 1000 / req
+      printf "%-16s %10.0f %12.2f %14.3f %12.1f %11.1f %11.1f\n", n, rps, cs / req, mig / req,
+        tc * 1000 / req, user * 1e6 / hz / req, sys * 1e6 / hz / req
     }' "$OUT/$name.perf"
   perf record -q -a -o "$OUT/$name.trace" \
     -e raw_syscalls:sys_enter,raw_syscalls:sys_exit,sched:sched_waking -- \
