@@ -6,13 +6,14 @@ use std::time::Duration;
 /// How plain L4 bytes are moved between two sockets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum RelayMode {
+    /// splice(2) through a pipe: the payload never enters user space. The default.
+    Splice,
     /// Copy when the upstream is on this host (the app behind the inbound side, anything on
     /// loopback), splice otherwise: splice hands the receiver the pages the sender wrote on
-    /// another core, which a receiver on the proxy's own host then reads cold, while a copy
-    /// hands it pages warm in the proxy's cache (see `crate::relay`).
+    /// another core, which a receiver on the proxy's own host may then read cold, while a copy
+    /// hands it pages warm in the proxy's cache. Faster on some hosts, slower on others (see
+    /// `crate::relay`).
     Auto,
-    /// splice(2) through a pipe: the payload never enters user space.
-    Splice,
     /// read/write through a user-space buffer.
     Copy,
 }
@@ -90,7 +91,7 @@ impl Default for ProxyConfig {
             peer_addr: SocketAddr::from(([0, 0, 0, 0], 15008)),
             drain_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
-            relay_mode: RelayMode::Auto,
+            relay_mode: RelayMode::Splice,
             peer_http1: PeerHttp1::Auto,
             peer_http1_slots: 4,
             detect_timeout: Duration::from_secs(1),

@@ -38,9 +38,9 @@ struct Args {
     /// Worker threads (default: the number of cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// How plain TCP is relayed: `auto` copies to an upstream on this host and splices to any
-    /// other; `splice` (zero copy) or `copy` always.
-    #[arg(long, value_enum, default_value_t = RelayMode::Auto)]
+    /// How plain TCP is relayed: `splice` (zero copy), `copy`, or `auto`: copy to an upstream
+    /// on this host and splice to any other.
+    #[arg(long, value_enum, default_value_t = RelayMode::Splice)]
     relay: RelayMode,
     /// How HTTP/1.1 requests go to a peer sidecar: `auto` as HTTP/1.1 on mTLS connections of
     /// their own while fewer than --peer-http1-slots of them to that peer are in flight, and on

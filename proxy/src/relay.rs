@@ -5,13 +5,14 @@
 //! socket inside the kernel; the copy path reads into a buffer and writes it out, and is the
 //! fallback when no pipe can be made.
 //!
-//! Which one [`RelayMode::Auto`] takes depends on where the upstream is. Splice hands the
-//! receiver the very pages the sender wrote, on the sender's core; a receiver on this host (the
-//! app behind the inbound side, anything on loopback) then reads them cold, and pays more for
-//! that than the copy would have cost the proxy, whose copy hands it pages warm in this core's
-//! cache. Toward another host the pages leave through a device and splice saves the copy.
-//! Measured with one iperf3 stream through one sidecar (`benches/l4-veth.sh`, both sides, and
-//! the shared harness's loopback case; figures in benches/RESULTS.md).
+//! Splice is the default. [`RelayMode::Auto`] copies instead when the upstream is on this host
+//! (the app behind the inbound side, anything on loopback): splice hands the receiver the very
+//! pages the sender wrote, on the sender's core, and on some hosts a receiver on this host reads
+//! them cold and pays more for that than the copy would have cost the proxy. Which wins depends
+//! on the host, so `auto` is not the default: with one iperf3 stream through one sidecar
+//! (`benches/l4-veth.sh`, both sides, and the shared harness's loopback case; figures in
+//! benches/RESULTS.md) copy to loopback was about 20% ahead on one host, and on another splice
+//! was 30-45% ahead on every side, with less than half the CPU per GB on loopback.
 
 use std::io;
 use std::net::IpAddr;
