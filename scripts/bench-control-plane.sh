@@ -8,7 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/common.sh
 step "building the release binaries"
-cargo build --release -p mesh-control-plane -p mesh-benches --bins
+# The same build as scripts/bench.sh: building a subset of the workspace unifies its
+# dependencies' features differently, and the two builds would rebuild each other.
+cargo build --release --workspace --bins
 # Each client holds a connection, and meshd one per client.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 step "running mesh-cp-scale"
