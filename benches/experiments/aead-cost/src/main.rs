@@ -52,6 +52,34 @@ fn main() {
                 black_box(plain);
             }
         }
+        "awslc-chacha" => {
+            use aws_lc_rs::aead::*;
+            let key = [7u8; 32];
+            let k = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &key).unwrap());
+            for i in 0..n {
+                let mut nonce = [0u8; 12];
+                nonce[4..].copy_from_slice(&i.to_be_bytes());
+                let tag = k.seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf).unwrap();
+                let mut whole = buf.clone();
+                whole.extend_from_slice(tag.as_ref());
+                let plain = k.open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut whole).unwrap();
+                black_box(plain);
+            }
+        }
+        "ring-chacha" => {
+            use ring::aead::*;
+            let key = [7u8; 32];
+            let k = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &key).unwrap());
+            for i in 0..n {
+                let mut nonce = [0u8; 12];
+                nonce[4..].copy_from_slice(&i.to_be_bytes());
+                let tag = k.seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf).unwrap();
+                let mut whole = buf.clone();
+                whole.extend_from_slice(tag.as_ref());
+                let plain = k.open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut whole).unwrap();
+                black_box(plain);
+            }
+        }
         "clone" => {
             for _ in 0..n {
                 let mut whole = buf.clone();
