@@ -13,8 +13,11 @@
 #   - full: oha with no rate limit over 50 connections: requests overlap and batch, as under wrk.
 # Prints, per load and sidecar, the instructions per request and, with PROFILE_TOP=N, the N
 # functions that ran the most of them (their own, or with PROFILE_INCLUSIVE=yes with their callees).
+# PAIR_MODE=tcp counts the sidecars relaying the same requests through TLS unread, and
+# PAIR_CONTENDER=relay-pair two processes that only relay them (benches/lib/pair.sh); each load
+# then opens its 50 connections anew, so take the difference of two REQUESTS over their difference.
 #   [MESH_BIN_DIR=DIR] [MESH_PROXY_ARGS=...] [RATE=100] [PROFILE_TOP=N] [PROFILE_INCLUSIVE=yes]
-#     benches/instructions.sh [REQUESTS]
+#   [PAIR_MODE=tcp] [PAIR_CONTENDER=relay-pair] benches/instructions.sh [REQUESTS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/common.sh
