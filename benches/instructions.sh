@@ -54,24 +54,12 @@ load paced -q "$RATE"
 load full
 
 python3 - "$CG" "$SERVER" "$CLIENT" "$N" "${PROFILE_TOP:-0}" "${PROFILE_INCLUSIVE:-no}" <<'EOF'
-import glob, re, subprocess, sys
+import re, subprocess, sys
+sys.path.insert(0, 'benches/lib')
+from callgrind import dumps
 cg, server, client, n, top = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 inclusive = sys.argv[6]
-def parts(pid):
-    found = {}
-    for path in glob.glob(f'{cg}/callgrind.{pid}.*'):
-        desc, total = None, None
-        with open(path, errors='replace') as f:
-            for line in f:
-                if line.startswith('desc: Trigger: '):
-                    # "dump NAME" (callgrind_control --dump=NAME), or "Program termination"
-                    desc = line.split()[-1]
-                elif line.startswith('summary:') or line.startswith('totals:'):
-                    total = int(line.split()[1])
-        if desc:
-            found[desc] = (total, path)
-    return found
-sides = {'server side': parts(server), 'client side': parts(client)}
+sides = {'server side': dumps(cg, server), 'client side': dumps(cg, client)}
 print(f'{"load":<6} {"sidecar":<12} {"instructions/request":>22}')
 for load in ('paced', 'full'):
     for side, found in sides.items():

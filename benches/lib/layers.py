@@ -14,10 +14,12 @@ malloc/free, and the other crates (httparse, http, bytes, futures, ...).
 """
 
 import collections
-import glob
+import os
 import re
-import subprocess
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from callgrind import dumps, functions, pids  # noqa: E402
 
 LAYERS = [
     'aws-lc (AES-GCM)',
@@ -59,46 +61,14 @@ def layer(path, symbol):
     return LAYERS[7]
 
 
-
-
-def functions(path):
-    """Each function's own instructions in one callgrind file."""
-    out = subprocess.run(['callgrind_annotate', '--auto=no', '--threshold=100', '--inclusive=no', path],
-                         capture_output=True, text=True, check=True).stdout
-    own = collections.Counter()
-    for line in out.splitlines():
-        m = re.match(r'^\s*([\d,]+) \(\s*([\d.]+)%\)\s+(\S.*?)(\s+\[.*\])?$', line)
-        # Not the program's total, nor the frames every other is under, which callgrind_annotate
-        # lists with it (`main`, `Runtime::block_on`): no function's own share comes near it.
-        if not m or float(m[2]) >= 99:
-            continue
-        file, _, symbol = m[3].partition(':')
-        file = re.sub(r'^/root/\.cargo/registry/src/[^/]+/', '', file)
-        file = re.sub(r'^/rustc/[0-9a-f]+/', '', file)
-        own[(file, symbol)] += int(m[1].replace(',', ''))
-    return own
-
-
-def dumps(cg):
-    """{(load, pid): path} of a run's dumps (callgrind_control --dump=paced|full)."""
-    found = {}
-    for path in glob.glob(f'{cg}/callgrind.*.*'):
-        with open(path, errors='replace') as f:
-            for line in f:
-                if line.startswith('desc: Trigger: '):
-                    found[(line.split()[-1], int(path.split('.')[-2]))] = path
-                    break
-    return found
-
-
 def sides(cg):
     """{(load, side): path}: the sidecar that started first (lower pid) is the server side."""
-    found = dumps(cg)
-    pids = sorted({pid for _, pid in found})
-    if len(pids) != 2:
-        sys.exit(f'layers: expected the dumps of two sidecars in {cg}, found pids {pids}')
-    names = {pids[0]: 'server side', pids[1]: 'client side'}
-    return {(load, names[pid]): path for (load, pid), path in found.items()}
+    started = pids(cg)
+    if len(started) != 2:
+        sys.exit(f'layers: expected the dumps of two sidecars in {cg}, found pids {started}')
+    return {(load, side): path
+            for pid, side in zip(started, ('server side', 'client side'))
+            for load, (_, path) in dumps(cg, pid).items()}
 
 
 def main():
