@@ -7,17 +7,21 @@
 //! Each direction ends on EOF by flushing and shutting down the other side's write half
 //! (half-close), as tokio's does.
 //!
-//! A direction's buffer starts at [`FIRST_SIZE`] and doubles up to the size asked for only
-//! while reads keep filling it, so a connection that stays idle or carries small messages holds
-//! 16 KiB a direction, not the bulk size: with 64 KiB from the start every open opaque stream
-//! between two sidecars held 136 kB of each sidecar's memory (`benches/idle-connections.sh`).
+//! A direction's buffer takes up to [`FIRST_SIZE`] at first and doubles up to the size asked
+//! for only while reads keep filling it. Until it has grown, the direction holds no buffer while
+//! idle: one is allocated (not zeroed) when the source becomes readable and freed once what it
+//! held is written and the source has nothing more. With 64 KiB a direction allocated and
+//! zeroed up front and held for the stream's life, every open opaque stream between two
+//! sidecars held 136 kB of each sidecar's memory (`benches/idle-connections.sh`).
 
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::{Buf, BufMut, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::io::poll_read_buf;
 
 /// A read of at least this much (a full TLS record's plaintext) suggests more is waiting, so
 /// the buffer keeps filling; a shorter read means the source is drained for now.
@@ -46,13 +50,13 @@ where
     .await
 }
 
-/// One direction: `buf[start..end]` read and not yet written.
+/// One direction: `buf` holds what was read and not yet written.
 struct OneWay {
-    /// Grows (doubling) up to `max` while reads fill it; never shrinks.
-    buf: Vec<u8>,
+    /// Empty and unallocated while the direction is idle, until it has streamed.
+    buf: BytesMut,
+    /// How much `buf` may hold now: [`FIRST_SIZE`], doubled while reads fill it, up to `max`.
+    room: usize,
     max: usize,
-    start: usize,
-    end: usize,
     moved: u64,
     state: State,
 }
@@ -71,41 +75,38 @@ enum State {
 impl OneWay {
     fn new(size: usize) -> OneWay {
         OneWay {
-            buf: vec![0; FIRST_SIZE.min(size)],
+            buf: BytesMut::new(),
+            room: FIRST_SIZE.min(size),
             max: size,
-            start: 0,
-            end: 0,
             moved: 0,
             state: State::Copying { flush: false },
         }
     }
 
-    /// Reads into the free tail while reads are ready and return at least [`KEEP_FILLING`],
-    /// growing the buffer when a read filled it; `Ok(true)` when the source has nothing more
+    /// Reads into `buf` while reads are ready and return at least [`KEEP_FILLING`], up to
+    /// `room`, which grows when a read fills it; `Ok(true)` when the source has nothing more
     /// for now (its waker is registered).
     fn fill<R: AsyncRead + ?Sized>(
         &mut self,
         cx: &mut Context<'_>,
         mut source: Pin<&mut R>,
     ) -> io::Result<bool> {
-        while self.state != State::Closing && self.end < self.buf.len() {
-            let mut free = ReadBuf::new(&mut self.buf[self.end..]);
-            match source.as_mut().poll_read(cx, &mut free) {
+        while self.state != State::Closing && self.buf.len() < self.room {
+            let free = self.room - self.buf.len();
+            self.buf.reserve(free);
+            match poll_read_buf(source.as_mut(), cx, &mut (&mut self.buf).limit(free)) {
                 Poll::Pending => return Ok(true),
                 Poll::Ready(Err(e)) => return Err(e),
-                Poll::Ready(Ok(())) => {
-                    let n = free.filled().len();
+                Poll::Ready(Ok(n)) => {
                     if n == 0 {
                         self.state = State::Closing;
                     }
-                    self.end += n;
                     self.moved += n as u64;
                     if n < KEEP_FILLING {
                         break;
                     }
-                    if self.end == self.buf.len() && self.buf.len() < self.max {
-                        let grown = (self.buf.len() * 2).min(self.max);
-                        self.buf.resize(grown, 0);
+                    if self.buf.len() == self.room && self.room < self.max {
+                        self.room = (self.room * 2).min(self.max);
                     }
                 }
             }
@@ -128,22 +129,15 @@ impl OneWay {
                 return Poll::Ready(Ok(self.moved));
             }
             let source_idle = self.fill(cx, source.as_mut())?;
-            if self.start < self.end {
-                let n = ready!(
-                    sink.as_mut()
-                        .poll_write(cx, &self.buf[self.start..self.end])
-                )?;
+            if !self.buf.is_empty() {
+                let n = ready!(sink.as_mut().poll_write(cx, &self.buf))?;
                 if n == 0 {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::WriteZero,
                         "the other side took no bytes",
                     )));
                 }
-                self.start += n;
-                if self.start == self.end {
-                    self.start = 0;
-                    self.end = 0;
-                }
+                self.buf.advance(n);
                 if let State::Copying { flush } = &mut self.state {
                     *flush = true;
                 }
@@ -154,11 +148,18 @@ impl OneWay {
                     ready!(sink.as_mut().poll_flush(cx))?;
                     ready!(sink.as_mut().poll_shutdown(cx))?;
                     self.state = State::Done;
+                    self.buf = BytesMut::new();
                 }
                 State::Copying { flush } if source_idle => {
                     if flush {
                         ready!(sink.as_mut().poll_flush(cx))?;
                         self.state = State::Copying { flush: false };
+                    }
+                    // Idle: nothing held until the source has more, unless the direction
+                    // has streamed (its buffer grew), which pauses often and briefly: freeing
+                    // and allocating 64 KiB at each pause cost a bulk stream 3% more CPU.
+                    if self.room == FIRST_SIZE.min(self.max) {
+                        self.buf = BytesMut::new();
                     }
                     return Poll::Pending;
                 }
@@ -172,7 +173,7 @@ impl OneWay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf, duplex};
 
     fn payload(len: usize, seed: u8) -> Vec<u8> {
         (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
@@ -279,33 +280,61 @@ mod tests {
             .expect("copy");
         assert_eq!(moved, 5 * KEEP_FILLING as u64 + 100);
         assert_eq!(sink.0, vec![64 * 1024, KEEP_FILLING + 100]);
-        assert_eq!(one_way.buf.len(), 64 * 1024, "grown to the size asked for");
+        assert_eq!(one_way.room, 64 * 1024, "grown to the size asked for");
     }
 
-    /// Messages shorter than a record leave the buffer at its first size.
+    /// Polls `one_way` once: it moves what is there and returns once the source has nothing
+    /// more (or the sink takes no more).
+    async fn poll_once<R, W>(one_way: &mut OneWay, source: &mut R, sink: &mut W)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        poll_fn(|cx| {
+            Poll::Ready(
+                match one_way.poll(cx, Pin::new(&mut *source), Pin::new(&mut *sink)) {
+                    Poll::Ready(Err(e)) => Err(e),
+                    _ => Ok(()),
+                },
+            )
+        })
+        .await
+        .expect("relay");
+    }
+
+    /// Messages shorter than a record leave the buffer at its first size, and an idle
+    /// direction holds none.
     #[tokio::test]
-    async fn small_messages_leave_the_buffer_small() {
+    async fn small_messages_leave_the_buffer_small_and_an_idle_one_holds_none() {
         let (mut app, mut source) = duplex(1024);
         let (mut sink, mut peer) = duplex(1024);
         let mut one_way = OneWay::new(64 * 1024);
-        assert_eq!(one_way.buf.len(), FIRST_SIZE);
+        assert_eq!(one_way.buf.capacity(), 0);
         for i in 0..3u8 {
             let message = [b'a' + i; 100];
             app.write_all(&message).await.expect("write");
-            // One poll moves what is there and returns once the source has nothing more.
-            poll_fn(|cx| {
-                let polled = one_way.poll(cx, Pin::new(&mut source), Pin::new(&mut sink));
-                Poll::Ready(match polled {
-                    Poll::Ready(Err(e)) => Err(e),
-                    _ => Ok(()),
-                })
-            })
-            .await
-            .expect("relay");
+            poll_once(&mut one_way, &mut source, &mut sink).await;
+            assert_eq!(one_way.buf.capacity(), 0, "idle, so nothing held");
             let mut got = [0u8; 100];
             peer.read_exact(&mut got).await.expect("read");
             assert_eq!(got, message);
         }
-        assert_eq!(one_way.buf.len(), FIRST_SIZE);
+        assert_eq!(one_way.room, FIRST_SIZE);
+    }
+
+    /// A direction that streamed keeps its grown buffer through a pause.
+    #[tokio::test]
+    async fn a_streaming_direction_keeps_its_buffer_when_it_pauses() {
+        let (mut app, mut source) = duplex(256 * 1024);
+        let (mut sink, mut peer) = duplex(256 * 1024);
+        let mut one_way = OneWay::new(64 * 1024);
+        let sent = payload(100_000, 5);
+        app.write_all(&sent).await.expect("write");
+        poll_once(&mut one_way, &mut source, &mut sink).await;
+        let mut got = vec![0u8; sent.len()];
+        peer.read_exact(&mut got).await.expect("read");
+        assert_eq!(got, sent);
+        assert_eq!(one_way.room, 64 * 1024);
+        assert!(one_way.buf.is_empty() && one_way.buf.capacity() > 0);
     }
 }
