@@ -9,19 +9,21 @@
 //!
 //! A direction's buffer takes up to [`FIRST_SIZE`] at first and doubles up to the size asked
 //! for only while reads keep filling it. Until it has grown, the direction holds no buffer while
-//! idle: one is allocated (not zeroed) when the source becomes readable and freed once what it
-//! held is written and the source has nothing more. With 64 KiB a direction allocated and
-//! zeroed up front and held for the stream's life, every open opaque stream between two
-//! sidecars held 136 kB of each sidecar's memory (`benches/idle-connections.sh`).
+//! idle: it takes one of this thread's few spare ones (or a new one) when the source becomes
+//! readable and gives it back once what it held is written and the source has nothing more.
+//! With 64 KiB a direction allocated and zeroed up front and held for the stream's life, every
+//! open opaque stream between two sidecars held 136 kB of each sidecar's memory
+//! (`benches/idle-connections.sh`). Freeing the buffer at each pause instead, with no spares,
+//! cost a small message about 3k instructions more a side in `malloc` and `free`
+//! (`PAIR_MODE=tcp benches/layers.sh`).
 
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, BufMut, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::io::poll_read_buf;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// A read of at least this much (a full TLS record's plaintext) suggests more is waiting, so
 /// the buffer keeps filling; a shorter read means the source is drained for now.
@@ -29,6 +31,36 @@ const KEEP_FILLING: usize = 16 * 1024;
 
 /// A direction's buffer at first: one TLS record's plaintext.
 const FIRST_SIZE: usize = KEEP_FILLING;
+
+/// How many idle buffers of [`FIRST_SIZE`] a thread keeps for the next direction that reads:
+/// enough for the directions that are moving bytes at one moment, not for the idle ones (at
+/// most 256 KiB a thread).
+const SPARES: usize = 16;
+
+thread_local! {
+    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A buffer of [`FIRST_SIZE`] bytes: a spare one, or a new one.
+fn take_spare() -> Vec<u8> {
+    SPARE
+        .with(|spare| spare.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0; FIRST_SIZE])
+}
+
+/// Keeps `buf` as a spare if it is a first-size one and the thread has room for it; frees it
+/// otherwise.
+fn give_back(buf: Vec<u8>) {
+    if buf.len() != FIRST_SIZE {
+        return;
+    }
+    SPARE.with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if spare.len() < SPARES {
+            spare.push(buf);
+        }
+    });
+}
 
 /// Copies `a` → `b` and `b` → `a` through buffers of up to `size` bytes until both directions
 /// have seen EOF; returns the bytes moved each way. An error in either direction ends both.
@@ -50,10 +82,12 @@ where
     .await
 }
 
-/// One direction: `buf` holds what was read and not yet written.
+/// One direction: `buf[start..end]` read and not yet written.
 struct OneWay {
-    /// Empty and unallocated while the direction is idle, until it has streamed.
-    buf: BytesMut,
+    /// None while the direction is idle, until it has streamed; else at least `room` long.
+    buf: Option<Vec<u8>>,
+    start: usize,
+    end: usize,
     /// How much `buf` may hold now: [`FIRST_SIZE`], doubled while reads fill it, up to `max`.
     room: usize,
     max: usize,
@@ -75,7 +109,9 @@ enum State {
 impl OneWay {
     fn new(size: usize) -> OneWay {
         OneWay {
-            buf: BytesMut::new(),
+            buf: None,
+            start: 0,
+            end: 0,
             room: FIRST_SIZE.min(size),
             max: size,
             moved: 0,
@@ -91,22 +127,25 @@ impl OneWay {
         cx: &mut Context<'_>,
         mut source: Pin<&mut R>,
     ) -> io::Result<bool> {
-        while self.state != State::Closing && self.buf.len() < self.room {
-            let free = self.room - self.buf.len();
-            self.buf.reserve(free);
-            match poll_read_buf(source.as_mut(), cx, &mut (&mut self.buf).limit(free)) {
+        while self.state != State::Closing && self.end < self.room {
+            let buf = self.buf.get_or_insert_with(take_spare);
+            let mut free = ReadBuf::new(&mut buf[self.end..self.room]);
+            match source.as_mut().poll_read(cx, &mut free) {
                 Poll::Pending => return Ok(true),
                 Poll::Ready(Err(e)) => return Err(e),
-                Poll::Ready(Ok(n)) => {
+                Poll::Ready(Ok(())) => {
+                    let n = free.filled().len();
                     if n == 0 {
                         self.state = State::Closing;
                     }
+                    self.end += n;
                     self.moved += n as u64;
                     if n < KEEP_FILLING {
                         break;
                     }
-                    if self.buf.len() == self.room && self.room < self.max {
+                    if self.end == self.room && self.room < self.max {
                         self.room = (self.room * 2).min(self.max);
+                        buf.resize(self.room, 0);
                     }
                 }
             }
@@ -129,15 +168,19 @@ impl OneWay {
                 return Poll::Ready(Ok(self.moved));
             }
             let source_idle = self.fill(cx, source.as_mut())?;
-            if !self.buf.is_empty() {
-                let n = ready!(sink.as_mut().poll_write(cx, &self.buf))?;
+            if let Some(buf) = self.buf.as_ref().filter(|_| self.start < self.end) {
+                let n = ready!(sink.as_mut().poll_write(cx, &buf[self.start..self.end]))?;
                 if n == 0 {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::WriteZero,
                         "the other side took no bytes",
                     )));
                 }
-                self.buf.advance(n);
+                self.start += n;
+                if self.start == self.end {
+                    self.start = 0;
+                    self.end = 0;
+                }
                 if let State::Copying { flush } = &mut self.state {
                     *flush = true;
                 }
@@ -148,7 +191,9 @@ impl OneWay {
                     ready!(sink.as_mut().poll_flush(cx))?;
                     ready!(sink.as_mut().poll_shutdown(cx))?;
                     self.state = State::Done;
-                    self.buf = BytesMut::new();
+                    if let Some(buf) = self.buf.take() {
+                        give_back(buf);
+                    }
                 }
                 State::Copying { flush } if source_idle => {
                     if flush {
@@ -156,10 +201,9 @@ impl OneWay {
                         self.state = State::Copying { flush: false };
                     }
                     // Idle: nothing held until the source has more, unless the direction
-                    // has streamed (its buffer grew), which pauses often and briefly: freeing
-                    // and allocating 64 KiB at each pause cost a bulk stream 3% more CPU.
-                    if self.room == FIRST_SIZE.min(self.max) {
-                        self.buf = BytesMut::new();
+                    // has streamed (its buffer grew), which pauses often and briefly.
+                    if let Some(buf) = self.buf.take_if(|_| self.room == FIRST_SIZE.min(self.max)) {
+                        give_back(buf);
                     }
                     return Poll::Pending;
                 }
@@ -173,7 +217,7 @@ impl OneWay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf, duplex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
     fn payload(len: usize, seed: u8) -> Vec<u8> {
         (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
@@ -309,17 +353,19 @@ mod tests {
         let (mut app, mut source) = duplex(1024);
         let (mut sink, mut peer) = duplex(1024);
         let mut one_way = OneWay::new(64 * 1024);
-        assert_eq!(one_way.buf.capacity(), 0);
+        assert!(one_way.buf.is_none());
         for i in 0..3u8 {
             let message = [b'a' + i; 100];
             app.write_all(&message).await.expect("write");
             poll_once(&mut one_way, &mut source, &mut sink).await;
-            assert_eq!(one_way.buf.capacity(), 0, "idle, so nothing held");
+            assert!(one_way.buf.is_none(), "idle, so nothing held");
             let mut got = [0u8; 100];
             peer.read_exact(&mut got).await.expect("read");
             assert_eq!(got, message);
         }
         assert_eq!(one_way.room, FIRST_SIZE);
+        let spares = SPARE.with(|spare| spare.borrow().len());
+        assert!(spares >= 1, "the buffer went back to the thread's spares");
     }
 
     /// A direction that streamed keeps its grown buffer through a pause.
@@ -335,6 +381,7 @@ mod tests {
         peer.read_exact(&mut got).await.expect("read");
         assert_eq!(got, sent);
         assert_eq!(one_way.room, 64 * 1024);
-        assert!(one_way.buf.is_empty() && one_way.buf.capacity() > 0);
+        assert_eq!(one_way.buf.as_ref().map(Vec::len), Some(64 * 1024), "kept");
+        assert_eq!(one_way.start, one_way.end, "all written");
     }
 }
