@@ -25,8 +25,9 @@ use tokio::net::TcpStream;
 
 use crate::config::RelayMode;
 
-/// Buffer size per direction of the copy paths (the plain fallback and the relays through TLS):
-/// several 16 KiB TLS records per read and write instead of tokio's default 8 KiB.
+/// Buffer size per direction of the copy paths (the plain fallback and the relays through TLS)
+/// once a stream flows: several 16 KiB TLS records per read and write instead of tokio's
+/// default 8 KiB. Smaller while it does not, and none while idle ([`crate::batch_copy`]).
 const CHUNK: usize = 64 * 1024;
 
 /// Capacity asked for each splice pipe: a larger pipe moves more per splice(2) call, so a bulk
@@ -139,8 +140,7 @@ async fn copy(
     counters: Counters<'_>,
 ) -> io::Result<Transferred> {
     let (from, to) =
-        tokio::io::copy_bidirectional_with_sizes(&mut downstream, &mut upstream, CHUNK, CHUNK)
-            .await?;
+        crate::batch_copy::copy_both_ways(&mut downstream, &mut upstream, CHUNK).await?;
     counters.from_downstream.fetch_add(from, Ordering::Relaxed);
     counters.to_downstream.fetch_add(to, Ordering::Relaxed);
     Ok(Transferred {
