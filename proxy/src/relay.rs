@@ -25,9 +25,8 @@ use tokio::net::TcpStream;
 
 use crate::config::RelayMode;
 
-/// Buffer size per direction of the copy paths (the plain fallback and the relays through TLS)
-/// once a stream flows: several 16 KiB TLS records per read and write instead of tokio's
-/// default 8 KiB. Smaller while it does not, and none while idle ([`crate::batch_copy`]).
+/// Buffer size per direction of the copy paths (the plain fallback and the relays through TLS):
+/// several 16 KiB TLS records per read and write instead of tokio's default 8 KiB.
 const CHUNK: usize = 64 * 1024;
 
 /// Capacity asked for each splice pipe: a larger pipe moves more per splice(2) call, so a bulk
@@ -140,7 +139,8 @@ async fn copy(
     counters: Counters<'_>,
 ) -> io::Result<Transferred> {
     let (from, to) =
-        crate::batch_copy::copy_both_ways(&mut downstream, &mut upstream, CHUNK).await?;
+        tokio::io::copy_bidirectional_with_sizes(&mut downstream, &mut upstream, CHUNK, CHUNK)
+            .await?;
     counters.from_downstream.fetch_add(from, Ordering::Relaxed);
     counters.to_downstream.fetch_add(to, Ordering::Relaxed);
     Ok(Transferred {
