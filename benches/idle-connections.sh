@@ -32,15 +32,24 @@ def rss_kb(pid):
     raise SystemExit(f'idle-connections: no VmRSS for {pid}')
 
 def exchange(s):
+    """One request on `s` and its whole answer (framed by its content-length)."""
     s.sendall(b'GET / HTTP/1.1\r\nhost: bench\r\n\r\n')
     got = b''
-    while b'\r\n\r\n' not in got or not got.rstrip().endswith(b'ok'):
+    def more():
         chunk = s.recv(4096)
         if not chunk:
             raise SystemExit(f'idle-connections: a connection closed early: {got!r}')
-        got += chunk
-    if not got.startswith(b'HTTP/1.1 200'):
-        raise SystemExit(f'idle-connections: not a 200: {got[:80]!r}')
+        return chunk
+    while b'\r\n\r\n' not in got:
+        got += more()
+    head, _, body = got.partition(b'\r\n\r\n')
+    if not head.startswith(b'HTTP/1.1 200'):
+        raise SystemExit(f'idle-connections: not a 200: {head[:80]!r}')
+    lengths = [l.split(b':', 1)[1] for l in head.split(b'\r\n') if l.lower().startswith(b'content-length:')]
+    if not lengths:
+        raise SystemExit(f'idle-connections: an answer without content-length: {head!r}')
+    while len(body) < int(lengths[0]):
+        body += more()
 
 # One connection first, so what the first one costs alone (the pool's peer connection in http
 # mode, buffers the allocator keeps) is in the baseline.
