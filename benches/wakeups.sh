@@ -15,7 +15,8 @@
 # mesh pair then relays the HTTP bytes through its TLS connection without reading them, which
 # tells its HTTP layer's cost from its TLS relaying's (each of oha's 50 connections then has a
 # TLS connection of its own between the sidecars: their handshakes are in the run's CPU).
-#   [WAKEUPS_MODE=http|tcp] benches/wakeups.sh [RATE] [SECONDS] [CONTENDER ...]
+# WAKEUPS_TRACE=no leaves out the run under tracepoints (the first table only).
+#   [WAKEUPS_MODE=http|tcp] [WAKEUPS_TRACE=no] benches/wakeups.sh [RATE] [SECONDS] [CONTENDER ...]
 #   e.g. benches/wakeups.sh 1000 10 nginx-mtls haproxy-mtls mesh-pair-mtls
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -103,6 +104,11 @@ for name in "${CONTENDERS[@]}"; do
       printf "%-16s %10.0f %12.2f %14.3f %12.1f %11.1f %11.1f\n", n, rps, cs / req, mig / req,
         tc * 1000 / req, user * 1e6 / hz / req, sys * 1e6 / hz / req
     }' "$OUT/$name.perf"
+  if [[ ${WAKEUPS_TRACE:-yes} == no ]]; then
+    "$CURRENT" stop >/dev/null 2>&1 || true
+    CURRENT=
+    continue
+  fi
   perf record -q -a -o "$OUT/$name.trace" \
     -e raw_syscalls:sys_enter,raw_syscalls:sys_exit,sched:sched_waking -- \
     taskset -c 0 oha -z 2s -c 50 -q "$RATE" --no-tui --output-format json \
@@ -114,6 +120,8 @@ for name in "${CONTENDERS[@]}"; do
   "$CURRENT" stop >/dev/null 2>&1 || true
   CURRENT=
 done
-printf '\n%-16s %-9s %-28s %9s %10s %9s\n' contender call class "calls/req" "median µs" "µs/req"
-cat "$OUT/calls.txt"
+if [[ ${WAKEUPS_TRACE:-yes} != no ]]; then
+  printf '\n%-16s %-9s %-28s %9s %10s %9s\n' contender call class "calls/req" "median µs" "µs/req"
+  cat "$OUT/calls.txt"
+fi
 echo "raw: $OUT"
