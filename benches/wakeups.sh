@@ -16,12 +16,16 @@
 # tells its HTTP layer's cost from its TLS relaying's (each of oha's 50 connections then has a
 # TLS connection of its own between the sidecars: their handshakes are in the run's CPU).
 # WAKEUPS_TRACE=no leaves out the run under tracepoints (the first table only).
-#   [WAKEUPS_MODE=http|tcp] [WAKEUPS_TRACE=no] benches/wakeups.sh [RATE] [SECONDS] [CONTENDER ...]
+# RATE=closed loads closed loop on one connection instead (oha -c 1, no pacing: the proxies'
+# core never idles; benches/paced-penalty.sh), for the same work without waking a cold core.
+#   [WAKEUPS_MODE=http|tcp] [WAKEUPS_TRACE=no] benches/wakeups.sh [RATE|closed] [SECONDS] [CONTENDER ...]
 #   e.g. benches/wakeups.sh 1000 10 nginx-mtls haproxy-mtls mesh-pair-mtls
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/common.sh
 RATE=${1:-1000}
+LOAD=(-c 50 -q "$RATE")
+[[ $RATE == closed ]] && LOAD=(-c 1)
 SECS=${2:-10}
 shift $(( $# >= 2 ? 2 : $# ))
 CONTENDERS=("$@")
@@ -85,12 +89,12 @@ for name in "${CONTENDERS[@]}"; do
   done
   curl -fso /dev/null "http://127.0.0.1:19010/" || { echo "wakeups: $name does not answer" >&2; exit 1; }
   PIDS=$(for p in $(cat "$BENCH_WORKDIR/pids"); do descendants "$p"; done | paste -sd,)
-  taskset -c 0 oha -z 2s -c 50 -q "$RATE" --no-tui http://127.0.0.1:19010/ >/dev/null   # warm up
+  taskset -c 0 oha -z 2s "${LOAD[@]}" --no-tui http://127.0.0.1:19010/ >/dev/null   # warm up
   read -r user0 sys0 < <(user_sys_ticks "$PIDS")
   perf stat -x, -e context-switches,cpu-migrations,task-clock -p "$PIDS" -o "$OUT/$name.perf" \
     -- sleep "$SECS" &
   PERF=$!
-  taskset -c 0 oha -z "${SECS}s" -c 50 -q "$RATE" --no-tui --latency-correction \
+  taskset -c 0 oha -z "${SECS}s" "${LOAD[@]}" --no-tui --latency-correction \
     http://127.0.0.1:19010/ >"$OUT/$name.oha"
   wait "$PERF"
   read -r user1 sys1 < <(user_sys_ticks "$PIDS")
@@ -111,7 +115,7 @@ for name in "${CONTENDERS[@]}"; do
   fi
   perf record -q -a -o "$OUT/$name.trace" \
     -e raw_syscalls:sys_enter,raw_syscalls:sys_exit,sched:sched_waking -- \
-    taskset -c 0 oha -z 2s -c 50 -q "$RATE" --no-tui --output-format json \
+    taskset -c 0 oha -z 2s "${LOAD[@]}" --no-tui --output-format json \
     http://127.0.0.1:19010/ >"$OUT/$name.trace.oha"
   traced=$(python3 -c 'import json, sys; print(sum(json.load(sys.stdin)["statusCodeDistribution"].values()))' \
     <"$OUT/$name.trace.oha")
