@@ -14,13 +14,17 @@
 //! benches/RESULTS.md) copy to loopback was about 20% ahead on one host, and on another splice
 //! was 30-45% ahead on every side, with less than half the CPU per GB on loopback.
 
+#![forbid(unsafe_code)]
+
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
 
 use crate::config::RelayMode;
@@ -91,9 +95,11 @@ async fn relay_sockets(
     if settled(mode, &upstream) == RelayMode::Splice {
         match (Pipe::new(), Pipe::new()) {
             (Ok(up_pipe), Ok(down_pipe)) => {
+                let down = SpliceSocket::new(downstream)?;
+                let up = SpliceSocket::new(upstream)?;
                 let (from, to) = tokio::try_join!(
-                    splice_one_way(&downstream, &upstream, &up_pipe, counters.from_downstream),
-                    splice_one_way(&upstream, &downstream, &down_pipe, counters.to_downstream),
+                    splice_one_way(down.read, &up.write, &up_pipe, counters.from_downstream),
+                    splice_one_way(up.read, &down.write, &down_pipe, counters.to_downstream),
                 )?;
                 return Ok(Transferred {
                     from_downstream: from,
@@ -106,6 +112,26 @@ async fn relay_sockets(
         }
     }
     copy(downstream, upstream, counters).await
+}
+
+/// A socket for the splice relay, registered with the runtime once for reading and once (on
+/// a duplicate of its descriptor) for writing, instead of once for both as a `TcpStream` is.
+/// A direction that waits for room in its destination drops its source's read registration
+/// until it has room again: registered, every segment the peer sends into the source wakes
+/// the relay, for nothing, while it cannot write (two wakeups of three on a bulk stream into
+/// a slower reader; `benches/l4-wakeups.sh`).
+struct SpliceSocket {
+    read: OwnedFd,
+    write: AsyncFd<OwnedFd>,
+}
+
+impl SpliceSocket {
+    fn new(stream: TcpStream) -> io::Result<SpliceSocket> {
+        // Leaves the runtime's registration; the socket stays non-blocking.
+        let read = OwnedFd::from(stream.into_std()?);
+        let write = register(read.try_clone()?, Interest::WRITABLE)?;
+        Ok(SpliceSocket { read, write })
+    }
 }
 
 /// The relay `mode` asks for, with [`RelayMode::Auto`] settled by where `upstream` is: copy
@@ -175,33 +201,70 @@ impl Pipe {
 }
 
 /// Moves `src` → `dst` until EOF on `src`, then half-closes `dst`. Returns the bytes moved.
+/// `src` is registered for reading only while the pipe is empty: a direction that waits for
+/// room in `dst` drops the registration (see [`SpliceSocket`]) and registers again before its
+/// next read, whose first try needs no readiness.
 async fn splice_one_way(
-    src: &TcpStream,
-    dst: &TcpStream,
+    src: OwnedFd,
+    dst: &AsyncFd<OwnedFd>,
     pipe: &Pipe,
     counter: &AtomicU64,
 ) -> io::Result<u64> {
     let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
     let mut total = 0u64;
+    let mut source = Source::Quiet(src);
     loop {
-        // The pipe is empty here, so WouldBlock can only mean that `src` has nothing to read.
-        let n = src
-            .async_io(Interest::READABLE, || {
-                splice(src, None, &pipe.write, None, pipe.capacity, flags).map_err(io::Error::from)
-            })
-            .await?;
+        // The splices below are tried before any readiness, so a stream between two fast
+        // peers would never wait: this gives the thread's other tasks their turn.
+        tokio::task::consume_budget().await;
+        let readable = source.listen()?;
+        // The pipe is empty here, so EAGAIN can only mean that `src` has nothing to read.
+        let n = loop {
+            match splice(
+                readable.get_ref(),
+                None,
+                &pipe.write,
+                None,
+                pipe.capacity,
+                flags,
+            ) {
+                Ok(n) => break n,
+                Err(Errno::EAGAIN) => {
+                    let mut ready = readable.readable().await?;
+                    match ready.try_io(|fd| {
+                        splice(fd.get_ref(), None, &pipe.write, None, pipe.capacity, flags)
+                            .map_err(io::Error::from)
+                    }) {
+                        Ok(n) => break n?,
+                        Err(_would_block) => continue,
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         if n == 0 {
-            shutdown_write(dst);
+            shutdown_write(dst.get_ref());
             return Ok(total);
         }
+        source = Source::Listening(readable);
         let mut pending = n;
         while pending > 0 {
-            // The pipe holds `pending` bytes, so WouldBlock can only mean that `dst` is full.
-            let written = dst
-                .async_io(Interest::WRITABLE, || {
-                    splice(&pipe.read, None, dst, None, pending, flags).map_err(io::Error::from)
-                })
-                .await?;
+            // The pipe holds `pending` bytes, so EAGAIN can only mean that `dst` is full.
+            let written = match splice(&pipe.read, None, dst.get_ref(), None, pending, flags) {
+                Ok(written) => written,
+                Err(Errno::EAGAIN) => {
+                    source = source.quiet();
+                    let mut room = dst.writable().await?;
+                    match room.try_io(|fd| {
+                        splice(&pipe.read, None, fd.get_ref(), None, pending, flags)
+                            .map_err(io::Error::from)
+                    }) {
+                        Ok(written) => written?,
+                        Err(_would_block) => continue,
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            };
             if written == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
@@ -212,9 +275,43 @@ async fn splice_one_way(
     }
 }
 
-fn shutdown_write(stream: &TcpStream) {
+/// Registers `fd` with the runtime for `interest` alone. tokio 1.54 deprecates the safe
+/// `with_interest` for types whose descriptor could change under it; an `OwnedFd` owns its
+/// descriptor, which stays open and the same until the `AsyncFd` gives it back, so the
+/// deprecated call is sound here and keeps this module free of `unsafe`.
+#[allow(deprecated)]
+fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
+    AsyncFd::with_interest(fd, interest)
+}
+
+/// A splice direction's source: registered for reading, or not while the direction waits for
+/// room in its destination.
+enum Source {
+    Listening(AsyncFd<OwnedFd>),
+    Quiet(OwnedFd),
+}
+
+impl Source {
+    /// The source registered for reading (registering it if it was quiet).
+    fn listen(self) -> io::Result<AsyncFd<OwnedFd>> {
+        match self {
+            Source::Listening(fd) => Ok(fd),
+            Source::Quiet(fd) => register(fd, Interest::READABLE),
+        }
+    }
+
+    /// The source without its read registration.
+    fn quiet(self) -> Source {
+        match self {
+            Source::Listening(fd) => Source::Quiet(fd.into_inner()),
+            quiet => quiet,
+        }
+    }
+}
+
+fn shutdown_write(socket: &OwnedFd) {
     // The peer may already be gone; the other direction then reports the error.
-    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
+    let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
 }
 
 #[cfg(test)]
@@ -309,6 +406,61 @@ mod tests {
         assert!(same_host(ip("::ffff:10.0.0.4"), ip("10.0.0.4")));
         assert!(!same_host(ip("10.0.0.5"), ip("10.0.0.4")));
         assert!(!same_host(ip("fd00::5"), ip("fd00::4")));
+    }
+
+    /// A reader that takes 4 KiB at a time, yielding between reads, behind the relay while the
+    /// client writes 8 MiB as fast as it can: the relay finds the reader's socket full again
+    /// and again, drops and retakes its source's read registration each time, and every byte
+    /// arrives in order.
+    #[tokio::test]
+    async fn a_slow_reader_gets_every_byte_after_the_relay_waits_for_room() {
+        let data = payload(8 * 1024 * 1024 + 3);
+        let slow = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind slow reader");
+        let slow_addr = slow.local_addr().expect("slow addr");
+        let reader = tokio::spawn(async move {
+            let (mut s, _) = slow.accept().await.expect("accept slow");
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = s.read(&mut buf).await.expect("slow read");
+                if n == 0 {
+                    return got;
+                }
+                got.extend_from_slice(&buf[..n]);
+                tokio::task::yield_now().await;
+            }
+        });
+        let front = TcpListener::bind("127.0.0.1:0").await.expect("bind front");
+        let front_addr = front.local_addr().expect("front addr");
+        let relay_task = tokio::spawn(async move {
+            let (down, _) = front.accept().await.expect("accept front");
+            let up = TcpStream::connect(slow_addr).await.expect("connect slow");
+            let (a, b) = (AtomicU64::new(0), AtomicU64::new(0));
+            let counters = Counters {
+                from_downstream: &a,
+                to_downstream: &b,
+            };
+            relay(down, up, b"", RelayMode::Splice, counters)
+                .await
+                .expect("relay")
+        });
+        let mut client = TcpStream::connect(front_addr).await.expect("connect front");
+        client.write_all(&data).await.expect("write");
+        client.shutdown().await.expect("half-close");
+        let got = reader.await.expect("reader");
+        assert!(
+            got == data,
+            "the slow reader got {} bytes, not the same",
+            got.len()
+        );
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.expect("read the close");
+        assert!(rest.is_empty());
+        let t = relay_task.await.expect("relay task");
+        assert_eq!(t.from_downstream, data.len() as u64);
+        assert_eq!(t.to_downstream, 0);
     }
 
     #[tokio::test]
