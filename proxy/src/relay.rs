@@ -18,7 +18,7 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::errno::Errno;
@@ -95,11 +95,13 @@ async fn relay_sockets(
     if settled(mode, &upstream) == RelayMode::Splice {
         match (Pipe::new(), Pipe::new()) {
             (Ok(up_pipe), Ok(down_pipe)) => {
-                let down = SpliceSocket::new(downstream)?;
-                let up = SpliceSocket::new(upstream)?;
+                // Out of the runtime's registrations (see `splice_one_way`); the sockets stay
+                // non-blocking.
+                let down = OwnedFd::from(downstream.into_std()?);
+                let up = OwnedFd::from(upstream.into_std()?);
                 let (from, to) = tokio::try_join!(
-                    splice_one_way(down.read, &up.write, &up_pipe, counters.from_downstream),
-                    splice_one_way(up.read, &down.write, &down_pipe, counters.to_downstream),
+                    splice_one_way(down.as_fd(), up.as_fd(), &up_pipe, counters.from_downstream),
+                    splice_one_way(up.as_fd(), down.as_fd(), &down_pipe, counters.to_downstream),
                 )?;
                 return Ok(Transferred {
                     from_downstream: from,
@@ -112,26 +114,6 @@ async fn relay_sockets(
         }
     }
     copy(downstream, upstream, counters).await
-}
-
-/// A socket for the splice relay, registered with the runtime once for reading and once (on
-/// a duplicate of its descriptor) for writing, instead of once for both as a `TcpStream` is.
-/// A direction that waits for room in its destination drops its source's read registration
-/// until it has room again: registered, every segment the peer sends into the source wakes
-/// the relay, for nothing, while it cannot write (two wakeups of three on a bulk stream into
-/// a slower reader; `benches/l4-wakeups.sh`).
-struct SpliceSocket {
-    read: OwnedFd,
-    write: AsyncFd<OwnedFd>,
-}
-
-impl SpliceSocket {
-    fn new(stream: TcpStream) -> io::Result<SpliceSocket> {
-        // Leaves the runtime's registration; the socket stays non-blocking.
-        let read = OwnedFd::from(stream.into_std()?);
-        let write = register(read.try_clone()?, Interest::WRITABLE)?;
-        Ok(SpliceSocket { read, write })
-    }
 }
 
 /// The relay `mode` asks for, with [`RelayMode::Auto`] settled by where `upstream` is: copy
@@ -201,18 +183,25 @@ impl Pipe {
 }
 
 /// Moves `src` → `dst` until EOF on `src`, then half-closes `dst`. Returns the bytes moved.
-/// `src` is registered for reading only while the pipe is empty: a direction that waits for
-/// room in `dst` drops the registration (see [`SpliceSocket`]) and registers again before its
-/// next read, whose first try needs no readiness.
+///
+/// A `TcpStream` is registered with the runtime for reading and writing at once, so a relay
+/// waiting for room in `dst` was woken by every segment its peer sent into `src` (its window
+/// opened by the relay's last read), for nothing: two wakeups of three on a bulk stream into a
+/// slower reader (`benches/l4-wakeups.sh`). Here `src` is registered for reading only while
+/// the pipe is empty; a direction that waits for room in `dst` drops that registration and
+/// takes it again before its next read. `dst` is registered for writing (on a duplicate of its
+/// descriptor, which the other direction registers for reading) only once it has been full:
+/// a short stream never pays for it. Every splice is tried before any readiness.
 async fn splice_one_way(
-    src: OwnedFd,
-    dst: &AsyncFd<OwnedFd>,
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
     pipe: &Pipe,
     counter: &AtomicU64,
 ) -> io::Result<u64> {
     let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
     let mut total = 0u64;
     let mut source = Source::Quiet(src);
+    let mut room_watch: Option<AsyncFd<OwnedFd>> = None;
     loop {
         // The splices below are tried before any readiness, so a stream between two fast
         // peers would never wait: this gives the thread's other tasks their turn.
@@ -243,18 +232,23 @@ async fn splice_one_way(
             }
         };
         if n == 0 {
-            shutdown_write(dst.get_ref());
+            shutdown_write(dst);
             return Ok(total);
         }
         source = Source::Listening(readable);
         let mut pending = n;
         while pending > 0 {
             // The pipe holds `pending` bytes, so EAGAIN can only mean that `dst` is full.
-            let written = match splice(&pipe.read, None, dst.get_ref(), None, pending, flags) {
+            let written = match splice(&pipe.read, None, dst, None, pending, flags) {
                 Ok(written) => written,
                 Err(Errno::EAGAIN) => {
                     source = source.quiet();
-                    let mut room = dst.writable().await?;
+                    let watch = match room_watch {
+                        Some(ref watch) => watch,
+                        None => room_watch
+                            .insert(register(dst.try_clone_to_owned()?, Interest::WRITABLE)?),
+                    };
+                    let mut room = watch.writable().await?;
                     match room.try_io(|fd| {
                         splice(&pipe.read, None, fd.get_ref(), None, pending, flags)
                             .map_err(io::Error::from)
@@ -276,24 +270,24 @@ async fn splice_one_way(
 }
 
 /// Registers `fd` with the runtime for `interest` alone. tokio 1.54 deprecates the safe
-/// `with_interest` for types whose descriptor could change under it; an `OwnedFd` owns its
-/// descriptor, which stays open and the same until the `AsyncFd` gives it back, so the
+/// `with_interest` for types whose descriptor could change under it; an `OwnedFd` or a
+/// `BorrowedFd` is one descriptor, open for as long as the `AsyncFd` holds it, so the
 /// deprecated call is sound here and keeps this module free of `unsafe`.
 #[allow(deprecated)]
-fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
+fn register<T: AsRawFd>(fd: T, interest: Interest) -> io::Result<AsyncFd<T>> {
     AsyncFd::with_interest(fd, interest)
 }
 
 /// A splice direction's source: registered for reading, or not while the direction waits for
 /// room in its destination.
-enum Source {
-    Listening(AsyncFd<OwnedFd>),
-    Quiet(OwnedFd),
+enum Source<'a> {
+    Listening(AsyncFd<BorrowedFd<'a>>),
+    Quiet(BorrowedFd<'a>),
 }
 
-impl Source {
+impl<'a> Source<'a> {
     /// The source registered for reading (registering it if it was quiet).
-    fn listen(self) -> io::Result<AsyncFd<OwnedFd>> {
+    fn listen(self) -> io::Result<AsyncFd<BorrowedFd<'a>>> {
         match self {
             Source::Listening(fd) => Ok(fd),
             Source::Quiet(fd) => register(fd, Interest::READABLE),
@@ -301,7 +295,7 @@ impl Source {
     }
 
     /// The source without its read registration.
-    fn quiet(self) -> Source {
+    fn quiet(self) -> Source<'a> {
         match self {
             Source::Listening(fd) => Source::Quiet(fd.into_inner()),
             quiet => quiet,
@@ -309,9 +303,9 @@ impl Source {
     }
 }
 
-fn shutdown_write(socket: &OwnedFd) {
+fn shutdown_write(socket: BorrowedFd<'_>) {
     // The peer may already be gone; the other direction then reports the error.
-    let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
+    let _ = socket2::SockRef::from(&socket).shutdown(std::net::Shutdown::Write);
 }
 
 #[cfg(test)]
