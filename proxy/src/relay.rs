@@ -191,7 +191,8 @@ impl Pipe {
 /// the pipe is empty; a direction that waits for room in `dst` drops that registration and
 /// takes it again before its next read. `dst` is registered for writing (on a duplicate of its
 /// descriptor, which the other direction registers for reading) only once it has been full:
-/// a short stream never pays for it. Every splice is tried before any readiness.
+/// a short stream never pays for it. A write is tried before any readiness, and so is the
+/// first read after registering.
 async fn splice_one_way(
     src: BorrowedFd<'_>,
     dst: BorrowedFd<'_>,
@@ -203,32 +204,36 @@ async fn splice_one_way(
     let mut source = Source::Quiet(src);
     let mut room_watch: Option<AsyncFd<OwnedFd>> = None;
     loop {
-        // The splices below are tried before any readiness, so a stream between two fast
-        // peers would never wait: this gives the thread's other tasks their turn.
+        // Splices tried before any readiness let a stream between two fast peers run without
+        // waiting: this gives the thread's other tasks their turn.
         tokio::task::consume_budget().await;
+        // Just registered, the runtime knows nothing of `src` yet: try it at once. Registered
+        // before, its readiness says whether a try is worth a system call.
+        let mut try_now = matches!(source, Source::Quiet(_));
         let readable = source.listen()?;
         // The pipe is empty here, so EAGAIN can only mean that `src` has nothing to read.
         let n = loop {
-            match splice(
-                readable.get_ref(),
-                None,
-                &pipe.write,
-                None,
-                pipe.capacity,
-                flags,
-            ) {
-                Ok(n) => break n,
-                Err(Errno::EAGAIN) => {
-                    let mut ready = readable.readable().await?;
-                    match ready.try_io(|fd| {
-                        splice(fd.get_ref(), None, &pipe.write, None, pipe.capacity, flags)
-                            .map_err(io::Error::from)
-                    }) {
-                        Ok(n) => break n?,
-                        Err(_would_block) => continue,
-                    }
+            if std::mem::take(&mut try_now) {
+                match splice(
+                    readable.get_ref(),
+                    None,
+                    &pipe.write,
+                    None,
+                    pipe.capacity,
+                    flags,
+                ) {
+                    Ok(n) => break n,
+                    Err(Errno::EAGAIN) => {}
+                    Err(e) => return Err(e.into()),
                 }
-                Err(e) => return Err(e.into()),
+            }
+            let mut ready = readable.readable().await?;
+            match ready.try_io(|fd| {
+                splice(fd.get_ref(), None, &pipe.write, None, pipe.capacity, flags)
+                    .map_err(io::Error::from)
+            }) {
+                Ok(n) => break n?,
+                Err(_would_block) => continue,
             }
         };
         if n == 0 {
