@@ -3,38 +3,20 @@
 # as in the harness's L4 one-hop test (client on CPU 0; proxy and iperf3 server on CPU 1), for
 # each relay mode given: `perf record -C 1` for the stream's duration, then the throughput, each
 # process's CPU ticks and the hottest symbols by process. Needs root, perf, iperf3, a release
-# build. Ports 29001-29004 on 127.0.0.1.
+# build. Ports 29001-29005 on 127.0.0.1 (benches/lib/l4-hop.sh).
 #   benches/l4-profile.sh [MODE ...]     MODE: splice (default) or copy; e.g. `splice copy`
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/common.sh
-require_root
-P=$PWD/$RELEASE_DIR/mesh-proxy
-[[ -x $P ]] || die "build first: cargo build --release --workspace --bins"
-for t in perf iperf3; do command -v $t >/dev/null || die "needs $t (apt-get install -y linux-perf iperf3)"; done
+source benches/lib/l4-hop.sh
 [[ $# -gt 0 ]] || set -- splice
-OUT=$(mktemp -d /tmp/l4-profile.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-listening() { # port
-  for _ in $(seq 100); do ss -Hltn "sport = :$1" | grep -q . && return 0; sleep 0.05; done
-  die "nothing listens on port $1"
-}
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-taskset -c 1 iperf3 -s -B 127.0.0.1 -p 29002 >"$OUT/iperf3-server.log" 2>&1 &
-SERVER=$!; PIDS+=("$SERVER")
-listening 29002
+l4_hop_start l4-profile
 for mode in "$@"; do
-  taskset -c 1 "$P" --threads 1 --relay "$mode" --outbound-addr 127.0.0.1:29001 \
-    --inbound-addr 127.0.0.1:29003 --admin-addr 127.0.0.1:29004 --peer-addr 127.0.0.1:29005 \
-    --outbound-destination 127.0.0.1:29002 --log warn &
-  PROXY=$!; PIDS+=("$PROXY")
-  listening 29001
+  l4_hop_proxy "$mode"
   s0=$(ticks "$SERVER") x0=$(ticks "$PROXY")
   perf record -q -o "$OUT/$mode.data" -C 1 -g -- sleep 4 2>/dev/null &
   PERF=$!
-  gbit=$(taskset -c 0 iperf3 -c 127.0.0.1 -p 29001 -t 5 -f g | awk '/receiver/ {print $7}')
+  gbit=$(l4_hop_stream)
   wait "$PERF"
   s1=$(ticks "$SERVER") x1=$(ticks "$PROXY")
   kill "$PROXY"; wait "$PROXY" 2>/dev/null || true

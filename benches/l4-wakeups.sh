@@ -7,41 +7,22 @@
 # and the server's CPU ticks over the stream. More epoll_waits than splices means wakeups that
 # moved nothing. MESH_PROXY_WRAPPER runs the proxy under a command (e.g. "env VAR=1" for an
 # experiment's switch); ROUNDS repeats. Needs root, perf, iperf3, a release build. Ports
-# 29001-29005 on 127.0.0.1.
+# 29001-29005 on 127.0.0.1 (benches/lib/l4-hop.sh).
 #   [ROUNDS=N] [MESH_PROXY_WRAPPER=CMD] benches/l4-wakeups.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/common.sh
-require_root
-P=$PWD/$RELEASE_DIR/mesh-proxy
-[[ -x $P ]] || die "build first: cargo build --release --workspace --bins"
-for t in perf iperf3; do command -v $t >/dev/null || die "needs $t (apt-get install -y linux-perf iperf3)"; done
-OUT=$(mktemp -d /tmp/l4-wakeups.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-listening() { # port
-  for _ in $(seq 100); do ss -Hltn "sport = :$1" | grep -q . && return 0; sleep 0.05; done
-  die "nothing listens on port $1"
-}
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-taskset -c 1 iperf3 -s -B 127.0.0.1 -p 29002 >"$OUT/iperf3-server.log" 2>&1 &
-SERVER=$!; PIDS+=("$SERVER")
-listening 29002
+source benches/lib/l4-hop.sh
+l4_hop_start l4-wakeups
 for round in $(seq "${ROUNDS:-1}"); do
-  # shellcheck disable=SC2086 # the wrapper is words
-  taskset -c 1 ${MESH_PROXY_WRAPPER:-} "$P" --threads 1 --relay splice \
-    --outbound-addr 127.0.0.1:29001 --inbound-addr 127.0.0.1:29003 --admin-addr 127.0.0.1:29004 \
-    --peer-addr 127.0.0.1:29005 --outbound-destination 127.0.0.1:29002 --log warn &
-  PROXY=$!; PIDS+=("$PROXY")
-  listening 29001
+  l4_hop_proxy splice
   s0=$(ticks "$SERVER") x0=$(ticks "$PROXY")
   (sleep 1; perf stat -x, -o "$OUT/perf.$round" \
     -e syscalls:sys_enter_splice -e syscalls:sys_exit_splice --filter 'ret < 0' \
     -e syscalls:sys_enter_epoll_wait,syscalls:sys_enter_setsockopt,context-switches,task-clock \
     -p "$PROXY" -- sleep 3) &
   PERF=$!
-  gbit=$(taskset -c 0 iperf3 -c 127.0.0.1 -p 29001 -t 5 -f g | awk '/receiver/ {print $7}')
+  gbit=$(l4_hop_stream)
   wait "$PERF"
   s1=$(ticks "$SERVER") x1=$(ticks "$PROXY")
   kill "$PROXY"; wait "$PROXY" 2>/dev/null || true
