@@ -316,8 +316,35 @@ fn shutdown_write(socket: BorrowedFd<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
+
+    /// A listener whose first connection the relay joins to `upstream`, in `mode`: its address,
+    /// and the relay's task, which checks the counters against what the relay returns.
+    async fn relay_in_front_of(
+        upstream: SocketAddr,
+        mode: RelayMode,
+    ) -> (SocketAddr, tokio::task::JoinHandle<Transferred>) {
+        let front = TcpListener::bind("127.0.0.1:0").await.expect("bind front");
+        let front_addr = front.local_addr().expect("front addr");
+        let relay_task = tokio::spawn(async move {
+            let (down, _) = front.accept().await.expect("accept front");
+            let up = TcpStream::connect(upstream)
+                .await
+                .expect("connect upstream");
+            let (a, b) = (AtomicU64::new(0), AtomicU64::new(0));
+            let counters = Counters {
+                from_downstream: &a,
+                to_downstream: &b,
+            };
+            let t = relay(down, up, b"", mode, counters).await.expect("relay");
+            assert_eq!(a.load(Ordering::Relaxed), t.from_downstream);
+            assert_eq!(b.load(Ordering::Relaxed), t.to_downstream);
+            t
+        });
+        (front_addr, relay_task)
+    }
 
     /// A client writes `payload` and half-closes; an echo server behind the relay sends everything
     /// back and closes. Both halves must arrive intact in both relay modes.
@@ -330,21 +357,7 @@ mod tests {
             tokio::io::copy(&mut r, &mut w).await.expect("echo copy");
             w.shutdown().await.expect("echo shutdown");
         });
-        let front = TcpListener::bind("127.0.0.1:0").await.expect("bind front");
-        let front_addr = front.local_addr().expect("front addr");
-        let relay_task = tokio::spawn(async move {
-            let (down, _) = front.accept().await.expect("accept front");
-            let up = TcpStream::connect(echo_addr).await.expect("connect echo");
-            let (a, b) = (AtomicU64::new(0), AtomicU64::new(0));
-            let counters = Counters {
-                from_downstream: &a,
-                to_downstream: &b,
-            };
-            let t = relay(down, up, b"", mode, counters).await.expect("relay");
-            assert_eq!(a.load(Ordering::Relaxed), t.from_downstream);
-            assert_eq!(b.load(Ordering::Relaxed), t.to_downstream);
-            t
-        });
+        let (front_addr, relay_task) = relay_in_front_of(echo_addr, mode).await;
         let client = TcpStream::connect(front_addr).await.expect("connect front");
         let (mut r, mut w) = client.into_split();
         let writer = tokio::spawn(async move {
@@ -431,20 +444,7 @@ mod tests {
                 tokio::task::yield_now().await;
             }
         });
-        let front = TcpListener::bind("127.0.0.1:0").await.expect("bind front");
-        let front_addr = front.local_addr().expect("front addr");
-        let relay_task = tokio::spawn(async move {
-            let (down, _) = front.accept().await.expect("accept front");
-            let up = TcpStream::connect(slow_addr).await.expect("connect slow");
-            let (a, b) = (AtomicU64::new(0), AtomicU64::new(0));
-            let counters = Counters {
-                from_downstream: &a,
-                to_downstream: &b,
-            };
-            relay(down, up, b"", RelayMode::Splice, counters)
-                .await
-                .expect("relay")
-        });
+        let (front_addr, relay_task) = relay_in_front_of(slow_addr, RelayMode::Splice).await;
         let mut client = TcpStream::connect(front_addr).await.expect("connect front");
         client.write_all(&data).await.expect("write");
         client.shutdown().await.expect("half-close");
