@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# What the receiving iperf3 server pays per GB, straight from the client against through one
+# sidecar, in the harness's L4 one-hop shape (client on CPU 0; the sidecar and the server on
+# CPU 1; benches/lib/l4-hop.sh). Each round streams 5 s `direct`, then once through the sidecar
+# for each VARIANT, and over 3 s of each stream counts with `perf stat` the server's reads,
+# selects, switches and CPU; the sidecar's CPU per GB is from its clock ticks over the stream.
+# A VARIANT is MODE (splice or copy, the sidecar's --relay), or MODE:RCVBUF:PIPE, which sets
+# MESH_EXP_RCVBUF and MESH_EXP_PIPE (bytes) for a build with
+# benches/experiments/relay-rcvbuf.patch applied (the accepted socket's receive buffer, the
+# splice pipes' size; empty keeps the default). Needs root, perf, iperf3, a release build.
+#   [ROUNDS=N] benches/l4-server-cost.sh [VARIANT...]      (default: splice copy)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/common.sh
+source benches/lib/l4-hop.sh
+variants=("$@")
+[[ ${#variants[@]} -gt 0 ]] || variants=(splice copy)
+l4_hop_start l4-server-cost
+for round in $(seq "${ROUNDS:-3}"); do
+  for variant in direct "${variants[@]}"; do
+    port=29002 proxy_ticks=0
+    if [[ $variant != direct ]]; then
+      IFS=: read -r mode rcvbuf pipe <<<"$variant"
+      MESH_PROXY_WRAPPER="env MESH_EXP_RCVBUF=${rcvbuf:-} MESH_EXP_PIPE=${pipe:-}" l4_hop_proxy "$mode"
+      x0=$(ticks "$PROXY") port=29001
+    fi
+    (sleep 1; perf stat -x, -o "$OUT/perf.$round" -p "$SERVER" \
+      -e syscalls:sys_enter_read,syscalls:sys_enter_pselect6,syscalls:sys_enter_select,context-switches,task-clock \
+      -- sleep 3) &
+    PERF=$!
+    gbit=$(taskset -c 0 iperf3 -c 127.0.0.1 -p "$port" -t 5 -f g | awk '/receiver/ {print $7}')
+    wait "$PERF"
+    if [[ $variant != direct ]]; then
+      proxy_ticks=$(($(ticks "$PROXY") - x0))
+      kill "$PROXY"; wait "$PROXY" 2>/dev/null || true
+    fi
+    awk -F, -v r="$round" -v v="$variant" -v g="$gbit" -v x="$proxy_ticks" '
+      $3 ~ /sys_enter_read$/ { reads = $1 } $3 ~ /select/ { selects += $1 }
+      $3 == "context-switches" { cs = $1 } $3 == "task-clock" { ms = $1 }
+      END {
+        gb3 = g / 8 * 3; gb5 = g / 8 * 5
+        printf "round %s %-22s %5.1f Gbit/s; server over 3 s: %d reads (%.1f KiB a read), %d selects, %d switches, %.3f s of CPU per GB; sidecar %.3f s per GB\n",
+          r, v, g, reads, gb3 * 1e9 / reads / 1024, selects, cs, ms / 1000 / gb3, x / 100 / gb5
+      }' "$OUT/perf.$round"
+  done
+done
