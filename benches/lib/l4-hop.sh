@@ -7,7 +7,8 @@
 #                           process started here on exit
 #   l4_hop_proxy MODE       starts the proxy with --relay MODE (under MESH_PROXY_WRAPPER, if
 #                           set) once its port listens; sets PROXY
-#   l4_hop_stream           runs the client for 5 s, prints the receiver's Gbit/s
+#   l4_hop_stream [PORT]    runs the client for 5 s to PORT (the proxy's, 29001, unless given;
+#                           29002 is the server's own), prints the receiver's Gbit/s
 #   ticks PID               the process's user + system CPU ticks
 l4_hop_start() {
   require_root
@@ -36,6 +37,6 @@ l4_hop_proxy() { # relay mode
   l4_hop_listening 29001
 }
 l4_hop_stream() {
-  taskset -c 0 iperf3 -c 127.0.0.1 -p 29001 -t 5 -f g | awk '/receiver/ {print $7}'
+  taskset -c 0 iperf3 -c 127.0.0.1 -p "${1:-29001}" -t 5 -f g | awk '/receiver/ {print $7}'
 }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
