@@ -3,7 +3,9 @@
 # sidecar, in the harness's L4 one-hop shape (client on CPU 0; the sidecar and the server on
 # CPU 1; benches/lib/l4-hop.sh). Each round streams 5 s `direct`, then once through the sidecar
 # for each VARIANT, and over 3 s of each stream counts with `perf stat` the server's reads,
-# selects, switches and CPU; the sidecar's CPU per GB is from its clock ticks over the stream.
+# selects, switches and CPU, and on the whole machine the pages allocated and how many of those
+# missed the allocating CPU's own free lists (`kmem:mm_page_alloc_zone_locked`); the sidecar's
+# CPU per GB is from its clock ticks over the stream.
 # A VARIANT is MODE (splice or copy, the sidecar's --relay), or MODE:RCVBUF:PIPE, which sets
 # MESH_EXP_RCVBUF and MESH_EXP_PIPE (bytes) for a build with
 # benches/experiments/relay-rcvbuf.patch applied (the accepted socket's receive buffer, the
@@ -28,8 +30,11 @@ for round in $(seq "${ROUNDS:-3}"); do
       -e syscalls:sys_enter_read,syscalls:sys_enter_pselect6,syscalls:sys_enter_select,context-switches,task-clock \
       -- sleep 3) &
     PERF=$!
+    (sleep 1; perf stat -x, -o "$OUT/pages.$round" -a \
+      -e kmem:mm_page_alloc,kmem:mm_page_alloc_zone_locked -- sleep 3) &
+    PAGES=$!
     gbit=$(taskset -c 0 iperf3 -c 127.0.0.1 -p "$port" -t 5 -f g | awk '/receiver/ {print $7}')
-    wait "$PERF"
+    wait "$PERF" "$PAGES"
     if [[ $variant != direct ]]; then
       proxy_ticks=$(($(ticks "$PROXY") - x0))
       kill "$PROXY"; wait "$PROXY" 2>/dev/null || true
@@ -37,10 +42,11 @@ for round in $(seq "${ROUNDS:-3}"); do
     awk -F, -v r="$round" -v v="$variant" -v g="$gbit" -v x="$proxy_ticks" '
       $3 ~ /sys_enter_read$/ { reads = $1 } $3 ~ /select/ { selects += $1 }
       $3 == "context-switches" { cs = $1 } $3 == "task-clock" { ms = $1 }
+      $3 == "kmem:mm_page_alloc" { pages = $1 } $3 == "kmem:mm_page_alloc_zone_locked" { locked = $1 }
       END {
         gb3 = g / 8 * 3; gb5 = g / 8 * 5
-        printf "round %s %-22s %5.1f Gbit/s; server over 3 s: %d reads (%.1f KiB a read), %d selects, %d switches, %.3f s of CPU per GB; sidecar %.3f s per GB\n",
-          r, v, g, reads, gb3 * 1e9 / reads / 1024, selects, cs, ms / 1000 / gb3, x / 100 / gb5
-      }' "$OUT/perf.$round"
+        printf "round %s %-22s %5.1f Gbit/s; server over 3 s: %d reads (%.1f KiB a read), %d selects, %d switches, %.3f s of CPU per GB; sidecar %.3f s per GB; pages allocated per GB %.0f, from the zone, past the per-CPU lists, %.0f\n",
+          r, v, g, reads, gb3 * 1e9 / reads / 1024, selects, cs, ms / 1000 / gb3, x / 100 / gb5, pages / gb3, locked / gb3
+      }' "$OUT/perf.$round" "$OUT/pages.$round"
   done
 done
