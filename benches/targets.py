@@ -189,9 +189,14 @@ def one_hop(run):
     ratio = med(rounds)
     peers = ', '.join(f'{p} {med([v / direct[r] for r, v in run.by_round("tcp", "l4_iperf3", p, "gbit_s").items() if direct.get(r)]):.2f}x'
                       for p in HOP_PEERS if run.by_round('tcp', 'l4_iperf3', p, 'gbit_s'))
+    # As for the other targets: met when the medians and most rounds meet it.
+    held = sum(1 for r in rounds if r >= 0.95)
+    on_medians = ratio >= 0.95
+    verdict = verdict_of(on_medians and 2 * held > len(rounds), held == len(rounds), on_medians,
+                         held, len(rounds))
     return (f'| L4 one hop ≥ 0.95x of direct | {med(by.values()):.2f} Gbit/s: {ratio:.2f}x '
-            f'({", ".join(f"{r:.2f}x" for r in rounds)}; {peers}): '
-            f'{"**met**" if ratio >= 0.95 else "**not met**"} | |')
+            f'({", ".join(f"{r:.2f}x" for r in rounds)}' + (f'; {peers}' if peers else '')
+            + f'): {verdict} | |')
 
 
 def main():
