@@ -5,7 +5,10 @@
 # for each VARIANT, and over 3 s of each stream counts with `perf stat` the server's reads,
 # selects, switches and CPU, and on the whole machine the pages allocated and how many of those
 # missed the allocating CPU's own free lists (`kmem:mm_page_alloc_zone_locked`); the sidecar's
-# CPU per GB is from its clock ticks over the stream.
+# CPU per GB is from its clock ticks over the stream. Each line ends with the `high` mark of
+# the Normal zone's per-CPU free list of CPU 0 and CPU 1 as the stream starts (/proc/zoneinfo;
+# the kernel tunes it as pages come and go): how many freed pages a CPU keeps for reuse before
+# they go back to the zone.
 # A VARIANT is MODE (splice or copy, the sidecar's --relay), or MODE:RCVBUF:PIPE, which sets
 # MESH_EXP_RCVBUF and MESH_EXP_PIPE (bytes) for a build with
 # benches/experiments/relay-rcvbuf.patch applied (the accepted socket's receive buffer, the
@@ -18,6 +21,10 @@ source benches/lib/l4-hop.sh
 variants=("$@")
 [[ ${#variants[@]} -gt 0 ]] || variants=(splice copy)
 l4_hop_start l4-server-cost
+pcp_high() {
+  awk '/^Node/ { zone = $4 } $1 == "cpu:" { cpu = $2 }
+    $1 == "high:" && zone == "Normal" { printf "%s%s", sep, $2; sep = "/" }' /proc/zoneinfo
+}
 for round in $(seq "${ROUNDS:-3}"); do
   for variant in direct "${variants[@]}"; do
     port=29002 proxy_ticks=0
@@ -26,6 +33,7 @@ for round in $(seq "${ROUNDS:-3}"); do
       MESH_PROXY_WRAPPER="env MESH_EXP_RCVBUF=${rcvbuf:-} MESH_EXP_PIPE=${pipe:-}" l4_hop_proxy "$mode"
       x0=$(ticks "$PROXY") port=29001
     fi
+    high=$(pcp_high)
     (sleep 1; perf stat -x, -o "$OUT/perf.$round" -p "$SERVER" \
       -e syscalls:sys_enter_read,syscalls:sys_enter_pselect6,syscalls:sys_enter_select,context-switches,task-clock \
       -- sleep 3) &
@@ -39,14 +47,14 @@ for round in $(seq "${ROUNDS:-3}"); do
       proxy_ticks=$(($(ticks "$PROXY") - x0))
       kill "$PROXY"; wait "$PROXY" 2>/dev/null || true
     fi
-    awk -F, -v r="$round" -v v="$variant" -v g="$gbit" -v x="$proxy_ticks" '
+    awk -F, -v r="$round" -v v="$variant" -v g="$gbit" -v x="$proxy_ticks" -v h="$high" '
       $3 ~ /sys_enter_read$/ { reads = $1 } $3 ~ /select/ { selects += $1 }
       $3 == "context-switches" { cs = $1 } $3 == "task-clock" { ms = $1 }
       $3 == "kmem:mm_page_alloc" { pages = $1 } $3 == "kmem:mm_page_alloc_zone_locked" { locked = $1 }
       END {
         gb3 = g / 8 * 3; gb5 = g / 8 * 5
-        printf "round %s %-22s %5.1f Gbit/s; server over 3 s: %d reads (%.1f KiB a read), %d selects, %d switches, %.3f s of CPU per GB; sidecar %.3f s per GB; pages allocated per GB %.0f, from the zone, past the per-CPU lists, %.0f\n",
-          r, v, g, reads, gb3 * 1e9 / reads / 1024, selects, cs, ms / 1000 / gb3, x / 100 / gb5, pages / gb3, locked / gb3
+        printf "round %s %-22s %5.1f Gbit/s; server over 3 s: %d reads (%.1f KiB a read), %d selects, %d switches, %.3f s of CPU per GB; sidecar %.3f s per GB; pages allocated per GB %.0f, from the zone, past the per-CPU lists, %.0f; per-CPU list high marks %s\n",
+          r, v, g, reads, gb3 * 1e9 / reads / 1024, selects, cs, ms / 1000 / gb3, x / 100 / gb5, pages / gb3, locked / gb3, h
       }' "$OUT/perf.$round" "$OUT/pages.$round"
   done
 done
