@@ -11,10 +11,14 @@ added latency the median of each round's difference to `direct`, peak RSS the la
 HTTP tests'. A target is met when the medians meet it and so do most rounds (two of three): a
 median that one round carries is reported as not met, with the rounds that held. For the added
 latencies the row also gives `direct`'s own p50 by round: on a host whose latency at 1000
-req/s is two-peaked, `direct` lands on either peak and the rounds are not comparable. The
-control plane's two targets come from scripts/bench-control-plane.sh.
+req/s is two-peaked, `direct` lands on either peak and the rounds are not comparable. For L4 one
+hop it gives, where the mesh-hop contender recorded them (work/mesh-hop/tcp-r<N>/free-lists),
+the high marks of the per-CPU free lists as each round's stream started, which the stream's
+throughput was seen to follow (benches/RESULTS.md, the late night of 2026-12-07). The control
+plane's two targets come from scripts/bench-control-plane.sh.
 """
 import json
+import os
 import statistics
 import sys
 from collections import defaultdict
@@ -43,8 +47,9 @@ def med(xs):
 
 
 class Run:
-    def __init__(self, idx):
+    def __init__(self, idx, workdir):
         self.idx = idx
+        self.workdir = workdir
 
     def by_round(self, mode, test, contender, metric, added=False):
         """{round: value}; `added`: minus `direct`'s in the same round."""
@@ -194,15 +199,31 @@ def one_hop(run):
     on_medians = ratio >= 0.95
     verdict = verdict_of(on_medians and 2 * held > len(rounds), held == len(rounds), on_medians,
                          held, len(rounds))
+    marks = [free_list_marks(run, r) for r in sorted(by) if direct.get(r)]
+    marks_note = (f'; free-list marks at its start, CPU 0/CPU 1: {", ".join(m or "?" for m in marks)}'
+                  if any(marks) else '')
     return (f'| L4 one hop ≥ 0.95x of direct | {med(by.values()):.2f} Gbit/s: {ratio:.2f}x '
             f'({", ".join(f"{r:.2f}x" for r in rounds)}' + (f'; {peers}' if peers else '')
-            + f'): {verdict} | |')
+            + marks_note + f'): {verdict} | |')
+
+
+def free_list_marks(run, rnd):
+    """The marks mesh-hop recorded as its tcp round `rnd` started, or None."""
+    try:
+        with open(os.path.join(run.workdir, HOP, f'tcp-r{rnd}', 'free-lists')) as f:
+            for line in f:
+                label, _, marks = line.strip().partition(' ')
+                if label == 'start':
+                    return marks
+    except OSError:
+        pass
+    return None
 
 
 def main():
     if len(sys.argv) != 2:
         sys.exit('usage: benches/targets.py benches/results/<run>/results.jsonl')
-    run = Run(load(sys.argv[1]))
+    run = Run(load(sys.argv[1]), os.path.join(os.path.dirname(sys.argv[1]), 'work'))
     direct = run.value('http', 'max_rps', 'direct', 'rps')
     gbit = run.value('tcp', 'l4_iperf3', 'direct', 'gbit_s')
     print(f'`direct`: {fmt(direct, 0)} req/s, {fmt(gbit, 2)} Gbit/s (medians)\n')

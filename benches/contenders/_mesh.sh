@@ -25,6 +25,17 @@ VIP=10.96.0.80
 
 meshctl() { "$MESH_BIN_DIR/meshctl" --server "$MESHD_API" "$@"; }
 
+# Appends to $W/free-lists the `high` marks of the Normal zone's per-CPU free lists (CPU 0/CPU
+# 1, from /proc/zoneinfo), under LABEL: how many freed pages each CPU keeps for reuse, which the
+# kernel tunes as pages come and go. One spliced stream's throughput was seen to follow them
+# (benches/RESULTS.md, the late night of 2026-12-07); benches/targets.py prints the marks beside
+# the one-hop figure. Only read, never set.
+record_free_lists() { # label
+  awk -v label="$1" '/^Node/ { zone = $4 } $1 == "cpu:" { cpu = $2 }
+    $1 == "high:" && zone == "Normal" { marks = marks sep $2; sep = "/" }
+    END { print label, marks }' /proc/zoneinfo >> "$W/free-lists" 2>/dev/null || true
+}
+
 wait_http() { # url what
   local i
   for i in $(seq 1 "${MESH_READY_TRIES:-100}"); do curl -sf -o /dev/null --max-time 1 "$1" && return 0; sleep 0.1; done

@@ -8,6 +8,7 @@ case "${1:-}" in
   caps) echo "http tcp" ;;
   start)
     : > "$W/pids"
+    record_free_lists start
     meshd_start
     apply_service
     # The backend as a Workload without a sidecar.
@@ -18,6 +19,6 @@ case "${1:-}" in
       --admin-addr "$CLIENT_ADMIN" --peer-addr "127.0.0.2:$((I + 16))" --outbound-destination "$VIP:80"
     wait_http "http://$CLIENT_ADMIN/ready" "sidecar"
     ;;
-  stop) mesh_stop ;;
+  stop) record_free_lists stop; mesh_stop ;;
   check) exit 0 ;;
 esac
