@@ -13,9 +13,9 @@ median that one round carries is reported as not met, with the rounds that held.
 latencies the row also gives `direct`'s own p50 by round: on a host whose latency at 1000
 req/s is two-peaked, `direct` lands on either peak and the rounds are not comparable. For L4 one
 hop it gives, where the mesh-hop contender recorded them (work/mesh-hop/tcp-r<N>/free-lists),
-the high marks of the per-CPU free lists as each round's stream started, which the stream's
-throughput was seen to follow (benches/RESULTS.md, the late night of 2026-12-07). The control
-plane's two targets come from scripts/bench-control-plane.sh.
+the high marks of the per-CPU free lists as each round's stream started: forced long, they
+slowed one spliced stream on this host (benches/RESULTS.md, the late night of 2026-12-07). The
+control plane's two targets come from scripts/bench-control-plane.sh.
 """
 import json
 import os

@@ -27,7 +27,7 @@ meshctl() { "$MESH_BIN_DIR/meshctl" --server "$MESHD_API" "$@"; }
 
 # Appends to $W/free-lists the `high` marks of the Normal zone's per-CPU free lists (CPU 0/CPU
 # 1, from /proc/zoneinfo), under LABEL: how many freed pages each CPU keeps for reuse, which the
-# kernel tunes as pages come and go. One spliced stream's throughput was seen to follow them
+# kernel tunes as pages come and go. Forced long, they slowed one spliced stream on this host
 # (benches/RESULTS.md, the late night of 2026-12-07); benches/targets.py prints the marks beside
 # the one-hop figure. Only read, never set.
 record_free_lists() { # label
