@@ -5,10 +5,8 @@
 # for each VARIANT, and over 3 s of each stream counts with `perf stat` the server's reads,
 # selects, switches and CPU, and on the whole machine the pages allocated and how many of those
 # missed the allocating CPU's own free lists (`kmem:mm_page_alloc_zone_locked`); the sidecar's
-# CPU per GB is from its clock ticks over the stream. Each line ends with the `high` mark of
-# the Normal zone's per-CPU free list of CPU 0 and CPU 1 as the stream starts (/proc/zoneinfo;
-# the kernel tunes it as pages come and go): how many freed pages a CPU keeps for reuse before
-# they go back to the zone.
+# CPU per GB is from its clock ticks over the stream. Each line ends with the per-CPU free
+# lists' high marks, CPU 0/CPU 1, as the stream starts (benches/lib/free-lists.sh).
 # A VARIANT is MODE (splice or copy, the sidecar's --relay), or MODE:RCVBUF:PIPE, which sets
 # MESH_EXP_RCVBUF and MESH_EXP_PIPE (bytes) for a build with
 # benches/experiments/relay-rcvbuf.patch applied (the accepted socket's receive buffer, the
@@ -18,13 +16,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/common.sh
 source benches/lib/l4-hop.sh
+source benches/lib/free-lists.sh
 variants=("$@")
 [[ ${#variants[@]} -gt 0 ]] || variants=(splice copy)
 l4_hop_start l4-server-cost
-pcp_high() {
-  awk '/^Node/ { zone = $4 } $1 == "cpu:" { cpu = $2 }
-    $1 == "high:" && zone == "Normal" { printf "%s%s", sep, $2; sep = "/" }' /proc/zoneinfo
-}
 for round in $(seq "${ROUNDS:-3}"); do
   for variant in direct "${variants[@]}"; do
     port=29002 proxy_ticks=0
@@ -33,7 +28,7 @@ for round in $(seq "${ROUNDS:-3}"); do
       MESH_PROXY_WRAPPER="env MESH_EXP_RCVBUF=${rcvbuf:-} MESH_EXP_PIPE=${pipe:-}" l4_hop_proxy "$mode"
       x0=$(ticks "$PROXY") port=29001
     fi
-    high=$(pcp_high)
+    high=$(free_list_marks)
     (sleep 1; perf stat -x, -o "$OUT/perf.$round" -p "$SERVER" \
       -e syscalls:sys_enter_read,syscalls:sys_enter_pselect6,syscalls:sys_enter_select,context-switches,task-clock \
       -- sleep 3) &

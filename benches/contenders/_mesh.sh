@@ -25,15 +25,12 @@ VIP=10.96.0.80
 
 meshctl() { "$MESH_BIN_DIR/meshctl" --server "$MESHD_API" "$@"; }
 
-# Appends to $W/free-lists the `high` marks of the Normal zone's per-CPU free lists (CPU 0/CPU
-# 1, from /proc/zoneinfo), under LABEL: how many freed pages each CPU keeps for reuse, which the
-# kernel tunes as pages come and go. Forced long, they slowed one spliced stream on this host
-# (benches/RESULTS.md, the late night of 2026-12-07); benches/targets.py prints the marks beside
-# the one-hop figure. Only read, never set.
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/free-lists.sh"
+
+# Appends the per-CPU free lists' marks (benches/lib/free-lists.sh) to $W/free-lists under
+# LABEL; benches/targets.py prints them beside the one-hop figure.
 record_free_lists() { # label
-  awk -v label="$1" '/^Node/ { zone = $4 } $1 == "cpu:" { cpu = $2 }
-    $1 == "high:" && zone == "Normal" { marks = marks sep $2; sep = "/" }
-    END { print label, marks }' /proc/zoneinfo >> "$W/free-lists" 2>/dev/null || true
+  echo "$1 $(free_list_marks 2>/dev/null)" >> "$W/free-lists" || true
 }
 
 wait_http() { # url what
