@@ -6,7 +6,9 @@
 # selects, switches and CPU, and on the whole machine the pages allocated and how many of those
 # missed the allocating CPU's own free lists (`kmem:mm_page_alloc_zone_locked`); the sidecar's
 # CPU per GB is from its clock ticks over the stream. Each line ends with the per-CPU free
-# lists' high marks, CPU 0/CPU 1, as the stream starts (benches/lib/free-lists.sh).
+# lists' high marks, CPU 0/CPU 1, as the stream starts (benches/lib/free-lists.sh), and the
+# megabytes waiting unread in the server's socket and in the sidecar's accepted one (`ss`, the
+# mean of six samples 1.5-4 s into the stream).
 # A VARIANT is MODE (splice or copy, the sidecar's --relay), or MODE:RCVBUF:PIPE, which sets
 # MESH_EXP_RCVBUF and MESH_EXP_PIPE (bytes) for a build with
 # benches/experiments/relay-rcvbuf.patch applied (the accepted socket's receive buffer, the
@@ -36,20 +38,32 @@ for round in $(seq "${ROUNDS:-3}"); do
     (sleep 1; perf stat -x, -o "$OUT/pages.$round" -a \
       -e kmem:mm_page_alloc,kmem:mm_page_alloc_zone_locked -- sleep 3) &
     PAGES=$!
+    # The bytes waiting unread in the server's socket and in the sidecar's accepted one, the
+    # mean of six samples 1.5-4 s into the stream (of each port's sockets the fullest: iperf3's
+    # control connection holds none).
+    (sleep 1; for _ in 1 2 3 4 5 6; do
+       sleep 0.5
+       ss -Htn state established '( sport = :29001 or sport = :29002 )'; echo --
+     done | awk '$1 == "--" { for (p in q) sum[p] += q[p]; delete q; n++; next }
+       { split($3, a, ":"); if ($1 + 0 > q[a[2]] + 0) q[a[2]] = $1 }
+       END { printf "%.2f/%.2f", sum["29002"] / n / 1e6, sum["29001"] / n / 1e6 }' \
+       > "$OUT/queues.$round") &
+    QUEUES=$!
     gbit=$(taskset -c 0 iperf3 -c 127.0.0.1 -p "$port" -t 5 -f g | awk '/receiver/ {print $7}')
-    wait "$PERF" "$PAGES"
+    wait "$PERF" "$PAGES" "$QUEUES"
+    queues=$(cat "$OUT/queues.$round")
     if [[ $variant != direct ]]; then
       proxy_ticks=$(($(ticks "$PROXY") - x0))
       kill "$PROXY"; wait "$PROXY" 2>/dev/null || true
     fi
-    awk -F, -v r="$round" -v v="$variant" -v g="$gbit" -v x="$proxy_ticks" -v h="$high" '
+    awk -F, -v r="$round" -v v="$variant" -v g="$gbit" -v x="$proxy_ticks" -v h="$high" -v qs="$queues" '
       $3 ~ /sys_enter_read$/ { reads = $1 } $3 ~ /select/ { selects += $1 }
       $3 == "context-switches" { cs = $1 } $3 == "task-clock" { ms = $1 }
       $3 == "kmem:mm_page_alloc" { pages = $1 } $3 == "kmem:mm_page_alloc_zone_locked" { locked = $1 }
       END {
         gb3 = g / 8 * 3; gb5 = g / 8 * 5
-        printf "round %s %-22s %5.1f Gbit/s; server over 3 s: %d reads (%.1f KiB a read), %d selects, %d switches, %.3f s of CPU per GB; sidecar %.3f s per GB; pages allocated per GB %.0f, from the zone, past the per-CPU lists, %.0f; per-CPU list high marks %s\n",
-          r, v, g, reads, gb3 * 1e9 / reads / 1024, selects, cs, ms / 1000 / gb3, x / 100 / gb5, pages / gb3, locked / gb3, h
+        printf "round %s %-22s %5.1f Gbit/s; server over 3 s: %d reads (%.1f KiB a read), %d selects, %d switches, %.3f s of CPU per GB; sidecar %.3f s per GB; pages allocated per GB %.0f, from the zone, past the per-CPU lists, %.0f; per-CPU list high marks %s; unread, MB (server/sidecar) %s\n",
+          r, v, g, reads, gb3 * 1e9 / reads / 1024, selects, cs, ms / 1000 / gb3, x / 100 / gb5, pages / gb3, locked / gb3, h, qs
       }' "$OUT/perf.$round" "$OUT/pages.$round"
   done
 done
