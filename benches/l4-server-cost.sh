@@ -7,9 +7,12 @@
 # missed the allocating CPU's own free lists (`kmem:mm_page_alloc_zone_locked`); the sidecar's
 # CPU per GB is from its clock ticks over the stream. Each line ends with the per-CPU free
 # lists' high marks, CPU 0/CPU 1, as the stream starts (benches/lib/free-lists.sh), and the
-# megabytes waiting unread in the server's socket and in the sidecar's accepted one (`ss`, the
-# mean of six samples 1.5-4 s into the stream).
-# A VARIANT is MODE (splice or copy, the sidecar's --relay), or MODE:RCVBUF:PIPE, which sets
+# megabytes waiting unread in the server's socket and in the sidecar's accepted one, and in the
+# client's send queue (written, not yet acknowledged; `ss`, the mean of six samples 1.5-4 s into
+# the stream).
+# A VARIANT is MODE (splice or copy, the sidecar's --relay); `sendfile`, the client straight to
+# the server again, but sending with sendfile (iperf3 -Z: the same few page-cache pages over
+# and over, as 4 KiB fragments, the way a splicing sidecar hands pages on); or MODE:RCVBUF:PIPE, which sets
 # MESH_EXP_RCVBUF and MESH_EXP_PIPE (bytes) for a build with
 # benches/experiments/relay-rcvbuf.patch applied (the accepted socket's receive buffer, the
 # splice pipes' size; empty keeps the default). Needs root, perf, iperf3, a release build.
@@ -24,8 +27,9 @@ variants=("$@")
 l4_hop_start l4-server-cost
 for round in $(seq "${ROUNDS:-3}"); do
   for variant in direct "${variants[@]}"; do
-    port=29002 proxy_ticks=0
-    if [[ $variant != direct ]]; then
+    port=29002 proxy_ticks=0 client_flags=()
+    [[ $variant == sendfile ]] && client_flags=(-Z)
+    if [[ $variant != direct && $variant != sendfile ]]; then
       IFS=: read -r mode rcvbuf pipe <<<"$variant"
       MESH_PROXY_WRAPPER="env MESH_EXP_RCVBUF=${rcvbuf:-} MESH_EXP_PIPE=${pipe:-}" l4_hop_proxy "$mode"
       x0=$(ticks "$PROXY") port=29001
@@ -38,21 +42,25 @@ for round in $(seq "${ROUNDS:-3}"); do
     (sleep 1; perf stat -x, -o "$OUT/pages.$round" -a \
       -e kmem:mm_page_alloc,kmem:mm_page_alloc_zone_locked -- sleep 3) &
     PAGES=$!
-    # The bytes waiting unread in the server's socket and in the sidecar's accepted one, the
-    # mean of six samples 1.5-4 s into the stream (of each port's sockets the fullest: iperf3's
-    # control connection holds none).
+    # The bytes waiting unread in the server's socket and in the sidecar's accepted one, and in
+    # the client's send queue, the mean of six samples 1.5-4 s into the stream (of each port's
+    # sockets the fullest: iperf3's control connection holds none).
     (sleep 1; for _ in 1 2 3 4 5 6; do
        sleep 0.5
-       ss -Htn state established '( sport = :29001 or sport = :29002 )'; echo --
+       ss -Htn state established \
+         '( sport = :29001 or sport = :29002 or dport = :29001 or dport = :29002 )'; echo --
      done | awk '$1 == "--" { for (p in q) sum[p] += q[p]; delete q; n++; next }
-       { split($3, a, ":"); if ($1 + 0 > q[a[2]] + 0) q[a[2]] = $1 }
-       END { printf "%.2f/%.2f", sum["29002"] / n / 1e6, sum["29001"] / n / 1e6 }' \
+       { split($3, l, ":"); split($4, r, ":") }
+       l[2] == 29001 || l[2] == 29002 { if ($1 + 0 > q[l[2]] + 0) q[l[2]] = $1 }
+       r[2] == 29001 || r[2] == 29002 { if ($2 + 0 > q["client"] + 0) q["client"] = $2 }
+       END { printf "%.2f/%.2f; in the client'"'"'s send queue, MB %.2f",
+         sum["29002"] / n / 1e6, sum["29001"] / n / 1e6, sum["client"] / n / 1e6 }' \
        > "$OUT/queues.$round") &
     QUEUES=$!
-    gbit=$(taskset -c 0 iperf3 -c 127.0.0.1 -p "$port" -t 5 -f g | awk '/receiver/ {print $7}')
+    gbit=$(taskset -c 0 iperf3 -c 127.0.0.1 -p "$port" -t 5 -f g "${client_flags[@]}" | awk '/receiver/ {print $7}')
     wait "$PERF" "$PAGES" "$QUEUES"
     queues=$(cat "$OUT/queues.$round")
-    if [[ $variant != direct ]]; then
+    if [[ $variant != direct && $variant != sendfile ]]; then
       proxy_ticks=$(($(ticks "$PROXY") - x0))
       kill "$PROXY"; wait "$PROXY" 2>/dev/null || true
     fi

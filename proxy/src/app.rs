@@ -77,6 +77,7 @@ pub async fn run(config: ProxyConfig) -> Result<(), ProxyError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(ProxyError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(ProxyError::Signal)?;
 
+    crate::local_hop::init(config.local_congestion.clone());
     let drain = Drain::new();
     let drain_timeout = config.drain_timeout;
     let xds = match &config.xds {

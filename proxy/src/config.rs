@@ -64,6 +64,9 @@ pub struct ProxyConfig {
     pub outbound_destination: Option<SocketAddr>,
     /// The workload identity to get from meshd's CA; none means no mutual TLS.
     pub identity: Option<crate::identity::IdentityConfig>,
+    /// The congestion control for connections whose two ends are on this host
+    /// ([`crate::local_hop`]); none leaves them on the host's default.
+    pub local_congestion: Option<crate::local_hop::Congestion>,
     /// Once ready, give back the pages of code and read-only data that only startup ran
     /// ([`crate::resident`]).
     pub release_startup_pages: bool,
@@ -98,6 +101,7 @@ impl Default for ProxyConfig {
             xds: None,
             outbound_destination: None,
             identity: None,
+            local_congestion: None,
             release_startup_pages: true,
         }
     }

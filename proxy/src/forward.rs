@@ -247,6 +247,7 @@ pub async fn handle(
         };
         let _ = downstream.set_nodelay(true);
         let _ = upstream.set_nodelay(true);
+        crate::local_hop::tune(&upstream);
         let counters = Counters {
             from_downstream: &metrics.received_bytes,
             to_downstream: &metrics.sent_bytes,
@@ -393,6 +394,7 @@ async fn serve_http(
             Err(_) => return connect_failed(&downstream, metrics, "timed out"),
         };
         let _ = upstream.set_nodelay(true);
+        crate::local_hop::tune(&upstream);
         let counters = Counters {
             from_downstream: &metrics.received_bytes,
             to_downstream: &metrics.sent_bytes,

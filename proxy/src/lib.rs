@@ -28,6 +28,7 @@ pub mod http2_server;
 pub mod identity;
 pub mod io;
 pub mod listener;
+pub mod local_hop;
 pub mod meshd;
 pub mod metrics;
 pub mod mux;

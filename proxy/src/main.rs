@@ -11,6 +11,7 @@ use mesh_proto::node_meta;
 use mesh_proto::spiffe::SpiffeId;
 use mesh_proxy::config::{PeerHttp1, ProxyConfig, RelayMode, parse_duration};
 use mesh_proxy::identity::{IdentityConfig, TokenSource};
+use mesh_proxy::local_hop::{self, Congestion};
 use mesh_proxy::meshd::MeshdEndpoint;
 use mesh_proxy::xds::client::XdsConfig;
 
@@ -42,6 +43,11 @@ struct Args {
     /// on this host and splice to any other.
     #[arg(long, value_enum, default_value_t = RelayMode::Splice)]
     relay: RelayMode,
+    /// The TCP congestion control for connections whose two ends are on this host (to and from
+    /// the app, anything on loopback), which pacing cannot help: `system` keeps the host's
+    /// default for them too. Default: `cubic`, where the host has it.
+    #[arg(long, env = "MESH_LOCAL_CONGESTION")]
+    local_congestion: Option<String>,
     /// How HTTP/1.1 requests go to a peer sidecar: `auto` as HTTP/1.1 on mTLS connections of
     /// their own while fewer than --peer-http1-slots of them to that peer are in flight, and on
     /// streams multiplexed over one connection (`mesh/mux`) beyond (and for 20 ms after a
@@ -168,17 +174,42 @@ fn main() -> anyhow::Result<()> {
         xds: xds_config(&args)?,
         identity: identity_config(&args)?,
         outbound_destination: args.outbound_destination,
+        local_congestion: local_congestion(&args)?,
         release_startup_pages: !args.keep_startup_pages,
     };
     tracing::info!(
         threads,
         relay = ?config.relay_mode,
+        local_congestion = config.local_congestion.as_ref().map_or("system", |c| c.as_str()),
         peer_http1 = ?config.peer_http1,
         "mesh-proxy starting"
     );
     runtime
         .block_on(mesh_proxy::run(config))
         .context("mesh-proxy failed")
+}
+
+/// The congestion control for local connections: as given (and then it must work here), or
+/// the default where the host has it.
+fn local_congestion(args: &Args) -> anyhow::Result<Option<Congestion>> {
+    match args.local_congestion.as_deref() {
+        Some("system") => Ok(None),
+        Some(name) => {
+            let congestion = Congestion::parse(name).context("--local-congestion")?;
+            congestion.check().context("--local-congestion")?;
+            Ok(Some(congestion))
+        }
+        None => {
+            let congestion = Congestion::parse(local_hop::DEFAULT)?;
+            match congestion.check() {
+                Ok(()) => Ok(Some(congestion)),
+                Err(e) => {
+                    tracing::warn!("local connections keep the host's congestion control: {e}");
+                    Ok(None)
+                }
+            }
+        }
+    }
 }
 
 /// The control plane settings and the node this proxy presents to it.

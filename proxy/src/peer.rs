@@ -298,6 +298,7 @@ where
         }
     };
     let _ = upstream.set_nodelay(true);
+    crate::local_hop::tune(&upstream);
     let metrics = ctx.metrics.tcp(Direction::Inbound);
     match crate::relay::copy_through_tls(&mut stream, &mut upstream).await {
         Ok((from_peer, to_peer)) => {

@@ -124,6 +124,7 @@ async fn connect(
     let handshake = async {
         let tcp = TcpStream::connect(addr).await?;
         let _ = tcp.set_nodelay(true);
+        crate::local_hop::tune(&tcp);
         tls.connect(tcp, addr.ip(), &expected, carriage).await
     };
     match tokio::time::timeout(timeout, handshake).await {

@@ -101,6 +101,7 @@ impl Connect for TcpConnector {
             }
         };
         let _ = tcp.set_nodelay(true);
+        crate::local_hop::tune(&tcp);
         Ok(Connected {
             io: tcp,
             http2: false,
