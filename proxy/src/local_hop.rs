@@ -126,7 +126,10 @@ mod tests {
 
     #[test]
     fn names_are_checked_before_the_kernel_sees_them() {
-        assert_eq!(Congestion::parse("cubic").expect("a good name").as_str(), "cubic");
+        assert_eq!(
+            Congestion::parse("cubic").expect("a good name").as_str(),
+            "cubic"
+        );
         for bad in ["", "Cubic", "cu bic", "a_name_too_long_x", "bbr\0"] {
             let e = Congestion::parse(bad).expect_err("a bad name").to_string();
             assert!(e.contains(&format!("`{bad}`")), "{e}");
