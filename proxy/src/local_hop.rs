@@ -13,6 +13,7 @@
 //! The choice is made once at startup ([`init`]) and read by every connection ([`tune`]), as
 //! the host's own socket defaults are.
 
+use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 
@@ -25,9 +26,9 @@ const NAME_MAX: usize = 15;
 /// The congestion control used when none is given, where the kernel has it.
 pub const DEFAULT: &str = "cubic";
 
-/// A congestion control's name, as `TCP_CONGESTION` takes it.
+/// A congestion control's name, as `TCP_CONGESTION` takes it (checked to be short ASCII).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Congestion(String);
+pub struct Congestion(OsString);
 
 /// A `--local-congestion` value that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -55,25 +56,26 @@ impl Congestion {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if valid {
-            Ok(Congestion(name.to_owned()))
+            Ok(Congestion(OsString::from(name)))
         } else {
             Err(Error::BadName(name.to_owned()))
         }
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Always ASCII: `parse` let nothing else in.
+        self.0.to_str().unwrap_or_default()
     }
 
     /// Whether this host lets the proxy set it: tried on a socket that is never connected.
     pub fn check(&self) -> Result<(), Error> {
         let unavailable = |source| Error::Unavailable {
-            name: self.0.clone(),
+            name: self.as_str().to_owned(),
             source,
         };
         let probe = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
             .map_err(unavailable)?;
-        setsockopt(&probe, TcpCongestion, &self.0.clone().into()).map_err(|e| unavailable(e.into()))
+        setsockopt(&probe, TcpCongestion, &self.0).map_err(|e| unavailable(e.into()))
     }
 }
 
@@ -108,7 +110,7 @@ pub fn tune_with(stream: &TcpStream, congestion: &Congestion) {
     if !is_local(local, peer) {
         return;
     }
-    if let Err(e) = setsockopt(stream, TcpCongestion, &congestion.0.clone().into()) {
+    if let Err(e) = setsockopt(stream, TcpCongestion, &congestion.0) {
         tracing::debug!(%peer, error = %e, congestion = congestion.as_str(), "left on the host's congestion control");
     }
 }
