@@ -14,7 +14,7 @@
 //! the host's own socket defaults are.
 
 use std::ffi::OsString;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::OnceLock;
 
 use nix::sys::socket::{setsockopt, sockopt::TcpCongestion};
@@ -87,11 +87,19 @@ pub fn init(congestion: Option<Congestion>) {
     let _ = CHOSEN.set(congestion);
 }
 
-/// Whether a connection from `local` to `peer` stays on this host: the peer is a loopback
-/// address, or the address the connection leaves from (the pod's own).
-pub fn is_local(local: SocketAddr, peer: SocketAddr) -> bool {
-    let canonical = |ip: IpAddr| ip.to_canonical();
-    canonical(peer.ip()).is_loopback() || canonical(peer.ip()) == canonical(local.ip())
+/// The socket's peer is on this host: on loopback, or at the socket's own address (a pod's own
+/// IP, which the kernel routes through loopback).
+pub fn on_this_host(stream: &TcpStream) -> bool {
+    match (stream.peer_addr(), stream.local_addr()) {
+        (Ok(peer), Ok(local)) => same_host(peer.ip(), local.ip()),
+        _ => false,
+    }
+}
+
+/// `peer`, as seen from a socket bound to `local`, is on this host.
+fn same_host(peer: IpAddr, local: IpAddr) -> bool {
+    let peer = peer.to_canonical();
+    peer.is_loopback() || peer == local.to_canonical()
 }
 
 /// Gives `stream` the chosen congestion control if both its ends are on this host.
@@ -104,14 +112,11 @@ pub fn tune(stream: &TcpStream) {
 /// [`tune`] with an explicit choice. A failure (the socket already closed, say) leaves the
 /// connection on the host's default, which works, only slower.
 pub fn tune_with(stream: &TcpStream, congestion: &Congestion) {
-    let (Ok(local), Ok(peer)) = (stream.local_addr(), stream.peer_addr()) else {
-        return;
-    };
-    if !is_local(local, peer) {
+    if !on_this_host(stream) {
         return;
     }
     if let Err(e) = setsockopt(stream, TcpCongestion, &congestion.0) {
-        tracing::debug!(%peer, error = %e, congestion = congestion.as_str(), "left on the host's congestion control");
+        tracing::debug!(error = %e, congestion = congestion.as_str(), "left on the host's congestion control");
     }
 }
 
@@ -151,15 +156,16 @@ mod tests {
     }
 
     #[test]
-    fn loopback_and_the_own_address_are_local_and_others_are_not() {
-        let at = |s: &str| s.parse::<SocketAddr>().expect("an address");
-        assert!(is_local(at("127.0.0.1:4000"), at("127.0.0.1:80")));
-        assert!(is_local(at("10.1.2.3:4000"), at("127.0.0.5:80")));
-        assert!(is_local(at("10.1.2.3:4000"), at("10.1.2.3:80")));
-        assert!(is_local(at("[::1]:4000"), at("[::1]:80")));
-        assert!(is_local(at("[::ffff:10.1.2.3]:4000"), at("10.1.2.3:80")));
-        assert!(!is_local(at("10.1.2.3:4000"), at("10.1.2.4:80")));
-        assert!(!is_local(at("[fd00::3]:4000"), at("[fd00::4]:80")));
+    fn the_same_host_is_loopback_or_the_sockets_own_address() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert!(same_host(ip("127.0.0.1"), ip("127.0.0.1")));
+        assert!(same_host(ip("127.0.0.6"), ip("10.0.0.4")));
+        assert!(same_host(ip("::1"), ip("::1")));
+        assert!(same_host(ip("::ffff:127.0.0.1"), ip("::ffff:10.0.0.4")));
+        assert!(same_host(ip("10.0.0.4"), ip("10.0.0.4")));
+        assert!(same_host(ip("::ffff:10.0.0.4"), ip("10.0.0.4")));
+        assert!(!same_host(ip("10.0.0.5"), ip("10.0.0.4")));
+        assert!(!same_host(ip("fd00::5"), ip("fd00::4")));
     }
 
     #[tokio::test]

@@ -17,7 +17,6 @@
 #![forbid(unsafe_code)]
 
 use std::io;
-use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -120,25 +119,10 @@ async fn relay_sockets(
 /// to a socket on this host, splice to any other.
 fn settled(mode: RelayMode, upstream: &TcpStream) -> RelayMode {
     match mode {
-        RelayMode::Auto if on_this_host(upstream) => RelayMode::Copy,
+        RelayMode::Auto if crate::local_hop::on_this_host(upstream) => RelayMode::Copy,
         RelayMode::Auto => RelayMode::Splice,
         chosen => chosen,
     }
-}
-
-/// The socket's peer is on this host: on loopback, or at the socket's own address (a pod's own
-/// IP, which the kernel routes through loopback).
-fn on_this_host(stream: &TcpStream) -> bool {
-    match (stream.peer_addr(), stream.local_addr()) {
-        (Ok(peer), Ok(local)) => same_host(peer.ip(), local.ip()),
-        _ => false,
-    }
-}
-
-/// `peer`, as seen from a socket bound to `local`, is on this host.
-fn same_host(peer: IpAddr, local: IpAddr) -> bool {
-    let peer = peer.to_canonical();
-    peer.is_loopback() || peer == local.to_canonical()
 }
 
 async fn copy(
@@ -405,19 +389,6 @@ mod tests {
         assert_eq!(settled(RelayMode::Auto, &upstream), RelayMode::Copy);
         assert_eq!(settled(RelayMode::Splice, &upstream), RelayMode::Splice);
         assert_eq!(settled(RelayMode::Copy, &upstream), RelayMode::Copy);
-    }
-
-    #[test]
-    fn the_same_host_is_loopback_or_the_sockets_own_address() {
-        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
-        assert!(same_host(ip("127.0.0.1"), ip("127.0.0.1")));
-        assert!(same_host(ip("127.0.0.6"), ip("10.0.0.4")));
-        assert!(same_host(ip("::1"), ip("::1")));
-        assert!(same_host(ip("::ffff:127.0.0.1"), ip("::ffff:10.0.0.4")));
-        assert!(same_host(ip("10.0.0.4"), ip("10.0.0.4")));
-        assert!(same_host(ip("::ffff:10.0.0.4"), ip("10.0.0.4")));
-        assert!(!same_host(ip("10.0.0.5"), ip("10.0.0.4")));
-        assert!(!same_host(ip("fd00::5"), ip("fd00::4")));
     }
 
     /// A reader that takes 4 KiB at a time, yielding between reads, behind the relay while the
