@@ -12,8 +12,8 @@
 # the stream).
 # A VARIANT is MODE (splice or copy, the sidecar's --relay); `sendfile`, the client straight to
 # the server again, but sending with sendfile (iperf3 -Z: the same few page-cache pages over
-# and over, as 4 KiB fragments, the way a splicing sidecar hands pages on); or MODE:RCVBUF:PIPE, which sets
-# MESH_EXP_RCVBUF and MESH_EXP_PIPE (bytes) for a build with
+# and over, as 4 KiB fragments, the way a splicing sidecar hands pages on); or
+# MODE:RCVBUF:PIPE, which sets MESH_EXP_RCVBUF and MESH_EXP_PIPE (bytes) for a build with
 # benches/experiments/relay-rcvbuf.patch applied (the accepted socket's receive buffer, the
 # splice pipes' size; empty keeps the default). Needs root, perf, iperf3, a release build.
 #   [ROUNDS=N] benches/l4-server-cost.sh [VARIANT...]      (default: splice copy)

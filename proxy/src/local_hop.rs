@@ -4,9 +4,9 @@
 //! host: there is no link whose queue pacing could spare. Under a congestion control that paces
 //! (BBR, often the host's default), Linux paces such a socket itself, with a timer per burst
 //! whose work lands on whichever task the core is running, and on loopback that is the receiver
-//! or the sidecar. Measured on one sidecar relaying one stream, the sidecar's sends to its
-//! upstream under BBR cost the core a fifth of the throughput (`benches/l4-server-cost.sh`, see
-//! `benches/RESULTS.md`). So the sidecar gives each TCP connection whose two ends are on this host
+//! or the sidecar. One sidecar relaying one stream on loopback, side by side in the benchmark
+//! harness with its hops on the host's BBR and not, lost 10-12% of its throughput to that
+//! pacing (`benches/RESULTS.md`, "Before midnight, 2026-12-07"). So the sidecar gives each TCP connection whose two ends are on this host
 //! a congestion control that does not pace (`cubic` unless told otherwise), and leaves every
 //! other connection on the host's default.
 //!
