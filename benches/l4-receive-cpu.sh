@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# On which CPU each hop of one iperf3 stream is received, as in the harness's L4 one-hop test
+# (client on CPU 0; sidecar and iperf3 server on CPU 1). On loopback a segment is received on
+# the CPU that sends it, so this says whose core pays for each transmission: the client's own
+# (CPU 0, from its writes) or the shared core's (CPU 1, where the receiver's acknowledgements
+# release the data the sender had waiting, or where its pacing timer fires). For each MODE
+# (`direct`: the client straight to the server; `splice` or `copy`: through the sidecar) it
+# traces 3 s of the stream with perf's `tcp:tcp_probe` (every data segment received) and
+# `timer:hrtimer_expire_entry` (the pacing timers, `tcp_pace_kick`), then prints per
+# receiving port (29001 the sidecar's, 29002 the server's) and CPU the segments and MB, and
+# the pacing timers by CPU. The tracing costs throughput (a few hundred thousand events a
+# second), so the Gbit/s printed are lower than the harness's; the split is what it is for.
+# Needs root, perf, iperf3, a release build. Ports 29001-29005 (benches/lib/l4-hop.sh).
+#   benches/l4-receive-cpu.sh [MODE ...]     e.g. `direct splice` (the default)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/common.sh
+source benches/lib/l4-hop.sh
+[[ $# -gt 0 ]] || set -- direct splice
+l4_hop_start l4-receive-cpu
+for mode in "$@"; do
+  port=29002
+  if [[ $mode != direct ]]; then
+    l4_hop_proxy "$mode"
+    port=29001
+  fi
+  perf record -q -o "$OUT/$mode.data" -a -e tcp:tcp_probe --filter 'data_len > 0' \
+    -e timer:hrtimer_expire_entry -- sleep 3 2>/dev/null &
+  PERF=$!
+  gbit=$(l4_hop_stream "$port")
+  wait "$PERF"
+  if [[ $mode != direct ]]; then
+    kill "$PROXY"
+    wait "$PROXY" 2>/dev/null || true
+  fi
+  step "$mode: $gbit Gbit/s (traced)"
+  perf script -i "$OUT/$mode.data" -F cpu,event,trace 2>/dev/null | python3 -c '
+import collections, re, sys
+segments, size, timers = collections.Counter(), collections.Counter(), collections.Counter()
+for line in sys.stdin:
+    m = re.match(r"\s*\[(\d+)\]\s+(\S+):\s*(.*)", line)
+    if not m:
+        continue
+    cpu, event, fields = int(m.group(1)), m.group(2), m.group(3)
+    if event.endswith("tcp_probe"):
+        port = re.search(r"src=\S*:(\d+)", fields)  # src is the receiving socket
+        length = re.search(r"data_len=(\d+)", fields)
+        if port and length:
+            segments[port.group(1), cpu] += 1
+            size[port.group(1), cpu] += int(length.group(1))
+    elif "function=tcp_pace_kick" in fields:
+        timers[cpu] += 1
+for port in sorted({p for p, _ in segments}):
+    total = sum(size[port, c] for c in (0, 1))
+    cells = ", ".join(f"CPU {c}: {segments[port, c]} segments, {size[port, c] / 1e6:.0f} MB"
+                      f" ({100 * size[port, c] / max(total, 1):.0f}%)" for c in (0, 1))
+    print(f"  received at port {port}: {cells}")
+print("  pacing timers fired: " + ", ".join(f"CPU {c}: {timers[c]}" for c in (0, 1)))
+'
+done
+echo "perf data: $OUT"
