@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# On which CPU each hop of one iperf3 stream is received, as in the harness's L4 one-hop test
-# (client on CPU 0; sidecar and iperf3 server on CPU 1). On loopback a segment is received on
-# the CPU that sends it, so this says whose core pays for each transmission: the client's own
-# (CPU 0, from its writes) or the shared core's (CPU 1, where the receiver's acknowledgements
-# release the data the sender had waiting, or where its pacing timer fires). For each MODE
-# (`direct`: the client straight to the server; `splice` or `copy`: through the sidecar) it
-# traces 3 s of the stream with perf's `tcp:tcp_probe` (every data segment received) and
-# `timer:hrtimer_expire_entry` (the pacing timers, `tcp_pace_kick`), then prints per
-# receiving port (29001 the sidecar's, 29002 the server's) and CPU the segments and MB, and
-# the pacing timers by CPU. The tracing costs throughput (a few hundred thousand events a
-# second), so the Gbit/s printed are lower than the harness's; the split is what it is for.
+# On which CPU the segments of one iperf3 stream are received, and where the client's pacing
+# timer fires, as in the harness's L4 one-hop test (client on CPU 0; sidecar and iperf3 server
+# on CPU 1). On loopback a segment's receive processing runs on the CPU that sent it, or, when
+# the receiving socket is busy in its owner's system call, later on the owner's CPU. The
+# client's congestion control is the host's (BBR here), which paces: its pacing timer
+# (`tcp_pace_kick`) fires on the CPU that armed it and re-arms there, so once an acknowledgement
+# processed on CPU 1 arms it while the client is blocked, the client's paced sends can stay on
+# the shared core. For each MODE (`direct`: the client straight to the server; `splice` or
+# `copy`: through the sidecar) it traces 3 s of the stream with perf's `tcp:tcp_probe` (every
+# data segment received) and `timer:hrtimer_expire_entry`, then prints per receiving port
+# (29001 the sidecar's, 29002 the server's) and CPU the segments and MB, and the pacing timers
+# that fired on each CPU. The tracing costs throughput (a few hundred thousand events a
+# second), so the Gbit/s printed are lower than the harness's; they compare with each other.
 # Needs root, perf, iperf3, a release build. Ports 29001-29005 (benches/lib/l4-hop.sh).
-#   benches/l4-receive-cpu.sh [MODE ...]     e.g. `direct splice` (the default)
+#   benches/l4-receive-cpu.sh [MODE ...]     e.g. `direct splice` (the default); repeat a
+#   mode to see its runs differ (`splice splice splice`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/common.sh
