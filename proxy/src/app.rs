@@ -67,6 +67,8 @@ async fn release_startup_pages(ctx: Arc<Context>) {
 
 /// Runs the proxy until it has drained after a shutdown signal.
 pub async fn run(config: ProxyConfig) -> Result<(), ProxyError> {
+    // Before the listeners take connections, which inherit it from them.
+    crate::local_hop::init(config.local_congestion.clone());
     let outbound =
         bind_all(config.outbound_addr).map_err(bind_error("outbound", config.outbound_addr))?;
     let inbound =
@@ -76,8 +78,9 @@ pub async fn run(config: ProxyConfig) -> Result<(), ProxyError> {
     let peer = bind_all(config.peer_addr).map_err(bind_error("peer sidecars", config.peer_addr))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(ProxyError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(ProxyError::Signal)?;
-
-    crate::local_hop::init(config.local_congestion.clone());
+    for listener in outbound.iter().chain(&inbound).chain(&peer) {
+        crate::local_hop::listen(listener);
+    }
     let drain = Drain::new();
     let drain_timeout = config.drain_timeout;
     let xds = match &config.xds {

@@ -64,9 +64,10 @@ pub struct ProxyConfig {
     pub outbound_destination: Option<SocketAddr>,
     /// The workload identity to get from meshd's CA; none means no mutual TLS.
     pub identity: Option<crate::identity::IdentityConfig>,
-    /// The congestion control for connections whose two ends are on this host
-    /// ([`crate::local_hop`]); none leaves them on the host's default.
-    pub local_congestion: Option<crate::local_hop::Congestion>,
+    /// The congestion control for connections whose two ends are on this host, and the host's
+    /// default for the others ([`crate::local_hop`]); none leaves every connection on the
+    /// host's default.
+    pub local_congestion: Option<crate::local_hop::Choice>,
     /// Once ready, give back the pages of code and read-only data that only startup ran
     /// ([`crate::resident`]).
     pub release_startup_pages: bool,

@@ -237,7 +237,7 @@ pub async fn handle(
         let start = Instant::now();
         let upstream = match tokio::time::timeout(
             ctx.config.connect_timeout,
-            TcpStream::connect(target),
+            crate::local_hop::connect(target),
         )
         .await
         {
@@ -247,7 +247,6 @@ pub async fn handle(
         };
         let _ = downstream.set_nodelay(true);
         let _ = upstream.set_nodelay(true);
-        crate::local_hop::tune(&upstream);
         let counters = Counters {
             from_downstream: &metrics.received_bytes,
             to_downstream: &metrics.sent_bytes,
@@ -385,7 +384,7 @@ async fn serve_http(
         }
         let upstream = match tokio::time::timeout(
             ctx.config.connect_timeout,
-            TcpStream::connect(endpoint.addr),
+            crate::local_hop::connect(endpoint.addr),
         )
         .await
         {
@@ -394,7 +393,6 @@ async fn serve_http(
             Err(_) => return connect_failed(&downstream, metrics, "timed out"),
         };
         let _ = upstream.set_nodelay(true);
-        crate::local_hop::tune(&upstream);
         let counters = Counters {
             from_downstream: &metrics.received_bytes,
             to_downstream: &metrics.sent_bytes,

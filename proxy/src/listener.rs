@@ -56,7 +56,7 @@ pub async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     ctx.first_connection.accepted();
-                    crate::local_hop::tune(&stream);
+                    crate::local_hop::settle(&stream);
                     drain.spawn_connection(handle(stream, peer, direction, ctx.clone()));
                 }
                 Err(e) => {
@@ -78,7 +78,7 @@ pub async fn accept_peers(listener: TcpListener, ctx: Arc<Context>, drain: Drain
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     ctx.first_connection.accepted();
-                    crate::local_hop::tune(&stream);
+                    crate::local_hop::settle(&stream);
                     drain.spawn_connection(crate::peer::serve(stream, peer, ctx.clone(), drain.clone()));
                 }
                 Err(e) => {

@@ -10,21 +10,36 @@
 //! a congestion control that does not pace (`cubic` unless told otherwise), and leaves every
 //! other connection on the host's default.
 //!
-//! The choice is made once at startup ([`init`]) and read by every connection ([`tune`]), as
-//! the host's own socket defaults are.
+//! The congestion control has to be in place before the handshake. Set on an established
+//! connection, it replaces the host's algorithm but not the pacing that BBR asked for when it
+//! started the connection (Linux keeps the socket's "pacing needed" mark, and paces at the new
+//! algorithm's rate): the timer stays, and on a core that falls behind it throttles the stream
+//! (`benches/l4-receive-cpu.sh`; `benches/RESULTS.md`, "After midnight, 2026-12-08"). So the
+//! listeners carry the local choice, which the connections they accept inherit, and outgoing
+//! connections are made through [`connect`], which sets it before connecting; each connection
+//! that then turns out to leave the host is given the host's default back ([`settle`]), which
+//! starts that algorithm afresh, as the host would have.
+//!
+//! The choice is made once at startup ([`init`]) and read by every connection, as the host's
+//! own socket defaults are.
 
 use std::ffi::OsString;
-use std::net::IpAddr;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
 use std::sync::OnceLock;
 
 use nix::sys::socket::{setsockopt, sockopt::TcpCongestion};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// The longest name the kernel takes (`TCP_CA_NAME_MAX` less its terminating zero).
 const NAME_MAX: usize = 15;
 
 /// The congestion control used when none is given, where the kernel has it.
 pub const DEFAULT: &str = "cubic";
+
+/// Where the host's default congestion control is named.
+const HOST_DEFAULT: &str = "/proc/sys/net/ipv4/tcp_congestion_control";
 
 /// A congestion control's name, as `TCP_CONGESTION` takes it (checked to be short ASCII).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,10 +56,12 @@ pub enum Error {
         "congestion control `{name}` cannot be set on this host ({source}); see \
          /proc/sys/net/ipv4/tcp_allowed_congestion_control, or pass `system` to keep the host's"
     )]
-    Unavailable {
-        name: String,
-        source: std::io::Error,
-    },
+    Unavailable { name: String, source: io::Error },
+    #[error(
+        "cannot read the host's default congestion control from {HOST_DEFAULT} ({0}), which \
+         connections that leave the host must keep; pass `system` to keep it for every connection"
+    )]
+    HostDefault(String),
 }
 
 impl Congestion {
@@ -77,14 +94,88 @@ impl Congestion {
             .map_err(unavailable)?;
         setsockopt(&probe, TcpCongestion, &self.0).map_err(|e| unavailable(e.into()))
     }
+
+    /// Sets it on `socket`. A failure (the connection already closed, say) leaves the socket
+    /// on what it had, which works, only slower or paced.
+    fn set_on(&self, socket: &impl AsFd) {
+        if let Err(e) = setsockopt(socket, TcpCongestion, &self.0) {
+            tracing::debug!(error = %e, congestion = self.as_str(), "congestion control not set");
+        }
+    }
 }
 
-static CHOSEN: OnceLock<Option<Congestion>> = OnceLock::new();
+/// The host's default congestion control, as [`HOST_DEFAULT`] names it.
+pub fn host_default() -> Result<Congestion, Error> {
+    let name =
+        std::fs::read_to_string(HOST_DEFAULT).map_err(|e| Error::HostDefault(e.to_string()))?;
+    Congestion::parse(name.trim()).map_err(|e| Error::HostDefault(e.to_string()))
+}
 
-/// Sets, once, what [`tune`] gives local connections: `None` leaves them on the host's
+/// What local connections get, and what the others are given back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Choice {
+    pub local: Congestion,
+    pub host: Congestion,
+}
+
+impl Choice {
+    /// `local` for connections on this host; `None` when it is the host's default already
+    /// (nothing to do).
+    pub fn new(local: Congestion, host: Congestion) -> Option<Choice> {
+        (local != host).then_some(Choice { local, host })
+    }
+}
+
+static CHOSEN: OnceLock<Option<Choice>> = OnceLock::new();
+
+/// Sets, once, what local connections get: `None` leaves every connection on the host's
 /// default. Later calls change nothing.
-pub fn init(congestion: Option<Congestion>) {
-    let _ = CHOSEN.set(congestion);
+pub fn init(choice: Option<Choice>) {
+    let _ = CHOSEN.set(choice);
+}
+
+fn chosen() -> Option<&'static Choice> {
+    CHOSEN.get().and_then(Option::as_ref)
+}
+
+/// Gives `listener` the local choice, which the connections it accepts inherit from their
+/// first packet; [`settle`] gives the host's back to those that come from elsewhere.
+pub fn listen(listener: &TcpListener) {
+    if let Some(choice) = chosen() {
+        choice.local.set_on(listener);
+    }
+}
+
+/// Connects to `addr` with the local choice in place before the handshake; [`settle`]d once
+/// connected.
+pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    if let Some(choice) = chosen() {
+        choice.local.set_on(&socket);
+    }
+    let stream = socket.connect(addr).await?;
+    settle(&stream);
+    Ok(stream)
+}
+
+/// Gives a connection made through [`listen`] or [`connect`] what its ends call for: the
+/// local choice if both are on this host (already in place, so this changes nothing), the
+/// host's default otherwise.
+pub fn settle(stream: &TcpStream) {
+    if let Some(choice) = chosen() {
+        settle_with(stream, choice);
+    }
+}
+
+fn settle_with(stream: &TcpStream, choice: &Choice) {
+    if on_this_host(stream) {
+        choice.local.set_on(stream);
+    } else {
+        choice.host.set_on(stream);
+    }
 }
 
 /// The socket's peer is on this host: on loopback, or at the socket's own address (a pod's own
@@ -100,24 +191,6 @@ pub fn on_this_host(stream: &TcpStream) -> bool {
 fn same_host(peer: IpAddr, local: IpAddr) -> bool {
     let peer = peer.to_canonical();
     peer.is_loopback() || peer == local.to_canonical()
-}
-
-/// Gives `stream` the chosen congestion control if both its ends are on this host.
-pub fn tune(stream: &TcpStream) {
-    if let Some(Some(congestion)) = CHOSEN.get() {
-        tune_with(stream, congestion);
-    }
-}
-
-/// [`tune`] with an explicit choice. A failure (the socket already closed, say) leaves the
-/// connection on the host's default, which works, only slower.
-pub fn tune_with(stream: &TcpStream, congestion: &Congestion) {
-    if !on_this_host(stream) {
-        return;
-    }
-    if let Err(e) = setsockopt(stream, TcpCongestion, &congestion.0) {
-        tracing::debug!(error = %e, congestion = congestion.as_str(), "left on the host's congestion control");
-    }
 }
 
 #[cfg(test)]
@@ -168,24 +241,42 @@ mod tests {
         assert!(!same_host(ip("fd00::5"), ip("fd00::4")));
     }
 
-    #[tokio::test]
-    async fn a_loopback_connection_gets_the_chosen_algorithm_on_both_ends() {
-        // Whichever of the two the host defaults to, the test asks for the other.
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let client = TcpStream::connect(listener.local_addr().expect("address"))
-            .await
-            .expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
-        let wanted = if algorithm(&client) == "reno" {
+    /// Whichever of reno and cubic the host does not default to.
+    fn other_than_the_hosts() -> Choice {
+        let host = host_default().expect("the host's default");
+        let local = if host.as_str() == "reno" {
             "cubic"
         } else {
             "reno"
         };
-        let congestion = Congestion::parse(wanted).expect("a good name");
-        congestion.check().expect("the kernel has reno and cubic");
-        tune_with(&client, &congestion);
-        tune_with(&server, &congestion);
-        assert_eq!(algorithm(&client), wanted);
-        assert_eq!(algorithm(&server), wanted);
+        let local = Congestion::parse(local).expect("a good name");
+        local.check().expect("the kernel has reno and cubic");
+        Choice::new(local, host).expect("two algorithms")
+    }
+
+    #[tokio::test]
+    async fn a_loopback_connection_has_the_choice_on_both_ends_from_the_start() {
+        let choice = other_than_the_hosts();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        choice.local.set_on(&listener);
+        let socket = TcpSocket::new_v4().expect("socket");
+        choice.local.set_on(&socket);
+        let client = socket
+            .connect(listener.local_addr().expect("address"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        // Accepted from the listener, before anything is set on the connection itself.
+        assert_eq!(algorithm(&server), choice.local.as_str());
+        settle_with(&client, &choice);
+        settle_with(&server, &choice);
+        assert_eq!(algorithm(&client), choice.local.as_str());
+        assert_eq!(algorithm(&server), choice.local.as_str());
+    }
+
+    #[test]
+    fn the_hosts_default_is_read_and_an_equal_choice_is_no_choice() {
+        let host = host_default().expect("the host's default");
+        assert!(Choice::new(host.clone(), host).is_none());
     }
 }

@@ -11,7 +11,7 @@ use mesh_proto::node_meta;
 use mesh_proto::spiffe::SpiffeId;
 use mesh_proxy::config::{PeerHttp1, ProxyConfig, RelayMode, parse_duration};
 use mesh_proxy::identity::{IdentityConfig, TokenSource};
-use mesh_proxy::local_hop::{self, Congestion};
+use mesh_proxy::local_hop::{self, Choice, Congestion};
 use mesh_proxy::meshd::MeshdEndpoint;
 use mesh_proxy::xds::client::XdsConfig;
 
@@ -180,7 +180,10 @@ fn main() -> anyhow::Result<()> {
     tracing::info!(
         threads,
         relay = ?config.relay_mode,
-        local_congestion = config.local_congestion.as_ref().map_or("system", |c| c.as_str()),
+        local_congestion = config
+            .local_congestion
+            .as_ref()
+            .map_or("system", |c| c.local.as_str()),
         peer_http1 = ?config.peer_http1,
         "mesh-proxy starting"
     );
@@ -190,19 +193,23 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// The congestion control for local connections: as given (and then it must work here), or
-/// the default where the host has it.
-fn local_congestion(args: &Args) -> anyhow::Result<Option<Congestion>> {
+/// the default where the host has it; `None` when local connections keep the host's default.
+fn local_congestion(args: &Args) -> anyhow::Result<Option<Choice>> {
     match args.local_congestion.as_deref() {
         Some("system") => Ok(None),
         Some(name) => {
             let congestion = Congestion::parse(name).context("--local-congestion")?;
             congestion.check().context("--local-congestion")?;
-            Ok(Some(congestion))
+            let host = local_hop::host_default().context("--local-congestion")?;
+            Ok(Choice::new(congestion, host))
         }
         None => {
-            let congestion = Congestion::parse(local_hop::DEFAULT)?;
-            match congestion.check() {
-                Ok(()) => Ok(Some(congestion)),
+            let chosen = Congestion::parse(local_hop::DEFAULT).and_then(|congestion| {
+                congestion.check()?;
+                Ok(Choice::new(congestion, local_hop::host_default()?))
+            });
+            match chosen {
+                Ok(choice) => Ok(choice),
                 Err(e) => {
                     tracing::warn!("local connections keep the host's congestion control: {e}");
                     Ok(None)

@@ -290,7 +290,7 @@ where
         return;
     }
     let app = SocketAddr::new(loopback_of(local), port);
-    let mut upstream = match TcpStream::connect(app).await {
+    let mut upstream = match crate::local_hop::connect(app).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(%caller, %app, error = %e, "mesh-proxy inbound: cannot connect to the app");
@@ -298,7 +298,6 @@ where
         }
     };
     let _ = upstream.set_nodelay(true);
-    crate::local_hop::tune(&upstream);
     let metrics = ctx.metrics.tcp(Direction::Inbound);
     match crate::relay::copy_through_tls(&mut stream, &mut upstream).await {
         Ok((from_peer, to_peer)) => {

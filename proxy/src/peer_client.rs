@@ -122,9 +122,8 @@ async fn connect(
 ) -> io::Result<PeerStream> {
     let expected = expected_peer(tls, xds, addr.ip())?;
     let handshake = async {
-        let tcp = TcpStream::connect(addr).await?;
+        let tcp = crate::local_hop::connect(addr).await?;
         let _ = tcp.set_nodelay(true);
-        crate::local_hop::tune(&tcp);
         tls.connect(tcp, addr.ip(), &expected, carriage).await
     };
     match tokio::time::timeout(timeout, handshake).await {

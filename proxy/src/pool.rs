@@ -90,7 +90,7 @@ impl Connect for TcpConnector {
     type Io = TcpStream;
 
     async fn connect(&self, addr: SocketAddr) -> io::Result<Connected<Self::Io>> {
-        let tcp = match tokio::time::timeout(self.timeout, TcpStream::connect(addr)).await {
+        let tcp = match tokio::time::timeout(self.timeout, crate::local_hop::connect(addr)).await {
             Ok(Ok(tcp)) => tcp,
             Ok(Err(e)) => return Err(io::Error::new(e.kind(), format!("TCP to {addr}: {e}"))),
             Err(_) => {
@@ -101,7 +101,6 @@ impl Connect for TcpConnector {
             }
         };
         let _ = tcp.set_nodelay(true);
-        crate::local_hop::tune(&tcp);
         Ok(Connected {
             io: tcp,
             http2: false,
