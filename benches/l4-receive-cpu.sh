@@ -3,14 +3,13 @@
 # timer fires, as in the harness's L4 one-hop test (client on CPU 0; sidecar and iperf3 server
 # on CPU 1). On loopback a segment's receive processing runs on the CPU that sent it, or, when
 # the receiving socket is busy in its owner's system call, later on the owner's CPU. The
-# client's congestion control is the host's (BBR here), which paces: its pacing timer
-# (`tcp_pace_kick`) fires on the CPU that armed it and re-arms there, so once an acknowledgement
-# processed on CPU 1 arms it while the client is blocked, the client's paced sends can stay on
-# the shared core. For each MODE (`direct`: the client straight to the server; `splice` or
+# client's congestion control is the host's (BBR here), which paces with a timer per socket
+# (`tcp_pace_kick`), fired on the CPU that armed it; a socket whose congestion control was
+# changed after its handshake may pace too (benches/RESULTS.md, 2026-12-08). For each MODE (`direct`: the client straight to the server; `splice` or
 # `copy`: through the sidecar) it traces 3 s of the stream with perf's `tcp:tcp_probe` (every
 # data segment received) and `timer:hrtimer_expire_entry`, then prints per receiving port
 # (29001 the sidecar's, 29002 the server's) and CPU the segments and MB, and the pacing timers
-# that fired on each CPU. The tracing costs throughput (a few hundred thousand events a
+# that fired on each CPU, socket by socket (the client's, and any other that paces). The tracing costs throughput (a few hundred thousand events a
 # second), so the Gbit/s printed are lower than the harness's; they compare with each other.
 # Needs root, perf, iperf3, a release build. Ports 29001-29005 (benches/lib/l4-hop.sh).
 #   benches/l4-receive-cpu.sh [MODE ...]     e.g. `direct splice` (the default); repeat a
@@ -39,7 +38,8 @@ for mode in "$@"; do
   step "$mode: $gbit Gbit/s (traced)"
   perf script -i "$OUT/$mode.data" -F cpu,event,trace 2>/dev/null | python3 -c '
 import collections, re, sys
-segments, size, timers = collections.Counter(), collections.Counter(), collections.Counter()
+segments, size = collections.Counter(), collections.Counter()
+timers = collections.defaultdict(collections.Counter)  # by timer (one a socket), by CPU
 for line in sys.stdin:
     m = re.match(r"\s*\[(\d+)\]\s+(\S+):\s*(.*)", line)
     if not m:
@@ -52,13 +52,16 @@ for line in sys.stdin:
             segments[port.group(1), cpu] += 1
             size[port.group(1), cpu] += int(length.group(1))
     elif "function=tcp_pace_kick" in fields:
-        timers[cpu] += 1
+        timer = re.search(r"hrtimer=(\S+)", fields)
+        timers[timer.group(1) if timer else "?"][cpu] += 1
 for port in sorted({p for p, _ in segments}):
     total = sum(size[port, c] for c in (0, 1))
     cells = ", ".join(f"CPU {c}: {segments[port, c]} segments, {size[port, c] / 1e6:.0f} MB"
                       f" ({100 * size[port, c] / max(total, 1):.0f}%)" for c in (0, 1))
     print(f"  received at port {port}: {cells}")
-print("  pacing timers fired: " + ", ".join(f"CPU {c}: {timers[c]}" for c in (0, 1)))
+busiest = sorted(timers.values(), key=lambda t: -sum(t.values()))
+print(f"  pacing timers fired: {len(timers)} sockets; by socket, the busiest first: "
+      + "; ".join(f"CPU 0: {t[0]}, CPU 1: {t[1]}" for t in busiest[:3]))
 '
 done
 echo "perf data: $OUT"
