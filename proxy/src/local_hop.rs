@@ -178,8 +178,12 @@ fn settle_with(stream: &TcpStream, choice: &Choice) {
     }
 }
 
-/// The socket's peer is on this host: on loopback, or at the socket's own address (a pod's own
-/// IP, which the kernel routes through loopback).
+/// The socket's peer is on this host: either end on loopback, or the peer at the socket's own
+/// address (a pod's own IP, which the kernel routes through loopback).
+///
+/// A socket whose own end is on loopback has its peer here too: Linux takes a loopback
+/// destination only from the loopback device. That is the app's hop to its sidecar in a pod,
+/// which the init step's REDIRECT sends to 127.0.0.1 from the pod's own IP.
 pub fn on_this_host(stream: &TcpStream) -> bool {
     match (stream.peer_addr(), stream.local_addr()) {
         (Ok(peer), Ok(local)) => same_host(peer.ip(), local.ip()),
@@ -189,8 +193,8 @@ pub fn on_this_host(stream: &TcpStream) -> bool {
 
 /// `peer`, as seen from a socket bound to `local`, is on this host.
 fn same_host(peer: IpAddr, local: IpAddr) -> bool {
-    let peer = peer.to_canonical();
-    peer.is_loopback() || peer == local.to_canonical()
+    let (peer, local) = (peer.to_canonical(), local.to_canonical());
+    peer.is_loopback() || local.is_loopback() || peer == local
 }
 
 #[cfg(test)]
@@ -229,7 +233,7 @@ mod tests {
     }
 
     #[test]
-    fn the_same_host_is_loopback_or_the_sockets_own_address() {
+    fn the_same_host_is_either_end_on_loopback_or_the_sockets_own_address() {
         let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
         assert!(same_host(ip("127.0.0.1"), ip("127.0.0.1")));
         assert!(same_host(ip("127.0.0.6"), ip("10.0.0.4")));
@@ -237,6 +241,10 @@ mod tests {
         assert!(same_host(ip("::ffff:127.0.0.1"), ip("::ffff:10.0.0.4")));
         assert!(same_host(ip("10.0.0.4"), ip("10.0.0.4")));
         assert!(same_host(ip("::ffff:10.0.0.4"), ip("10.0.0.4")));
+        // An app's connection redirected to its sidecar: from the pod's IP to 127.0.0.1.
+        assert!(same_host(ip("10.0.0.4"), ip("127.0.0.1")));
+        assert!(same_host(ip("fd00::4"), ip("::1")));
+        assert!(same_host(ip("10.0.0.4"), ip("::ffff:127.0.0.1")));
         assert!(!same_host(ip("10.0.0.5"), ip("10.0.0.4")));
         assert!(!same_host(ip("fd00::5"), ip("fd00::4")));
     }

@@ -357,3 +357,132 @@ fn shutdown_drains_open_connections_and_refuses_new_ones() -> anyhow::Result<()>
     assert!(pair.b_proxy.wait_exit(SETTLE)?.success());
     Ok(())
 }
+
+/// One established TCP connection of a process in a pod, as `ss` shows it.
+#[derive(Debug)]
+struct Socket {
+    local: String,
+    peer: String,
+    congestion: String,
+}
+
+/// The established TCP connections of `program` in `pod`, with the congestion control each
+/// runs (`ss -tinp`: a line per socket, then an indented line of its state that names it).
+fn sockets_of(pod: &Pod, program: &str) -> anyhow::Result<Vec<Socket>> {
+    let names = pod.run(
+        "cat",
+        &["/proc/sys/net/ipv4/tcp_available_congestion_control"],
+    )?;
+    let names: Vec<&str> = names.split_whitespace().collect();
+    let text = pod.run("ss", &["-tinpH", "state", "established"])?;
+    let owner = format!("((\"{program}\"");
+    let mut sockets = Vec::new();
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        if line.starts_with(char::is_whitespace) {
+            continue;
+        }
+        let info = lines
+            .next_if(|l| l.starts_with(char::is_whitespace))
+            .unwrap_or("");
+        if !line.contains(&owner) {
+            continue;
+        }
+        // Recv-Q, Send-Q, local address, peer address, process.
+        let columns: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(peer)) = (columns.get(2), columns.get(3)) else {
+            anyhow::bail!("cannot read the addresses in `ss` line {line:?}");
+        };
+        let congestion = info
+            .split_whitespace()
+            .find(|t| names.contains(t))
+            .unwrap_or("none named");
+        sockets.push(Socket {
+            local: local.to_string(),
+            peer: peer.to_string(),
+            congestion: congestion.to_string(),
+        });
+    }
+    Ok(sockets)
+}
+
+#[test]
+fn hops_inside_a_pod_get_the_local_congestion_control_and_hops_between_pods_the_hosts()
+-> anyhow::Result<()> {
+    let net = mesh_tests::Network::new("cc", IpFamilies::V4)?;
+    let a = net.pod("a")?;
+    let b = net.pod("b")?;
+    let host = a.run("cat", &["/proc/sys/net/ipv4/tcp_congestion_control"])?;
+    let host = host.trim().to_string();
+    // A choice that differs from the host's, so that each socket tells which it was given.
+    let local = if host == "reno" { "cubic" } else { "reno" };
+    a.init_ok(&[])?;
+    b.init_ok(&[])?;
+    let _a_proxy = a.start_sidecar(&["--local-congestion", local])?;
+    let _b_proxy = b.start_sidecar(&["--local-congestion", local])?;
+    let _echo = b.start_app(&["echo", "--listen", "0.0.0.0:9000"])?;
+
+    // The app in pod a holds a connection to pod b's app, through both sidecars.
+    let mut hold = a
+        .command(binary("mesh-test-app")?)
+        .args(["hold", "--connect", &format!("{}:9000", b.ipv4)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut lines = BufReader::new(
+        hold.stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?,
+    )
+    .lines();
+    assert_eq!(
+        lines.next().transpose()?.as_deref(),
+        Some("ready connected")
+    );
+    // Each sidecar holds two connections: one with its own app, one with the other pod.
+    let mut seen = (Vec::new(), Vec::new());
+    eventually(SETTLE, "both sidecars hold two connections", || {
+        seen = (sockets_of(&a, "mesh-proxy")?, sockets_of(&b, "mesh-proxy")?);
+        Ok(seen.0.len() == 2 && seen.1.len() == 2)
+    })
+    .map_err(|e| anyhow::anyhow!("{e}: {seen:?}"))?;
+
+    let to_b = format!("{}:9000", b.ipv4);
+    let from_a = format!("{}:", a.ipv4);
+    check_hops("a", &seen.0, |s| s.peer == to_b, &host, local);
+    check_hops("b", &seen.1, |s| s.peer.starts_with(&from_a), &host, local);
+
+    hold.stdin
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdin"))?
+        .write_all(b"go\n")?;
+    assert_eq!(lines.next().transpose()?.as_deref(), Some("echoed ping"));
+    assert!(hold.wait()?.success());
+    Ok(())
+}
+
+/// Of a sidecar's two connections, the one with the other pod (`between`) runs the host's
+/// congestion control, the one with its own app `local`.
+fn check_hops(
+    pod: &str,
+    sockets: &[Socket],
+    between: impl Fn(&Socket) -> bool,
+    host: &str,
+    local: &str,
+) {
+    let (out, inside): (Vec<&Socket>, Vec<&Socket>) = sockets.iter().partition(|s| between(s));
+    assert_eq!(
+        (out.len(), inside.len()),
+        (1, 1),
+        "pod {pod}: one connection with the other pod, one with its app: {sockets:?}"
+    );
+    assert_eq!(
+        out[0].congestion, host,
+        "pod {pod}: the hop between pods keeps the host's default: {sockets:?}"
+    );
+    assert_eq!(
+        inside[0].congestion, local,
+        "pod {pod}: the hop to its own app ({} to {}) gets the local choice: {sockets:?}",
+        inside[0].peer, inside[0].local
+    );
+}
