@@ -409,7 +409,21 @@ fn sockets_of(pod: &Pod, program: &str) -> anyhow::Result<Vec<Socket>> {
 #[test]
 fn hops_inside_a_pod_get_the_local_congestion_control_and_hops_between_pods_the_hosts()
 -> anyhow::Result<()> {
-    let net = mesh_tests::Network::new("cc", IpFamilies::V4)?;
+    congestion_per_hop("cc", IpFamilies::V4, false)
+}
+
+#[test]
+fn over_ipv6_too_hops_inside_a_pod_get_the_local_congestion_control() -> anyhow::Result<()> {
+    congestion_per_hop("cc6", IpFamilies::Dual, true)
+}
+
+/// Two meshed pods, an app in pod a holding a connection to pod b's app through both sidecars
+/// (over IPv6 if `v6`), and `ss` in each pod: the hop between the pods runs the host's
+/// congestion control, each sidecar's hop to its own app the local choice (the app's
+/// connection that the init step redirects to the sidecar on one side, the sidecar's to the
+/// app on the other).
+fn congestion_per_hop(label: &str, families: IpFamilies, v6: bool) -> anyhow::Result<()> {
+    let net = mesh_tests::Network::new(label, families)?;
     let a = net.pod("a")?;
     let b = net.pod("b")?;
     let host = a.run("cat", &["/proc/sys/net/ipv4/tcp_congestion_control"])?;
@@ -420,12 +434,20 @@ fn hops_inside_a_pod_get_the_local_congestion_control_and_hops_between_pods_the_
     b.init_ok(&[])?;
     let _a_proxy = a.start_sidecar(&["--local-congestion", local])?;
     let _b_proxy = b.start_sidecar(&["--local-congestion", local])?;
-    let _echo = b.start_app(&["echo", "--listen", "0.0.0.0:9000"])?;
+    let (listen, a_ip, b_ip) = if v6 {
+        (
+            "[::]:9000",
+            format!("[{}]", a.ipv6()?),
+            format!("[{}]", b.ipv6()?),
+        )
+    } else {
+        ("0.0.0.0:9000", a.ipv4.to_string(), b.ipv4.to_string())
+    };
+    let _echo = b.start_app(&["echo", "--listen", listen])?;
 
-    // The app in pod a holds a connection to pod b's app, through both sidecars.
     let mut hold = a
         .command(binary("mesh-test-app")?)
-        .args(["hold", "--connect", &format!("{}:9000", b.ipv4)])
+        .args(["hold", "--connect", &format!("{b_ip}:9000")])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;
@@ -447,8 +469,8 @@ fn hops_inside_a_pod_get_the_local_congestion_control_and_hops_between_pods_the_
     })
     .map_err(|e| anyhow::anyhow!("{e}: {seen:?}"))?;
 
-    let to_b = format!("{}:9000", b.ipv4);
-    let from_a = format!("{}:", a.ipv4);
+    let to_b = format!("{b_ip}:9000");
+    let from_a = format!("{a_ip}:");
     check_hops("a", &seen.0, |s| s.peer == to_b, &host, local);
     check_hops("b", &seen.1, |s| s.peer.starts_with(&from_a), &host, local);
 
