@@ -75,7 +75,7 @@ traffic() { # mode: what each request and connection runs
   wrk -t1 -c10 -d3s "$url" >/dev/null
   if [[ $CONTENDER == mesh-pair-mtls ]]; then
     # Clients the peer port turns away, as scanners and misconfigured pods are: one with no
-    # certificate, one that does not speak TLS. Their paths, left out, mapped 1.4 MB of code.
+    # certificate, one that does not speak TLS. Their paths, left out, mapped 2.0 MB of code.
     printf 'x' | timeout 60 openssl s_client -connect "127.0.0.1:$BENCH_INTERNAL_PORT" -tls1_3 \
       -alpn mesh/h2 -quiet >/dev/null 2>&1 || true
     timeout 60 curl -s -o /dev/null "http://127.0.0.1:$BENCH_INTERNAL_PORT/" || true
