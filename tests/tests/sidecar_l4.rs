@@ -14,6 +14,50 @@ const IN_OPENED: &str = "mesh_tcp_connections_opened_total{direction=\"inbound\"
 const IN_CLOSED: &str = "mesh_tcp_connections_closed_total{direction=\"inbound\"}";
 const SETTLE: Duration = Duration::from_secs(10);
 
+/// A connection an app in a pod holds open through the sidecars (`mesh-test-app hold`, to an
+/// echo server) until [`Held::finish`].
+struct Held {
+    child: std::process::Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Held {
+    /// Connects from `pod` to `target`; returns once the app says it is connected.
+    fn open(pod: &Pod, target: &str) -> anyhow::Result<Held> {
+        let mut child = pod
+            .command(binary("mesh-test-app")?)
+            .args(["hold", "--connect", target])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        assert_eq!(
+            lines.next().transpose()?.as_deref(),
+            Some("ready connected")
+        );
+        Ok(Held { child, lines })
+    }
+
+    /// Sends `ping` on the held connection, checks that it comes back, and lets the app exit.
+    fn finish(mut self) -> anyhow::Result<()> {
+        self.child
+            .stdin
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdin"))?
+            .write_all(b"go\n")?;
+        assert_eq!(
+            self.lines.next().transpose()?.as_deref(),
+            Some("echoed ping")
+        );
+        assert!(self.child.wait()?.success());
+        Ok(())
+    }
+}
+
 fn body(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -294,23 +338,7 @@ fn shutdown_drains_open_connections_and_refuses_new_ones() -> anyhow::Result<()>
         .start_app(&["http", "--listen", "0.0.0.0:8080", "--name", "b"])?;
 
     // A connection that stays open until we say so.
-    let mut hold = pair
-        .a
-        .command(binary("mesh-test-app")?)
-        .args(["hold", "--connect", &format!("{}:9000", pair.b.ipv4)])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut lines = BufReader::new(
-        hold.stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("no stdout"))?,
-    )
-    .lines();
-    assert_eq!(
-        lines.next().transpose()?.as_deref(),
-        Some("ready connected")
-    );
+    let hold = Held::open(&pair.a, &format!("{}:9000", pair.b.ipv4))?;
     eventually(SETTLE, "the held connection reached pod b", || {
         Ok(pair.b.metric(IN_OPENED)? == 1)
     })?;
@@ -343,12 +371,7 @@ fn shutdown_drains_open_connections_and_refuses_new_ones() -> anyhow::Result<()>
     );
 
     // Finish the held connection: it still works, and then the proxy exits cleanly.
-    hold.stdin
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stdin"))?
-        .write_all(b"go\n")?;
-    assert_eq!(lines.next().transpose()?.as_deref(), Some("echoed ping"));
-    assert!(hold.wait()?.success());
+    hold.finish()?;
     let status = pair.a_proxy.wait_exit(SETTLE)?;
     assert!(status.success(), "drained proxy exits 0, got {status}");
 
@@ -445,22 +468,7 @@ fn congestion_per_hop(label: &str, families: IpFamilies, v6: bool) -> anyhow::Re
     };
     let _echo = b.start_app(&["echo", "--listen", listen])?;
 
-    let mut hold = a
-        .command(binary("mesh-test-app")?)
-        .args(["hold", "--connect", &format!("{b_ip}:9000")])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut lines = BufReader::new(
-        hold.stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("no stdout"))?,
-    )
-    .lines();
-    assert_eq!(
-        lines.next().transpose()?.as_deref(),
-        Some("ready connected")
-    );
+    let hold = Held::open(&a, &format!("{b_ip}:9000"))?;
     // Each sidecar holds two connections: one with its own app, one with the other pod.
     let mut seen = (Vec::new(), Vec::new());
     eventually(SETTLE, "both sidecars hold two connections", || {
@@ -474,12 +482,7 @@ fn congestion_per_hop(label: &str, families: IpFamilies, v6: bool) -> anyhow::Re
     check_hops("a", &seen.0, |s| s.peer == to_b, &host, local);
     check_hops("b", &seen.1, |s| s.peer.starts_with(&from_a), &host, local);
 
-    hold.stdin
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stdin"))?
-        .write_all(b"go\n")?;
-    assert_eq!(lines.next().transpose()?.as_deref(), Some("echoed ping"));
-    assert!(hold.wait()?.success());
+    hold.finish()?;
     Ok(())
 }
 
