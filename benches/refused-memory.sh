@@ -14,6 +14,8 @@ for t in wrk openssl curl; do
 done
 source benches/lib/pair.sh
 pair_start refused-memory
+PEER=127.0.0.1:$BENCH_INTERNAL_PORT                 # the server sidecar's (benches/contenders/_mesh.sh)
+ADMIN=127.0.0.1:$((BENCH_INTERNAL_PORT + 13))
 kb() { # each sidecar (server, then client): peak, now, anonymous and file-backed kB
   local p
   for p in $(cat "$BENCH_WORKDIR/pids"); do
@@ -25,11 +27,11 @@ kb() { # each sidecar (server, then client): peak, now, anonymous and file-backe
 echo "started:               $(kb)"
 taskset -c 0 wrk -t1 -c10 -d3s http://127.0.0.1:19010/ >/dev/null
 echo "after wrk:             $(kb)"
-printf 'x' | timeout 5 openssl s_client -connect 127.0.0.1:19012 -tls1_3 -alpn mesh/h2 -quiet >/dev/null 2>&1 || true
+printf 'x' | timeout 5 openssl s_client -connect "$PEER" -tls1_3 -alpn mesh/h2 -quiet >/dev/null 2>&1 || true
 echo "after no certificate:  $(kb)"
-curl -s -o /dev/null --max-time 5 http://127.0.0.1:19012/ || true
+curl -s -o /dev/null --max-time 5 "http://$PEER/" || true
 echo "after no TLS:          $(kb)"
-curl -sf -o /dev/null http://127.0.0.1:19025/metrics
+curl -sf -o /dev/null "http://$ADMIN/metrics"
 echo "after /metrics:        $(kb)"
 taskset -c 0 wrk -t1 -c10 -d3s http://127.0.0.1:19010/ >/dev/null
 echo "after wrk again:       $(kb)"
